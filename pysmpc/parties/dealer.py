@@ -1,0 +1,161 @@
+"""P2, the dealer of correlated randomness (Beaver triples and friends)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from pysmpc.kernels.bits import unpack_bits
+from pysmpc.parties.party import DEALER, P0, P1, Party
+
+__all__ = ["Dealer"]
+
+_U64 = np.uint64
+_ONE = np.uint64(1)
+
+
+class Dealer:
+    """Correlated randomness dealt by P2 to the computing parties P0 and P1.
+
+    Trust assumption: P2 is honest-but-curious and does not collude with P0
+    or P1. It knows every mask it deals, so a coalition of P2 with a computing
+    party learns everything; alone, P2 sees no data (it receives nothing that
+    depends on inputs), and P0 or P1 alone see only masked values.
+
+    Every value is dealt as two additive (or XOR) shares. P0's share is drawn
+    from the AES stream P0 shares with P2; P1's share is either drawn from the
+    stream P1 shares with P2 (for uniformly random values) or, for values
+    that depend on others (c = a*b), sent by P2 as a correction: only those
+    corrections travel, under tags "dealer:<op>" (offline traffic).
+
+    All three parties call the same methods in the same order, so the
+    streams stay aligned. On P0/P1 a method returns that party's shares; on
+    P2 it returns the full values (which P2 alone knows).
+    """
+
+    def __init__(self, party: Party):
+        self.party = party
+        self.index = party.index
+        self.channel = party.channel
+        self.prgs = party.dealer_prgs
+
+    # -- primitives ----------------------------------------------------------
+    def rand(self, shape) -> np.ndarray:
+        """A uniform shared value: each share from its own stream, no traffic."""
+        if self.index == DEALER:
+            return self.prgs[P0].random_u64(shape) + self.prgs[P1].random_u64(shape)
+        return self.prgs[DEALER].random_u64(shape)
+
+    def give(self, value: np.ndarray | None, shape, tag: str) -> np.ndarray | None:
+        """Share a value the dealer computed: P0 from its stream, P1 by a correction."""
+        if self.index == DEALER:
+            share_0 = self.prgs[P0].random_u64(shape)
+            self.channel.send(P1, np.ascontiguousarray(value - share_0), tag=tag)
+            return None
+        if self.index == P0:
+            return self.prgs[DEALER].random_u64(shape)
+        return self.channel.recv(DEALER, tag=tag)
+
+    def rand_bits(self, shape) -> np.ndarray:
+        """Uniform XOR-shared words."""
+        if self.index == DEALER:
+            return self.prgs[P0].random_u64(shape) ^ self.prgs[P1].random_u64(shape)
+        return self.prgs[DEALER].random_u64(shape)
+
+    def give_bits(self, value: np.ndarray | None, shape, tag: str) -> np.ndarray | None:
+        if self.index == DEALER:
+            share_0 = self.prgs[P0].random_u64(shape)
+            self.channel.send(P1, value ^ share_0, tag=tag)
+            return None
+        if self.index == P0:
+            return self.prgs[DEALER].random_u64(shape)
+        return self.channel.recv(DEALER, tag=tag)
+
+    def private(self, owner: int, shape) -> np.ndarray | None:
+        """Words known to `owner` and the dealer only (the other party draws nothing)."""
+        if self.index == DEALER:
+            return self.prgs[owner].random_u64(shape)
+        if self.index == owner:
+            return self.prgs[DEALER].random_u64(shape)
+        return None
+
+    # -- arithmetic material -------------------------------------------------
+    def triple(self, a_shape, b_shape, c_shape, product: Callable, tag: str):
+        """[a], [b], [c] with c = product(a, b): elementwise, matmul or conv."""
+        a = self.rand(a_shape)
+        b = self.rand(b_shape)
+        c = product(a, b) if self.index == DEALER else None
+        return a, b, self.give(c, c_shape, tag)
+
+    def weight_mask(self, key, w_shape) -> np.ndarray:
+        """[b] for a fixed operand opened once as w - b; P2 keeps b under `key`."""
+        b = self.rand(w_shape)
+        if self.index == DEALER:
+            self.party.store[("dealer_mask", key)] = b
+        return b
+
+    def fixed_triple(self, key, a_shape, c_shape, product: Callable, tag: str):
+        """[a], [c] with c = product(a, b) for the b dealt by `weight_mask(key)`."""
+        a = self.rand(a_shape)
+        c = product(a, self.party.store[("dealer_mask", key)]) if self.index == DEALER else None
+        return a, self.give(c, c_shape, tag)
+
+    def trunc_pair(self, shape, frac_bits: int, tag: str):
+        """[r], [r >> F] (logical) and [r >> 63] for exact-enough truncation."""
+        r = self.rand(shape)
+        hi = (r >> _U64(frac_bits)) if self.index == DEALER else None
+        msb = (r >> _U64(63)) if self.index == DEALER else None
+        return r, self.give(hi, shape, tag), self.give(msb, shape, tag)
+
+    # -- boolean material ----------------------------------------------------
+    def private_and(self, shape, tag: str):
+        """u for P0, v for P1, XOR shares of u & v: ANDs one party's bits with the other's."""
+        u = self.private(P0, shape)
+        v = self.private(P1, shape)
+        w = (u & v) if self.index == DEALER else None
+        mine = u if self.index == P0 else v
+        return mine, self.give_bits(w, shape, tag)
+
+    def and_pair(self, shape, tag: str):
+        """XOR-shared u, v1, v2, u & v1, u & v2: two ANDs with a common left operand."""
+        u = self.rand_bits(shape)
+        v1 = self.rand_bits(shape)
+        v2 = self.rand_bits(shape)
+        w1 = (u & v1) if self.index == DEALER else None
+        w2 = (u & v2) if self.index == DEALER else None
+        return u, v1, v2, self.give_bits(w1, shape, tag), self.give_bits(w2, shape, tag)
+
+    def and_single(self, shape, tag: str):
+        """XOR-shared u, v and u & v."""
+        u = self.rand_bits(shape)
+        v = self.rand_bits(shape)
+        w = (u & v) if self.index == DEALER else None
+        return u, v, self.give_bits(w, shape, tag)
+
+    def bit_injection(self, n: int, x_shape, tag: str):
+        """A random bit rho per element (XOR-shared, packed), [rho], [a] and [a*rho].
+
+        Turns an XOR-shared bit b into the product x*b in one opening of
+        b ^ rho and x - a (protocols.select). x has shape (n, ...); rho
+        broadcasts over the trailing axes.
+        """
+        nw = (n + 63) // 64
+        rho = self.rand_bits((nw,))
+        if self.index == DEALER:
+            rho_arith = unpack_bits(rho, n)
+        else:
+            rho_arith = None
+        rho_a = self.give(rho_arith, (n,), tag)
+        a = self.rand(x_shape)
+        if self.index == DEALER:
+            a_rho = a * rho_arith.reshape((n,) + (1,) * (len(x_shape) - 1))
+        else:
+            a_rho = None
+        return rho, rho_a, a, self.give(a_rho, x_shape, tag)
+
+    def random_bit(self, n: int, tag: str):
+        """A random bit per element as XOR shares (packed) and as additive shares."""
+        rho = self.rand_bits(((n + 63) // 64,))
+        rho_arith = unpack_bits(rho, n) if self.index == DEALER else None
+        return rho, self.give(rho_arith, (n,), tag)

@@ -1,0 +1,77 @@
+"""2-D convolution of shared tensors (Beaver convolution triples)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from pysmpc import ring
+from pysmpc.parties.party import Party
+from pysmpc.protocols.cost import WORD, Cost
+from pysmpc.protocols.matmul import _beaver_finish
+from pysmpc.protocols.open import open_arith
+from pysmpc.sharing.shares import AShare
+
+__all__ = ["conv2d", "conv2d_fixed", "output_shape", "cost", "cost_fixed"]
+
+
+def output_shape(x_shape, w_shape, stride=1, padding="valid") -> tuple:
+    """NHWC output shape of x (N,H,W,C) convolved with w (KH,KW,C,O)."""
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise ValueError(f"conv2d takes x in NHWC and w in HWIO, got {x_shape} and {w_shape}")
+    if x_shape[3] != w_shape[2]:
+        raise ValueError(f"conv2d: x has {x_shape[3]} channels, w expects {w_shape[2]} (x {x_shape}, w {w_shape})")
+    oh, ow, _, _ = ring.conv_output_shape(x_shape[1:3], w_shape[:2], stride, padding)
+    return (x_shape[0], oh, ow, w_shape[3])
+
+
+def conv2d(party: Party, x: AShare, w: AShare, stride=1, padding="valid", tag: str = "conv2d") -> AShare:
+    """Convolve shared x (NHWC) with shared w (HWIO) using a Beaver triple.
+
+    1. Take [A], [B], [C] with C = conv(A, B) from the dealer (offline).
+    2. Open E = X - A and F = W - B (1 round).
+    3. [Z] = [C] + conv(E, [B] (+F on party 0)) + conv([A], F): local.
+
+    Convolution is bilinear, so the Beaver identity holds as for products.
+    Cost: 1 round; 8*(x.size + w.size) bytes per computing party online;
+    P2 sends 8*z.size bytes to P1 and does one convolution.
+    Ref: Beaver, CRYPTO 1991; SecureNN (Wagh et al., PETS 2019).
+    """
+    out_shape = output_shape(x.shape, w.shape, stride, padding)
+    conv = partial(ring.conv2d, stride=stride, padding=padding)
+    a, b, c = party.dealer.triple(x.shape, w.shape, out_shape, conv, tag="dealer:" + tag)
+    if party.is_dealer:
+        return AShare(None, party.index, out_shape)
+    e_open, f_open = open_arith(party, [x.value - a, w.value - b], tag=tag)
+    return AShare(_beaver_finish(party.index, e_open, f_open, a, b, c, conv), party.index)
+
+
+def conv2d_fixed(party: Party, x: AShare, key, stride=1, padding="valid", tag: str = "conv2d") -> AShare:
+    """conv(x, W) for weights shared with `matmul.share_fixed_operand(key)`.
+
+    Only E = X - A is opened: 1 round, 8*x.size bytes per computing party.
+    """
+    f_open, b, w_shape = party.store[("fixed", key)]
+    out_shape = output_shape(x.shape, w_shape, stride, padding)
+    conv = partial(ring.conv2d, stride=stride, padding=padding)
+    a, c = party.dealer.fixed_triple(key, x.shape, out_shape, conv, tag="dealer:" + tag)
+    if party.is_dealer:
+        return AShare(None, party.index, out_shape)
+    (e_open,) = open_arith(party, [x.value - a], tag=tag)
+    return AShare(_beaver_finish(party.index, e_open, f_open, a, b, c, conv), party.index)
+
+
+def _size(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def cost(x_shape, w_shape, stride=1, padding="valid") -> Cost:
+    out = output_shape(x_shape, w_shape, stride, padding)
+    return Cost(rounds=1, bytes_sent=WORD * (_size(x_shape) + _size(w_shape)), dealer_bytes=WORD * _size(out))
+
+
+def cost_fixed(x_shape, w_shape, stride=1, padding="valid") -> Cost:
+    out = output_shape(x_shape, w_shape, stride, padding)
+    return Cost(rounds=1, bytes_sent=WORD * _size(x_shape), dealer_bytes=WORD * _size(out))

@@ -1,0 +1,132 @@
+"""What every cluster (in-process or over TCP) offers its caller."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from pysmpc.parties.party import CLIENT, P0, P1
+from pysmpc.sharing.fixedpoint import FixedPoint
+from pysmpc.sharing.prg import PRG, new_seed
+from pysmpc.sharing.shares import share
+
+__all__ = ["BaseCluster", "ClusterError", "PARTY_KEYS"]
+
+PARTY_KEYS = {0: "P0", 1: "P1", 2: "P2", CLIENT: "client"}
+
+
+class ClusterError(RuntimeError):
+    """An operation failed on one or more parties; the message names them."""
+
+
+class BaseCluster:
+    """Drives three parties: shares inputs, runs operations, reveals outputs.
+
+    Subclasses provide the transport: `_dispatch(name, args, kwargs)` starts
+    an operation on all three parties, `_collect(name)` waits for their
+    results, and `client_channel` carries inputs and outputs.
+    """
+
+    def __init__(self, frac_bits: int = 16, int_bits: int = 15, timeout: float = 30.0):
+        self.fixed_point = FixedPoint(frac_bits=frac_bits, int_bits=int_bits)
+        self.timeout = timeout
+        self._ids = itertools.count()
+        self._broken: str | None = None
+        self._client_prg = PRG(new_seed())
+        self.client_channel = None
+
+    @property
+    def frac_bits(self) -> int:
+        return self.fixed_point.frac_bits
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def start(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- running operations -------------------------------------------------
+    def call(self, name: str, *args, client=None, **kwargs):
+        """Run operation `name` on every party; `client()` runs meanwhile here.
+
+        Returns (per-party results, client result).
+        """
+        if self._broken:
+            raise ClusterError(f"the cluster stopped working after an error ({self._broken}); start a new one")
+        self._dispatch(name, args, kwargs)
+        client_result, client_error = None, None
+        if client is not None:
+            try:
+                client_result = client()
+            except BaseException as exc:  # noqa: BLE001 - raised after the parties report
+                client_error = exc
+        results = self._collect(name)
+        if client_error is not None:
+            raise client_error
+        return results, client_result
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    # -- inputs and outputs ----------------------------------------------------
+    def share(self, array, frac_bits: int | None = None):
+        """Secret-share a plaintext array held here: P0 and P1 get one share each.
+
+        Floats are encoded with the cluster's fixed-point format (a value out
+        of its range raises OverflowError); integer arrays are shared as
+        integers (frac_bits 0) unless `frac_bits` says otherwise.
+        """
+        from pysmpc.runtime.tensor import SharedTensor
+
+        array = np.asarray(array)
+        if frac_bits is None:
+            frac_bits = 0 if np.issubdtype(array.dtype, np.integer) else self.frac_bits
+        encoded = self.encode(array, frac_bits)
+        return self.share_ring(encoded, frac_bits)
+
+    def share_ring(self, encoded: np.ndarray, frac_bits: int):
+        """Secret-share an already ring-encoded uint64 array."""
+        from pysmpc.runtime.tensor import SharedTensor
+
+        share_0, share_1 = share(encoded, self._client_prg)
+        tid = self.new_id()
+
+        def send_shares():
+            self.client_channel.send(P0, share_0, tag="input")
+            self.client_channel.send(P1, share_1, tag="input")
+
+        self.call("input", tid, encoded.shape, client=send_shares)
+        return SharedTensor(self, tid, encoded.shape, frac_bits)
+
+    def encode(self, array, frac_bits: int) -> np.ndarray:
+        fmt = FixedPoint(frac_bits=frac_bits, int_bits=self.fixed_point.int_bits)
+        return fmt.encode(array)
+
+    def reveal_ring(self, tensor) -> np.ndarray:
+        """Reveal to this caller alone: P0 and P1 send their shares here."""
+
+        def receive():
+            return self.client_channel.recv(P0, tag="output") + self.client_channel.recv(P1, tag="output")
+
+        _, value = self.call("reveal", tensor.tid, client=receive)
+        return value.reshape(tensor.shape)
+
+    # -- communication statistics ------------------------------------------------
+    def stats(self) -> dict:
+        """Traffic per party and tag: {"P0": {tag: {...}}, ..., "client": {...}}."""
+        results, _ = self.call("stats")
+        out = {PARTY_KEYS[i]: r for i, r in enumerate(results)}
+        out["client"] = {t: s.as_dict() for t, s in self.client_channel.stats().items()}
+        return out
+
+    def reset_stats(self) -> None:
+        self.call("reset_stats")
+        self.client_channel.reset_stats()

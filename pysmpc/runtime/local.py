@@ -1,0 +1,158 @@
+"""Three parties as threads of one process."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from pysmpc.parties.channel import ChannelError
+from pysmpc.parties.local import LocalNetwork
+from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party, exchange_seeds
+from pysmpc.runtime.cluster import BaseCluster, ClusterError
+from pysmpc.runtime.ops import run_op
+
+__all__ = ["LocalCluster", "run_parties"]
+
+PARTIES = (P0, P1, DEALER)
+
+
+def run_parties(program, *, seeds: dict | None = None, timeout: float = 30.0, record: bool = False):
+    """Run `program(party)` on three fresh in-process parties; return (results, parties).
+
+    For protocol tests: `seeds` maps pairs (i, j), i < j, to 16-byte seeds
+    so runs are repeatable; by default fresh seeds are agreed. With `record`,
+    each channel records what its party receives.
+    """
+    network = LocalNetwork(4)
+    channels = {i: network.channel(i, timeout) for i in PARTIES}
+    parties: dict[int, Party] = {}
+    results: dict[int, object] = {}
+    errors: dict[int, BaseException] = {}
+
+    def body(i):
+        try:
+            if seeds is None:
+                own = exchange_seeds(i, channels[i])
+            else:
+                own = {j: seeds[(min(i, j), max(i, j))] for j in PARTIES if j != i}
+            party = Party(i, channels[i], own)
+            parties[i] = party
+            if record:
+                channels[i].start_recording()
+            results[i] = program(party)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors[i] = exc
+            network.abort()
+
+    threads = [threading.Thread(target=body, args=(i,), name=f"pysmpc-party-{i}") for i in PARTIES]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        first = _root_error(errors)
+        raise first
+    return [results[i] for i in PARTIES], [parties[i] for i in PARTIES]
+
+
+def _root_error(errors: dict[int, BaseException]) -> BaseException:
+    """The error that caused the others: prefer one that is not a channel abort."""
+    for exc in errors.values():
+        if not isinstance(exc, ChannelError):
+            return exc
+    return next(iter(errors.values()))
+
+
+class LocalCluster(BaseCluster):
+    """Three in-process parties (threads) linked by queues; also a context manager.
+
+    >>> with LocalCluster() as cluster:
+    ...     x = cluster.share(np.array([1.5, -2.0]))
+    ...     (x * x).reveal()
+    """
+
+    def __init__(self, frac_bits: int = 16, int_bits: int = 15, timeout: float = 30.0,
+                 seeds: dict | None = None):
+        super().__init__(frac_bits=frac_bits, int_bits=int_bits, timeout=timeout)
+        self._seeds = seeds
+        self._network: LocalNetwork | None = None
+        self._threads: list[threading.Thread] = []
+        self._tasks = {i: queue.Queue() for i in PARTIES}
+        self._results = {i: queue.Queue() for i in PARTIES}
+        self.parties: dict[int, Party] = {}
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> "LocalCluster":
+        if self._network is not None:
+            return self
+        self._network = LocalNetwork(4)
+        self.client_channel = self._network.channel(CLIENT, self.timeout)
+        ready = {i: queue.Queue() for i in PARTIES}
+        for i in PARTIES:
+            t = threading.Thread(target=self._serve, args=(i, ready[i]), name=f"pysmpc-party-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        for i in PARTIES:
+            status = ready[i].get(timeout=self.timeout)
+            if isinstance(status, BaseException):
+                self.stop()
+                raise ClusterError(f"party {i} failed to start: {status}") from status
+        return self
+
+    def stop(self) -> None:
+        for i in PARTIES:
+            self._tasks[i].put(None)
+        if self._network is not None:
+            self._network.abort()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads = []
+        self._network = None
+
+    def _serve(self, i: int, ready: queue.Queue) -> None:
+        channel = self._network.channel(i, self.timeout)
+        try:
+            if self._seeds is None:
+                seeds = exchange_seeds(i, channel)
+            else:
+                seeds = {j: self._seeds[(min(i, j), max(i, j))] for j in PARTIES if j != i}
+            self.parties[i] = Party(i, channel, seeds)
+        except BaseException as exc:  # noqa: BLE001
+            ready.put(exc)
+            return
+        ready.put(True)
+        party = self.parties[i]
+        while True:
+            task = self._tasks[i].get()
+            if task is None:
+                return
+            name, args, kwargs = task
+            try:
+                self._results[i].put((True, run_op(party, name, args, kwargs)))
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                self._network.abort()
+                self._results[i].put((False, exc))
+
+    # -- transport for BaseCluster ----------------------------------------------
+    def _dispatch(self, name: str, args: tuple, kwargs: dict) -> None:
+        if self._network is None:
+            raise ClusterError("the cluster is not running: call start() or use it as a context manager")
+        for i in PARTIES:
+            self._tasks[i].put((name, args, kwargs))
+
+    def _collect(self, name: str) -> list:
+        outcomes = {}
+        for i in PARTIES:
+            try:
+                outcomes[i] = self._results[i].get(timeout=self.timeout + 5)
+            except queue.Empty:
+                outcomes[i] = (False, ClusterError(f"party {i} did not finish '{name}' in time"))
+        errors = {i: out for i, (ok, out) in outcomes.items() if not ok}
+        if errors:
+            self._broken = f"'{name}' failed: {_root_error(errors)}"
+            raise ClusterError(f"operation '{name}' failed on party "
+                               f"{', '.join(str(i) for i in errors)}: {_root_error(errors)}") from _root_error(errors)
+        return [outcomes[i][1] for i in PARTIES]
+
+    def party_channels(self) -> dict:
+        return {i: self.parties[i].channel for i in PARTIES}

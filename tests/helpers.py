@@ -1,0 +1,76 @@
+"""Run protocols on three in-process parties with fixed seeds, and check cost."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import fixed_seeds
+from pysmpc.parties.channel import is_offline_tag
+from pysmpc.runtime.local import run_parties
+from pysmpc.sharing.fixedpoint import FixedPoint
+from pysmpc.sharing.prg import PRG
+from pysmpc.sharing.shares import AShare, BShare, share
+
+FP = FixedPoint(frac_bits=16, int_bits=15)
+MASK64 = (1 << 64) - 1
+
+
+def run_shared(program, *plain_rings, record=False, label="pysmpc-tests"):
+    """Share uint64 inputs to P0/P1, run `program(party, *shares)`, reconstruct.
+
+    Returns (output, parties): output is the reconstructed uint64 array
+    (XOR-reconstructed packed words for BShare outputs).
+    """
+    prg = PRG(bytes(16))
+    pairs = [share(np.ascontiguousarray(v, dtype=np.uint64), prg) for v in plain_rings]
+
+    def prog(party):
+        if party.is_dealer:
+            xs = [AShare(None, party.index, v.shape) for v in plain_rings]
+        else:
+            xs = [AShare(pair[party.index], party.index) for pair in pairs]
+        return program(party, *xs)
+
+    results, parties = run_parties(prog, seeds=fixed_seeds(label), record=record)
+    return reconstruct_result(results), parties
+
+
+def reconstruct_result(results):
+    r0, r1, r2 = results
+    if isinstance(r0, AShare):
+        assert r2 is None or r2.value is None, "the dealer must hold no share"
+        return r0.value + r1.value
+    if isinstance(r0, BShare):
+        return r0.words ^ r1.words
+    if isinstance(r0, (list, tuple)):
+        return [reconstruct_result(list(t)) for t in zip(r0, r1, r2)]
+    return r0
+
+
+def online(party) -> tuple[int, int, int]:
+    """(rounds, bytes sent, bytes received) of a party's online traffic."""
+    t = party.channel.totals(online=True)
+    return t.rounds, t.bytes_sent, t.bytes_received
+
+
+def assert_cost(parties, cost, context=""):
+    """P0 and P1 match the Cost; P2 sends cost.dealer_bytes and receives nothing."""
+    p0, p1, p2 = parties
+    for p in (p0, p1):
+        rounds, sent, received = online(p)
+        assert (rounds, sent, received) == (cost.rounds, cost.bytes_sent, cost.bytes_sent), (
+            f"{p.name} {context}: measured rounds={rounds} sent={sent} received={received}, formula {cost}"
+        )
+    dealer = p2.channel.totals()
+    assert dealer.bytes_received == 0, f"P2 received {dealer.bytes_received} bytes {context}"
+    assert dealer.bytes_sent == cost.dealer_bytes, f"P2 sent {dealer.bytes_sent}, formula {cost} {context}"
+    assert all(is_offline_tag(t) for t in p2.channel.stats()), "P2 may only send dealer material"
+
+
+def signed(ring: np.ndarray) -> np.ndarray:
+    return ring.view(np.int64)
+
+
+def random_fixed(shape, bound, rng) -> np.ndarray:
+    """Random reals in (-bound, bound) (test data only: numpy.random is fine here)."""
+    return rng.uniform(-bound, bound, size=shape)
