@@ -17,10 +17,13 @@ from numba import njit, prange
 
 __all__ = ["sum_pool2d"]
 
-# Below this many additions (output elements times k*k) the fixed cost of
-# waking the Numba thread pool outweighs the split work (measured on 2 cores:
-# break-even around 3e4-1e5 additions).
-_PARALLEL_MIN_ADDS = 1 << 16
+# Below this many additions (output elements times k*k) the serial loop is
+# used. On 2 idle cores the thread pool is ~1.5-2x faster from ~4e4
+# additions on (memory-bound), but when another process holds a core a
+# parallel call waits for a descheduled worker: (64,26,26,16), k=2 went from
+# 0.3 ms (min) to 8 ms (median) and 12-25 ms (p90), against ~1 ms serial.
+# Parties share the machine, so only large calls default to parallel.
+_PARALLEL_MIN_ADDS = 1 << 22
 
 
 @njit(cache=True, inline="always")
