@@ -14,6 +14,7 @@ from pysmpc import ring
 from pysmpc.parties.party import CLIENT, P0, P1, Party
 from pysmpc.protocols import argmax as argmax_protocol
 from pysmpc.protocols import compare, conv2d, matmul, mul, pool, relu, select, truncate
+from pysmpc.graph.secure import load_plan, run_plan
 from pysmpc.protocols.open import reveal_to
 from pysmpc.sharing.shares import AShare
 
@@ -182,3 +183,32 @@ def op_reset_stats(party: Party) -> None:
 
 
 OPS.update(stats=op_stats, reset_stats=op_reset_stats)
+
+
+def _plan_tensors(party: Party, plan: list) -> dict:
+    ids = [layer[k] for layer in plan for k in ("kernel", "bias") if layer.get(k) is not None]
+    return {tid: _get(party, tid) for tid in ids}
+
+
+def op_load_model(party: Party, model_key: str, plan: list) -> None:
+    """Keep a model's plan and open its weight masks once (graph.secure.load_plan)."""
+    load_plan(party, model_key, plan, _plan_tensors(party, plan))
+
+
+def op_infer(party: Party, out: int, model_key: str, x: int, frac_bits: int) -> dict:
+    """Run a loaded model on shared input x; returns the output shape and a per-layer profile."""
+    plan = party.store[("plan", model_key)]
+    profile: list = []
+    y = run_plan(party, model_key, _get(party, x), frac_bits, _plan_tensors(party, plan), profile)
+    _put(party, out, y)
+    return {"shape": list(y.shape), "profile": profile}
+
+
+def op_unload_model(party: Party, model_key: str) -> None:
+    plan = party.store.pop(("plan", model_key), [])
+    for layer in plan:
+        party.store.pop(("fixed", (model_key, layer["name"])), None)
+        party.store.pop(("dealer_mask", (model_key, layer["name"])), None)
+
+
+OPS.update(load_model=op_load_model, infer=op_infer, unload_model=op_unload_model)

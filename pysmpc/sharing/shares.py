@@ -146,6 +146,14 @@ class AShare:
             return self._new(None, np.empty(self.shape, dtype=np.uint8)[key].shape)
         return self._new(np.ascontiguousarray(self.value[key]))
 
+    def pad_spatial(self, top: int, bottom: int, left: int, right: int) -> "AShare":
+        """Zero-pad an NHWC share along H and W (zeros are a sharing of zero)."""
+        n, h, w, c = self.shape
+        shape = (n, h + top + bottom, w + left + right, c)
+        if self.value is None:
+            return self._new(None, shape)
+        return self._new(np.pad(self.value, ((0, 0), (top, bottom), (left, right), (0, 0))))
+
     def sum(self, axis=None, keepdims=False) -> "AShare":
         if self.value is None:
             return self._new(None, np.empty(self.shape, dtype=np.uint8).sum(axis=axis, keepdims=keepdims).shape)

@@ -1,0 +1,181 @@
+"""Run a sequential graph on shares: each party calls this on its own state.
+
+The plan is the graph with its weights replaced by the ids under which the
+cluster shared them (`load_plan`). The executor itself never computes on
+shares: every step is a protocol call (pysmpc.protocols) or a local share
+operation, and per layer it records time, bytes and rounds from the party's
+channel.
+
+Order of operations (F fractional bits; w and b shared at F):
+  conv2d / dense   z = x (*) w with the weights' mask opened once   -> 2F
+                   (conv padding: zeros added locally to the shares)
+  avg_pool2d k x k right after it: window sum (local), and the division by
+                   k*k joins the pending truncation (k*k a power of two)
+  before anything else (relu, max pool, flatten, the output):
+                   one truncation by F (+ log2 k*k), then + b       -> F
+  relu, max_pool2d protocols on F-bit values; flatten is a local reshape.
+So each conv + avg-pool pair costs one Beaver round and one truncation
+round, and avg(conv + b) = avg(conv) + b makes the late bias exact.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pysmpc.parties.party import Party
+from pysmpc.protocols.conv2d import conv2d_fixed
+from pysmpc.protocols.conv2d import cost_fixed as conv_cost_fixed
+from pysmpc.protocols.cost import Cost
+from pysmpc.protocols.matmul import cost_fixed as matmul_cost_fixed
+from pysmpc.protocols.matmul import matmul_fixed, share_fixed_operand
+from pysmpc.protocols.pool import avg_pool2d, max_pool2d, sum_pool2d
+from pysmpc.protocols.relu import cost as relu_cost
+from pysmpc.protocols.relu import relu
+from pysmpc.protocols.truncate import cost as truncate_cost
+from pysmpc.protocols.truncate import truncate
+from pysmpc.sharing.shares import AShare
+
+__all__ = ["load_plan", "run_plan", "plan_cost", "PLAN_KINDS"]
+
+PLAN_KINDS = ("conv2d", "dense", "avg_pool2d", "max_pool2d", "relu", "flatten")
+
+
+def load_plan(party: Party, model_key, plan: list[dict], tensors: dict) -> None:
+    """Open each layer's weight mask once (1 round per weight) and keep the plan.
+
+    `tensors` maps tensor ids named in the plan to this party's shares.
+    """
+    for layer in plan:
+        if layer["kind"] not in PLAN_KINDS:
+            raise ValueError(f"layer {layer.get('name')!r}: unsupported kind {layer['kind']!r}; supported: {PLAN_KINDS}")
+        if layer["kind"] in ("conv2d", "dense"):
+            share_fixed_operand(party, tensors[layer["kernel"]], key=(model_key, layer["name"]),
+                                product_tag=f"weights:{layer['name']}")
+    party.store[("plan", model_key)] = plan
+
+
+def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
+             profile: list | None = None) -> AShare:
+    """Run the plan on input shares x (F fractional bits); return the output at F.
+
+    `profile`, if given, receives one dict per layer: name, kind, seconds,
+    bytes sent and rounds online on this party.
+    """
+    plan = party.store[("plan", model_key)]
+    pending = None  # (shift bits, bias tensor id) owed since the last product
+
+    def flush(x):
+        nonlocal pending
+        if pending is None:
+            return x
+        bits, bias = pending
+        pending = None
+        x = truncate(party, x, bits, tag="trunc")
+        return x + tensors[bias] if bias is not None else x
+
+    def record(name, kind, start_time, start):
+        if profile is not None:
+            end = party.channel.totals(online=True)
+            profile.append(dict(name=name, kind=kind, seconds=time.perf_counter() - start_time,
+                                bytes_sent=end.bytes_sent - start.bytes_sent, rounds=end.rounds - start.rounds))
+
+    for layer in plan:
+        start_time, start = time.perf_counter(), party.channel.totals(online=True)
+        kind, name = layer["kind"], layer["name"]
+        if kind in ("conv2d", "dense"):
+            x = flush(x)
+            if kind == "conv2d":
+                pads = layer.get("pads", (0, 0, 0, 0))
+                if any(pads):
+                    x = x.pad_spatial(*pads)
+                x = conv2d_fixed(party, x, (model_key, name), tuple(layer["stride"]), "valid",
+                                 tag=f"conv2d:{name}")
+            else:
+                x = matmul_fixed(party, x, (model_key, name), tag=f"dense:{name}")
+            pending = (frac_bits, layer.get("bias"))
+        elif kind == "avg_pool2d":
+            k, stride = _square(layer["pool"], name), _square(layer["stride"], name)
+            window = k * k
+            if pending is not None and window & (window - 1) == 0:
+                x = sum_pool2d(party, x, k, stride)
+                pending = (pending[0] + window.bit_length() - 1, pending[1])
+            else:
+                x = avg_pool2d(party, flush(x), k, frac_bits, stride, tag=f"avgpool:{name}")
+        elif kind == "max_pool2d":
+            x = max_pool2d(party, flush(x), _square(layer["pool"], name), _square(layer["stride"], name),
+                           tag=f"maxpool:{name}")
+        elif kind == "relu":
+            x = relu(party, flush(x), tag=f"relu:{name}")
+        elif kind == "flatten":
+            x = flush(x)
+            x = x.reshape(x.shape[0], -1)
+        record(name, kind, start_time, start)
+    start_time, start = time.perf_counter(), party.channel.totals(online=True)
+    x = flush(x)
+    record("output", "truncate", start_time, start)
+    return x
+
+
+def _square(pair, name) -> int:
+    a, b = (pair, pair) if isinstance(pair, int) else tuple(pair)
+    if a != b:
+        raise ValueError(f"layer {name!r}: only square pooling windows and strides are supported, got {pair}")
+    return int(a)
+
+
+def plan_cost(plan: list[dict], shapes: list[tuple], batch: int) -> list[tuple[str, Cost]]:
+    """Online cost of `run_plan` per layer, from the protocols' cost formulas.
+
+    `shapes` is [input shape, each layer's output shape...] without the batch
+    axis (Graph.shapes()). Mirrors run_plan's order of operations: the
+    truncation owed by a product is charged to the layer that flushes it,
+    and the final flush to "output".
+    """
+    costs = []
+    pending = None  # shape at which the owed truncation will run
+    for layer, in_shape, out_shape in zip(plan, shapes, shapes[1:]):
+        kind = layer["kind"]
+        x_shape, y_shape = (batch, *in_shape), (batch, *out_shape)
+        cost = Cost(0, 0, 0)
+        flush_now = kind in ("conv2d", "dense", "relu", "max_pool2d", "flatten")
+        if kind == "avg_pool2d":
+            window = _square(layer["pool"], layer["name"]) ** 2
+            if pending is not None and window & (window - 1) == 0:
+                pending = y_shape
+            else:
+                flush_now = True
+        if flush_now and pending is not None:
+            cost = cost + truncate_cost(pending)
+            pending = None
+        if kind == "conv2d":
+            top, bottom, left, right = layer.get("pads", (0, 0, 0, 0))
+            padded = (batch, in_shape[0] + top + bottom, in_shape[1] + left + right, in_shape[2])
+            cost = cost + conv_cost_fixed(padded, _kernel_shape(padded, y_shape, layer), tuple(layer["stride"]))
+            pending = y_shape
+        elif kind == "dense":
+            cost = cost + matmul_cost_fixed(x_shape, (in_shape[0], out_shape[0]))
+            pending = y_shape
+        elif kind == "avg_pool2d" and flush_now:
+            cost = cost + truncate_cost(y_shape)
+        elif kind == "relu":
+            cost = cost + relu_cost(y_shape)
+        elif kind == "max_pool2d":
+            k = _square(layer["pool"], layer["name"])
+            out_size = int(np.prod(y_shape))
+            candidates = k * k
+            while candidates > 1:
+                cost = cost + relu_cost((candidates // 2 * out_size,))
+                candidates = (candidates + 1) // 2
+        costs.append((layer["name"], cost))
+    costs.append(("output", truncate_cost(pending) if pending is not None else Cost(0, 0, 0)))
+    return costs
+
+
+def _kernel_shape(padded, y_shape, layer) -> tuple:
+    # conv_cost_fixed needs (kh, kw, cin, cout); recover kh, kw from the shapes.
+    sh, sw = layer["stride"]
+    kh = padded[1] - (y_shape[1] - 1) * sh
+    kw = padded[2] - (y_shape[2] - 1) * sw
+    return (kh, kw, padded[3], y_shape[3])

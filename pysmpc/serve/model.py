@@ -1,0 +1,152 @@
+"""The user's model API: load, predict in plaintext, share to a cluster, predict privately."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from pysmpc.graph import Graph, conv_padding, run_fixed_point, run_float
+from pysmpc.graph.secure import plan_cost
+from pysmpc.protocols.cost import Cost
+
+__all__ = ["Model", "SharedModel"]
+
+_model_ids = itertools.count()
+
+
+class Model:
+    """A model graph held in plaintext by its owner.
+
+    `predict(x)` is the float reference; `share(cluster)` sends the weights
+    to the cluster as shares only and returns a `SharedModel` whose
+    `predict` is private.
+    """
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self._shared: SharedModel | None = None
+
+    @property
+    def input_shape(self) -> tuple:
+        return self.graph.input_shape
+
+    @property
+    def output_shape(self) -> tuple:
+        return self.graph.output_shape()
+
+    def summary(self) -> str:
+        return self.graph.summary()
+
+    def predict(self, x) -> np.ndarray:
+        """Plaintext float64 logits (the reference)."""
+        return run_float(self.graph, x)
+
+    def predict_fixed_point(self, x, frac_bits: int = 16) -> np.ndarray:
+        """Plaintext logits computed with the secure backend's fixed-point arithmetic."""
+        return run_fixed_point(self.graph, x, frac_bits=frac_bits)
+
+    def share(self, cluster) -> "SharedModel":
+        """Secret-share the weights to `cluster` (they leave this process as shares only)."""
+        if self._shared is not None:
+            self._shared.stop()
+        self._shared = SharedModel(self.graph, cluster)
+        return self._shared
+
+    @property
+    def shared(self) -> "SharedModel":
+        if self._shared is None:
+            raise RuntimeError("the model is not shared: call model.share(cluster) first")
+        return self._shared
+
+    def serve(self, num_requests: int | None = None, **kwargs) -> int:
+        """Answer client queries with the shared model; see SharedModel.serve."""
+        return self.shared.serve(num_requests, **kwargs)
+
+    def stop_sharing(self) -> None:
+        """Drop the model's shares from the cluster."""
+        if self._shared is not None:
+            self._shared.stop()
+            self._shared = None
+
+
+class SharedModel:
+    """A model whose weights live as shares on a cluster's parties.
+
+    Sharing opens each weight's Beaver mask once (docs/PROTOCOL.md, fixed
+    weights), so each query opens only the masked input of each layer.
+    """
+
+    def __init__(self, graph: Graph, cluster):
+        self.graph = graph
+        self.cluster = cluster
+        self.key = f"model-{next(_model_ids)}"
+        self.frac_bits = cluster.frac_bits
+        self.profile: list = []
+        self._tensors = []
+        plan = []
+        shapes = graph.shapes()
+        for layer, in_shape in zip(graph.layers, shapes):
+            step = {"kind": layer.kind, "name": layer.name}
+            if layer.kind in ("conv2d", "dense"):
+                kernel = cluster.share(layer.weights["kernel"])
+                bias = cluster.share(layer.weights["bias"])
+                self._tensors += [kernel, bias]
+                step.update(kernel=kernel.tid, bias=bias.tid)
+            if layer.kind == "conv2d":
+                step.update(stride=list(layer.params["stride"]), pads=list(conv_padding(layer, in_shape)))
+            elif layer.kind in ("avg_pool2d", "max_pool2d"):
+                step.update(pool=list(layer.params["pool"]), stride=list(layer.params["stride"]))
+            plan.append(step)
+        self.plan = plan
+        cluster.call("load_model", self.key, plan)
+
+    def cost(self, batch: int = 1) -> list[tuple[str, Cost]]:
+        """Per-layer online cost of one private prediction of `batch` inputs (logits)."""
+        return plan_cost(self.plan, self.graph.shapes(), batch)
+
+    def _check_input(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        expected = tuple(self.graph.input_shape)
+        if x.shape == expected:
+            x = x[None]
+        if x.shape[1:] != expected:
+            raise ValueError(f"input shape {x.shape} does not fit the model's input {expected} (with or without a batch axis)")
+        return x
+
+    def predict(self, x, reveal: str = "logits") -> np.ndarray:
+        """Private prediction: share x, run the model on shares, reveal here only.
+
+        reveal="logits" returns float logits; reveal="argmax" runs the secure
+        argmax and reveals only the labels (int array).
+        """
+        if reveal not in ("logits", "argmax"):
+            raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
+        x = self._check_input(x)
+        shared_x = self.cluster.share(x)
+        out = self.cluster.new_id()
+        results, _ = self.cluster.call("infer", out, self.key, shared_x.tid, self.frac_bits)
+        self.profile = results[0]["profile"]
+        from pysmpc.runtime.tensor import SharedTensor
+
+        logits = SharedTensor(self.cluster, out, tuple(results[0]["shape"]), self.frac_bits)
+        try:
+            if reveal == "logits":
+                return logits.reveal()
+            onehot = logits.argmax()
+            labels = onehot.reveal().argmax(axis=1)
+            onehot.free()
+            return labels
+        finally:
+            self.cluster.call("free", [shared_x.tid, out])
+
+    def serve(self, num_requests: int | None = None, **kwargs) -> int:
+        serve = getattr(self.cluster, "serve_model", None)
+        if serve is None:
+            raise NotImplementedError(f"{type(self.cluster).__name__} cannot serve remote clients")
+        return serve(self, num_requests, **kwargs)
+
+    def stop(self) -> None:
+        self.cluster.call("unload_model", self.key)
+        self.cluster.call("free", [t.tid for t in self._tensors])
+        self._tensors = []

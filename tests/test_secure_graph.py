@@ -1,0 +1,89 @@
+"""Private inference of a graph: against the plaintext twins and the cost plan."""
+
+import numpy as np
+import pytest
+
+from pysmpc import LocalCluster
+from pysmpc.graph import Graph, Layer, run_fixed_point, run_float
+from pysmpc.serve.model import Model
+
+F = 16
+
+
+def seed_cnn(rng) -> Graph:
+    """The user's MNIST CNN shape, with random weights."""
+    def conv(name, cin, cout, scale):
+        return Layer("conv2d", name, {"stride": (1, 1), "padding": "valid"},
+                     {"kernel": rng.normal(0, scale, (3, 3, cin, cout)), "bias": rng.normal(0, 0.1, cout)})
+    return Graph((28, 28, 1), [
+        conv("conv1", 1, 16, 0.3), Layer("avg_pool2d", "pool1", {"pool": (2, 2)}), Layer("relu", "relu1"),
+        conv("conv2", 16, 32, 0.1), Layer("avg_pool2d", "pool2", {"pool": (2, 2)}), Layer("relu", "relu2"),
+        conv("conv3", 32, 64, 0.1), Layer("avg_pool2d", "pool3", {"pool": (2, 2)}), Layer("relu", "relu3"),
+        Layer("flatten", "flatten"),
+        Layer("dense", "dense", {}, {"kernel": rng.normal(0, 0.3, (64, 10)), "bias": rng.normal(0, 0.1, 10)}),
+    ])
+
+
+def other_cnn(rng) -> Graph:
+    """'same' padding, stride 2, max pool, a 3x3 average pool, two dense layers."""
+    return Graph((9, 9, 2), [
+        Layer("conv2d", "c1", {"stride": (2, 2), "padding": "same"},
+              {"kernel": rng.normal(0, 0.3, (3, 3, 2, 4)), "bias": rng.normal(0, 0.1, 4)}),
+        Layer("relu", "r1"),
+        Layer("max_pool2d", "m1", {"pool": (2, 2), "stride": (1, 1)}),
+        Layer("conv2d", "c2", {"stride": (1, 1), "padding": "same"},
+              {"kernel": rng.normal(0, 0.3, (2, 2, 4, 3)), "bias": rng.normal(0, 0.1, 3)}),
+        Layer("avg_pool2d", "a2", {"pool": (3, 3), "stride": (1, 1)}),
+        Layer("flatten", "f"),
+        Layer("dense", "d1", {}, {"kernel": rng.normal(0, 0.3, (12, 5)), "bias": rng.normal(0, 0.1, 5)}),
+        Layer("relu", "r2"),
+        Layer("dense", "d2", {}, {"kernel": rng.normal(0, 0.3, (5, 3)), "bias": rng.normal(0, 0.1, 3)}),
+    ])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster() as c:
+        yield c
+
+
+@pytest.mark.parametrize("make_graph,batch", [(seed_cnn, 1), (seed_cnn, 6), (other_cnn, 5)])
+def test_private_logits_match_plaintext_and_cost_matches_the_plan(cluster, make_graph, batch):
+    rng = np.random.default_rng(batch)
+    graph = make_graph(rng)
+    x = rng.uniform(0, 1, (batch, *graph.input_shape))
+    shared = Model(graph).share(cluster)
+    cluster.reset_stats()
+    logits = shared.predict(x)
+    # Protocol error: one unit per truncation, amplified by later layers; far below
+    # the quantization error (run_fixed_point vs run_float) checked separately.
+    np.testing.assert_allclose(logits, run_fixed_point(graph, x, F), atol=64 / 2**F)
+    np.testing.assert_allclose(logits, run_float(graph, x), atol=1e-2)
+    stats = cluster.stats()
+    planned = shared.cost(batch)
+    for party in ("P0", "P1"):
+        online = {t: s for t, s in stats[party].items() if not t.startswith(("dealer", "setup"))}
+        infer = {t: s for t, s in online.items() if t not in ("input", "output")}
+        assert sum(s["rounds"] for s in infer.values()) == sum(c.rounds for _, c in planned)
+        assert sum(s["bytes_sent"] for s in infer.values()) == sum(c.bytes_sent for _, c in planned)
+    measured = [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile]
+    assert measured == [(name, c.rounds, c.bytes_sent) for name, c in planned]
+    shared.stop()
+
+
+def test_private_argmax_reveals_labels(cluster):
+    rng = np.random.default_rng(3)
+    graph = seed_cnn(rng)
+    x = rng.uniform(0, 1, (4, 28, 28, 1))
+    shared = Model(graph).share(cluster)
+    np.testing.assert_array_equal(shared.predict(x, reveal="argmax"), run_float(graph, x).argmax(axis=1))
+    shared.stop()
+
+
+def test_bad_input_shape_is_a_clear_error(cluster):
+    shared = Model(seed_cnn(np.random.default_rng(0))).share(cluster)
+    with pytest.raises(ValueError, match="does not fit the model's input"):
+        shared.predict(np.zeros((1, 27, 28, 1)))
+    with pytest.raises(ValueError, match="reveal"):
+        shared.predict(np.zeros((1, 28, 28, 1)), reveal="softmax")
+    shared.stop()
