@@ -1,0 +1,10 @@
+"""Model import: Keras (HDF5, .keras), ONNX and live Keras/PyTorch models into a Graph.
+
+Readers use h5py, json and the onnx protobuf parser only: loading a file
+never runs code from it.
+"""
+
+from pysmpc.models.loader import from_keras, from_torch, load_graph
+from pysmpc.models.samples import load_samples, read_idx, shipped_model_path
+
+__all__ = ["from_keras", "from_torch", "load_graph", "load_samples", "read_idx", "shipped_model_path"]

@@ -1,0 +1,106 @@
+"""Load a model into a Graph: from a file by extension, or from a live Keras/PyTorch model."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from pysmpc.graph.graph import Graph
+
+__all__ = ["from_keras", "from_torch", "load_graph"]
+
+_FORMATS = ".h5/.hdf5 (Keras 2 or 3 HDF5), .keras (Keras 3 archive), .onnx"
+
+
+def load_graph(path: str | os.PathLike) -> Graph:
+    """Load a model file as a Graph, choosing the reader by extension.
+
+    ``.h5``/``.hdf5``: Keras HDF5 (Keras 2 and Keras 3 layouts are told
+    apart from the file); ``.keras``: Keras 3 archive; ``.onnx``: ONNX.
+    No code from the file runs.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unknown extension, a corrupt or truncated file, or an
+            unsupported layer (the message names it).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: the file is empty")
+    if ext in (".h5", ".hdf5"):
+        from pysmpc.models.keras_h5 import load_keras_h5
+
+        try:
+            return load_keras_h5(path)
+        except OSError as exc:  # h5py reports bad or truncated files as OSError
+            raise ValueError(f"{path}: cannot read as HDF5, the file is corrupt or truncated ({exc})") from None
+        except KeyError as exc:
+            raise ValueError(f"{path}: incomplete Keras HDF5 file, missing {exc}") from None
+    if ext == ".keras":
+        from pysmpc.models.keras_v3 import load_keras_v3
+
+        return load_keras_v3(path)
+    if ext == ".onnx":
+        from pysmpc.models.onnx_import import load_onnx
+
+        return load_onnx(path)
+    raise ValueError(f"{path}: unknown model format {ext!r}; supported: {_FORMATS}")
+
+
+def from_keras(model) -> Graph:
+    """Convert a live Keras 3 model (any backend, no TensorFlow needed) to a Graph.
+
+    Reads the model's config and its layers' weights (``get_weights``), then
+    translates them as the file readers do.
+    """
+    from pysmpc.models._keras import graph_from_keras
+
+    config = {"class_name": type(model).__name__, "config": model.get_config()}
+    if config["class_name"] not in ("Sequential", "Functional"):
+        config["class_name"] = "Functional" if "input_layers" in config["config"] else "Sequential"
+    by_name = {layer.name: layer for layer in model.layers}
+
+    def weights(spec: dict, index: int) -> dict:
+        layer = by_name.get(spec.get("config", {}).get("name"))
+        if layer is None:
+            return {}
+        names = [v.name.rsplit("/", 1)[-1].split(":", 1)[0] for v in layer.weights]
+        return {n: np.asarray(w, dtype=np.float64) for n, w in zip(names, layer.get_weights())}
+
+    shape = None
+    try:
+        shape = tuple(model.inputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        pass
+    return graph_from_keras(config, weights, source=f"keras:{model.name}", input_shape=shape)
+
+
+def from_torch(module, example_input, **export_kwargs) -> Graph:
+    """Convert a PyTorch module to a Graph by exporting it to ONNX in memory.
+
+    The module is exported in eval mode (its mode is restored afterwards)
+    with ``torch.onnx.export`` on ``example_input`` (NCHW, batch of 1 is
+    enough), then read by the ONNX importer; the graph takes NHWC input.
+    Needs ``torch`` and ``onnx`` (and ``onnxscript`` for torch's default
+    exporter); ``export_kwargs`` go to ``torch.onnx.export``.
+    """
+    import torch
+
+    from pysmpc.models.onnx_import import _onnx, _parse, graph_from_onnx
+
+    onnx = _onnx()
+    buffer = io.BytesIO()
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, (example_input,), buffer, **export_kwargs)
+    finally:
+        module.train(was_training)
+    source = f"torch:{type(module).__name__}"
+    return graph_from_onnx(_parse(onnx, buffer.getvalue(), source), source=source)
