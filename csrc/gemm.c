@@ -48,8 +48,10 @@ typedef struct {
 #define SMPC_NC 960
 #define SMPC_MAX_TILE 128  /* >= mr * nr of every kernel */
 
-/* Below this many multiply-adds, starting threads costs more than it saves. */
-#define SMPC_PARALLEL_MACS ((size_t)1 << 17)
+/* Below this many multiply-adds (~100^3) run on the calling thread: waking
+ * a second thread saved only ~20% at 64^3 on the dev box, and when the
+ * other core is busy a barrier can stall for a whole scheduler slice. */
+#define SMPC_PARALLEL_MACS ((size_t)1 << 20)
 
 /* ---- micro-kernels ------------------------------------------------------ */
 
@@ -343,7 +345,10 @@ done:
  * the core: on Intel (two vector multiply ports) the vpmuludq emulation
  * beats scalar imul, but on AMD Zen1 (one 128-bit multiply pipe; a ymm
  * vpmuludq takes 2 cycles, so 4 products cost 6 cycles) the scalar kernel
- * at one imul per cycle is faster -- measured on the EPYC (Zen1) dev box.
+ * at one imul per cycle is faster.  Measured on the EPYC (Zen1) dev box,
+ * one core, 1024^3: scalar 2.2-2.3 GMAC/s, avx2 1.3-1.4 GMAC/s (a mixed
+ * kernel feeding imul and vpmuludq together gained only ~10% in a
+ * micro-benchmark, so it is not here).
  * Rather than keep a CPU table, time both micro-kernels once (~1 ms). */
 static const gemm_impl *choose_auto(void)
 {
@@ -432,26 +437,27 @@ int smpc_gemm_u64(uint64_t *c, size_t ldc,
         return gemm_serial(im, c, ldc, a, lda, b, ldb, m, n, k);
 
 #ifdef _OPENMP
-    /* Split C into one block of rows per thread (each thread packs all of
-     * B, an O(k n) cost against its O(m n k / threads) work), or into
-     * column blocks when C has too few rows to share out. */
+    /* Split C into blocks of rows (or of columns when C has too few rows)
+     * handed out dynamically, about four per thread: each block packs its
+     * own copy of B, an O(k n) cost against its O(rows n k) work, and if a
+     * core is busy elsewhere (three parties on one host) the other threads
+     * take over its blocks instead of waiting at the barrier. */
     int by_rows = m >= (size_t)threads * im->mr * 4 || n < (size_t)threads * im->nr;
     size_t extent = by_rows ? m : n;
     size_t unit = by_rows ? im->mr : im->nr;
-    size_t chunk = round_up((extent + (size_t)threads - 1) / (size_t)threads, unit);
+    size_t min_chunk = by_rows ? im->mc : 4 * im->nr;
+    size_t chunk = (extent + 4 * (size_t)threads - 1) / (4 * (size_t)threads);
+    chunk = round_up(chunk < min_chunk ? min_chunk : chunk, unit);
+    long nchunks = (long)((extent + chunk - 1) / chunk);
     int err = 0;
-#pragma omp parallel num_threads(threads) reduction(| : err)
-    {
-        size_t lo = (size_t)omp_get_thread_num() * chunk;
-        if (lo < extent) {
-            size_t len = extent - lo < chunk ? extent - lo : chunk;
-            if (by_rows)
-                err |= gemm_serial(im, c + lo * ldc, ldc, a + lo * lda, lda,
-                                   b, ldb, len, n, k);
-            else
-                err |= gemm_serial(im, c + lo, ldc, a, lda, b + lo, ldb,
-                                   m, len, k);
-        }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : err)
+    for (long t = 0; t < nchunks; t++) {
+        size_t lo = (size_t)t * chunk;
+        size_t len = extent - lo < chunk ? extent - lo : chunk;
+        if (by_rows)
+            err |= gemm_serial(im, c + lo * ldc, ldc, a + lo * lda, lda, b, ldb, len, n, k);
+        else
+            err |= gemm_serial(im, c + lo, ldc, a, lda, b + lo, ldb, m, len, k);
     }
     return err ? -1 : 0;
 #else

@@ -59,8 +59,8 @@ void smpc_rshift_logical_u64(uint64_t *out, const uint64_t *a, unsigned k, size_
  * Returns 0 on success, -1 if a packing buffer could not be allocated (C is
  * then unspecified).
  *
- * Large products run on smpc_gemm_get_num_threads() OpenMP threads, split
- * over blocks of C's rows (or columns when C is short); small ones run on
+ * Large products run on smpc_gemm_get_num_threads() OpenMP threads that
+ * share out blocks of C's rows (or columns when C is short); small ones run on
  * the calling thread.  Every kernel computes the exact ring product, so the
  * result is bit-identical whichever kernel or thread count runs.
  */

@@ -99,7 +99,7 @@ def test_numpy_uint64_matmul_is_exact_mod_2_64():
         (300, 150, 200),  # row blocks not a multiple of MC, two threads by rows
         (97, 600, 131),  # k spans several KC slices (accumulate path)
         (37, 70, 1001),  # n spans several NC blocks
-        (3, 300, 500),  # too few rows: threads split columns
+        (3, 600, 1000),  # too few rows: threads split columns
     ],
 )
 @pytest.mark.parametrize("nthreads", [1, 2])

@@ -1,0 +1,51 @@
+"""Benchmark ring conv2d (pysmpc.ring.conv2d) on the seed MNIST CNN's layers.
+
+Run: pytest bench/bench_conv.py --benchmark-only
+Layers ('valid', stride 1, 3x3 kernels, NHWC x HWIO), at batch 1 and 64:
+  conv1  (N, 28, 28, 1)  -> (N, 26, 26, 16)
+  conv2  (N, 13, 13, 16) -> (N, 11, 11, 32)   (after 2x2 average pooling)
+  conv3  (N, 5, 5, 32)   -> (N, 3, 3, 64)
+beside NumPy float64 convolution by im2col + BLAS matmul.  extra_info
+records MACs/s.  Convolution on shares is local: rounds and bytes sent are 0.
+"""
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+from pysmpc import ring
+
+LAYERS = {"conv1": (28, 1, 16), "conv2": (13, 16, 32), "conv3": (5, 32, 64)}
+K = 3
+
+
+def _numpy_conv_f64(x, w):
+    n, h, wd, c = x.shape
+    o = w.shape[3]
+    win = sliding_window_view(x, (K, K), axis=(1, 2))  # (n, oh, ow, c, K, K)
+    oh, ow = win.shape[1], win.shape[2]
+    cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, K * K * c)
+    return (cols @ w.reshape(K * K * c, o)).reshape(n, oh, ow, o)
+
+
+@pytest.mark.parametrize("impl", ["ring", "numpy-f64"])
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_conv2d(benchmark, layer, batch, impl):
+    h, c, o = LAYERS[layer]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2**64, (batch, h, h, c), dtype=np.uint64, endpoint=False)
+    w = rng.integers(0, 2**64, (K, K, c, o), dtype=np.uint64, endpoint=False)
+    if impl == "numpy-f64":
+        x, w = x.astype(np.float64), w.astype(np.float64)
+        fn = _numpy_conv_f64
+    else:
+        fn = ring.conv2d
+    benchmark.group = f"{layer} batch {batch}"
+    out = benchmark(fn, x, w)
+    macs = out.size * K * K * c
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        input=list(x.shape), weights=list(w.shape), macs=macs, macs_per_s=macs / median,
+        rounds=0, bytes_sent=0,
+    )
