@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import os
+import tempfile
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def from_torch(module, example_input, **export_kwargs) -> Graph:
     """Convert a PyTorch module to a Graph by exporting it to ONNX in memory.
 
     The module is exported in eval mode (its mode is restored afterwards)
-    with ``torch.onnx.export`` on ``example_input`` (NCHW, batch of 1 is
+    with ``torch.onnx.export`` to a temporary file on ``example_input`` (NCHW, batch of 1 is
     enough), then read by the ONNX importer; the graph takes NHWC input.
     Needs ``torch`` and ``onnx`` (and ``onnxscript`` for torch's default
     exporter); ``export_kwargs`` go to ``torch.onnx.export``.
@@ -94,13 +94,16 @@ def from_torch(module, example_input, **export_kwargs) -> Graph:
     from pysmpc.models.onnx_import import _onnx, _parse, graph_from_onnx
 
     onnx = _onnx()
-    buffer = io.BytesIO()
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
-            torch.onnx.export(module, (example_input,), buffer, **export_kwargs)
+        # torch deprecates exporting to a BytesIO, so go through a private temporary file.
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            path = os.path.join(tmp, "model.onnx")
+            torch.onnx.export(module, (example_input,), path, **export_kwargs)
+            with open(path, "rb") as f:
+                data = f.read()
     finally:
         module.train(was_training)
     source = f"torch:{type(module).__name__}"
-    return graph_from_onnx(_parse(onnx, buffer.getvalue(), source), source=source)
+    return graph_from_onnx(_parse(onnx, data, source), source=source)
