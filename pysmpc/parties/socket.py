@@ -1,0 +1,791 @@
+"""TCP transport: one connection per pair of endpoints, length-prefixed frames.
+
+Each pair among P0, P1, P2 and the client has one TCP connection (TLS with
+per-party certificates when configured). A frame is
+
+    fixed header  "!4sHHIQ": magic b"PSMC", version, flags (0),
+                  JSON header length, body length
+    JSON header   {"tag", "seq", "session", "layout", "buffers"}
+    body          the raw buffers of the payload's arrays and bytes, in order
+
+`layout` rebuilds the payload (an array, bytes, or nested lists/tuples of
+those) from the buffers; `buffers` lists each buffer's dtype and shape, so
+the receiver allocates numpy arrays and reads straight into them. Nothing
+from the network is ever unpickled: dtypes come from a short whitelist.
+
+Arrays leave by `socket.sendmsg` of memoryviews over their own memory (no
+copy for C-contiguous arrays). Every connection has a reader thread that
+decodes frames into a queue as they arrive, so two parties that send each
+other large arrays at the same time never deadlock on full socket buffers.
+
+Each direction of a connection numbers its frames from 0; the first frame
+each way is a "hello" naming the endpoint and the session. A frame out of
+sequence, from another session, over the size limit or with a bad magic is
+a `ChannelError`; a closed connection is `PeerDisconnected`; a receive that
+waits longer than the channel's timeout is `PeerTimeout`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import queue
+import socket
+import ssl
+import struct
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pysmpc.parties.channel import Channel, ChannelError, PeerDisconnected, PeerTimeout
+from pysmpc.parties.party import CLIENT, DEALER, P0, P1
+
+__all__ = [
+    "SocketChannel",
+    "TlsConfig",
+    "CleartextWarning",
+    "CERT_NAMES",
+    "CERT_FILES",
+    "DEFAULT_MAX_FRAME",
+    "HELLO_TAG",
+    "ABORT_TAG",
+    "MAGIC",
+    "VERSION",
+    "accept_peer",
+    "connect_peer",
+    "is_loopback",
+    "parse_hosts",
+    "read_frame",
+    "reply_hello",
+    "warn_if_cleartext",
+    "write_frame",
+]
+
+log = logging.getLogger("pysmpc.socket")
+
+MAGIC = b"PSMC"
+VERSION = 1
+_FIXED = struct.Struct("!4sHHIQ")
+DEFAULT_MAX_FRAME = 1 << 30  # 1 GiB: header + body of one frame
+_MAX_HEADER = 1 << 20
+_MAX_DEPTH = 16
+_MAX_NDIM = 32
+# A blocking socket call waits at most this long before it checks whether the
+# connection was closed or a deadline passed, then waits again.
+_SLICE = 0.25
+_SEND_CHUNK = 1 << 20  # TLS: encrypt and send large buffers in pieces of this size
+_IOV_MAX = 512
+
+# The common name each endpoint's certificate must carry, and its file stem in
+# the cluster's TLS directory.
+CERT_NAMES = {P0: "P0", P1: "P1", DEALER: "P2", CLIENT: "client"}
+CERT_FILES = {P0: "p0", P1: "p1", DEALER: "p2", CLIENT: "client"}
+
+# Tags that the channel itself uses; protocol tags never start with "ctl:".
+HELLO_TAG = "hello"
+ABORT_TAG = "ctl:abort"
+
+_DTYPES = {
+    np.dtype(t).str: np.dtype(t)
+    for t in ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64")
+}
+_BYTES = "bytes"
+
+
+class CleartextWarning(UserWarning):
+    """Parties talk over a non-loopback network without TLS."""
+
+
+def _name(index: int) -> str:
+    return f"party {index}" if index != CLIENT else "the client"
+
+
+# -- addresses -------------------------------------------------------------------
+def parse_hosts(hosts) -> list[tuple[str, int]]:
+    """Parse "h0:p0,h1:p1,h2:p2" (or a sequence of "host:port") into three (host, port)."""
+    if isinstance(hosts, str):
+        hosts = [h for h in hosts.split(",") if h.strip()]
+    out = []
+    for entry in hosts:
+        if isinstance(entry, (tuple, list)):
+            host, port = entry
+        else:
+            host, sep, port = str(entry).strip().rpartition(":")
+            if not sep or not host:
+                raise ValueError(f"host {entry!r} is not of the form host:port")
+            host = host.strip("[]")  # "[::1]:4000"
+        try:
+            port = int(port)
+        except ValueError:
+            raise ValueError(f"host {entry!r} has a bad port") from None
+        if not 0 <= port < 65536:
+            raise ValueError(f"host {entry!r}: port out of range")
+        out.append((host, port))
+    if len(out) != 3:
+        raise ValueError(f"need exactly three hosts (P0, P1, P2), got {len(out)}: {hosts!r}")
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    """True if every address `host` resolves to is a loopback address."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    addrs = {info[4][0].split("%")[0] for info in infos}
+    return bool(addrs) and all(ipaddress.ip_address(a).is_loopback for a in addrs)
+
+
+def warn_if_cleartext(hosts: list[tuple[str, int]], tls: "TlsConfig | None", who: str) -> bool:
+    """Warn (and log) when traffic would cross a real network unencrypted; True if it does."""
+    if tls is not None:
+        return False
+    exposed = [f"{h}:{p}" for h, p in hosts if not is_loopback(h)]
+    if not exposed:
+        return False
+    msg = (f"{who}: TRAFFIC IS IN THE CLEAR. Hosts {', '.join(exposed)} are not loopback and no TLS "
+           "directory is configured: shares, seeds and dealer material cross the network unencrypted "
+           "and unauthenticated. Create certificates with pysmpc.runtime.certs.make_cluster_certs and "
+           "pass tls_dir / --tls-dir.")
+    log.warning(msg)
+    warnings.warn(msg, CleartextWarning, stacklevel=3)
+    return True
+
+
+# -- TLS --------------------------------------------------------------------------
+class TlsConfig:
+    """Mutual TLS for one endpoint: its key and certificate and the cluster CA.
+
+    `directory` holds ca.pem and, per endpoint, p0.pem/p0.key, p1..., p2...,
+    client.pem/client.key. Both sides of every connection present a
+    certificate signed by the CA; each side then checks that the other's
+    common name is the endpoint it expects (CERT_NAMES), so a valid
+    certificate of P1 cannot pass for P0.
+    """
+
+    def __init__(self, directory, me: int):
+        directory = Path(directory)
+        stem = CERT_FILES[me]
+        ca, cert, key = directory / "ca.pem", directory / f"{stem}.pem", directory / f"{stem}.key"
+        for f in (ca, cert, key):
+            if not f.is_file():
+                raise FileNotFoundError(f"TLS file {f} is missing (make them with pysmpc.runtime.certs.make_cluster_certs)")
+        self.directory = directory
+        self.me = me
+        self.server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for ctx in (self.server, self.client):
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(cert, key)
+            ctx.load_verify_locations(ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        # Peers are identified by the common name checked after the handshake,
+        # not by host name: parties may sit behind any address.
+        self.client.check_hostname = False
+
+
+# -- streams: a socket, plain or TLS, read by one thread and written by another --------
+class _PlainStream:
+    tls = False
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        sock.settimeout(_SLICE)
+
+    def recv_into(self, view: memoryview) -> int:
+        """Read some bytes into `view`; 0 at end of stream; TimeoutError if none came in a slice."""
+        return self.sock.recv_into(view)
+
+    def send_views(self, views: list, idle: Callable[[], None]) -> None:
+        views = [v for v in views if len(v)]
+        while views:
+            try:
+                n = self.sock.sendmsg(views[:_IOV_MAX])
+            except TimeoutError:  # nothing was sent: safe to retry
+                idle()
+                continue
+            while n:
+                if n >= len(views[0]):
+                    n -= len(views.pop(0))
+                else:
+                    views[0] = views[0][n:]
+                    n = 0
+
+    def peer_common_name(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        _close_socket(self.sock)
+
+
+class _TlsStream:
+    """TLS over a socket through memory BIOs.
+
+    An SSL object must not be used by two threads at once, but the reader
+    thread blocks in recv while senders write: so socket I/O happens outside
+    the SSL object, and only the short in-memory encrypt/decrypt steps hold
+    `_ssl_lock`. Encrypted records leave under `_send_lock` in the order
+    they were produced.
+    """
+
+    tls = True
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_side: bool):
+        self.sock = sock
+        sock.settimeout(_SLICE)
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = context.wrap_bio(self._in, self._out, server_side=server_side)
+        self._ssl_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+
+    def handshake(self, idle: Callable[[], None]) -> None:
+        while True:
+            try:
+                with self._ssl_lock:
+                    self._obj.do_handshake()
+                self._flush(idle)
+                return
+            except ssl.SSLWantReadError:
+                self._flush(idle)
+                self._fill(idle)
+            except ssl.SSLError as exc:
+                self._flush_quietly()
+                raise ChannelError(f"TLS handshake failed: {exc.reason or exc}") from None
+
+    def _fill(self, idle) -> None:
+        while True:
+            try:
+                data = self.sock.recv(1 << 18)
+            except TimeoutError:
+                idle()
+                continue
+            if not data:
+                raise PeerDisconnected("connection closed during the TLS handshake")
+            with self._ssl_lock:
+                self._in.write(data)
+            return
+
+    def _flush(self, idle) -> None:
+        with self._send_lock:
+            with self._ssl_lock:
+                data = self._out.read()
+            if data:
+                _send_all(self.sock, memoryview(data), idle)
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush(lambda: None)
+        except OSError:
+            pass
+
+    def recv_into(self, view: memoryview) -> int:
+        while True:
+            with self._ssl_lock:
+                try:
+                    return self._obj.read(len(view), view)
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLZeroReturnError:
+                    return 0
+                except ssl.SSLError as exc:
+                    raise ChannelError(f"TLS error: {exc.reason or exc}") from None
+            data = self.sock.recv(1 << 18)  # TimeoutError propagates: the caller decides
+            if not data:
+                return 0
+            with self._ssl_lock:
+                self._in.write(data)
+
+    def send_views(self, views: list, idle: Callable[[], None]) -> None:
+        with self._send_lock:
+            for view in views:
+                for start in range(0, len(view), _SEND_CHUNK):
+                    with self._ssl_lock:
+                        self._obj.write(view[start:start + _SEND_CHUNK])
+                        data = self._out.read()
+                    _send_all(self.sock, memoryview(data), idle)
+
+    def peer_common_name(self) -> str | None:
+        cert = self._obj.getpeercert()
+        for rdn in (cert or {}).get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return value
+        return None
+
+    def close(self) -> None:
+        _close_socket(self.sock)
+
+
+def _send_all(sock: socket.socket, view: memoryview, idle) -> None:
+    while len(view):
+        try:
+            n = sock.send(view)
+        except TimeoutError:
+            idle()
+            continue
+        view = view[n:]
+
+
+def _close_socket(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+# -- frames ---------------------------------------------------------------------------
+def _wire_array(a: np.ndarray) -> np.ndarray:
+    if a.dtype.str not in _DTYPES:
+        swapped = a.dtype.newbyteorder("<")
+        if swapped.str not in _DTYPES:
+            raise TypeError(f"cannot send an array of dtype {a.dtype}: allowed are {sorted(_DTYPES)}")
+        a = a.astype(swapped)
+    return np.ascontiguousarray(a)
+
+
+def _flatten(data, buffers: list, descr: list, depth: int = 0):
+    """Split a payload into buffers; return the layout that rebuilds it."""
+    if depth > _MAX_DEPTH:
+        raise TypeError("payload nested too deeply")
+    if data is None:
+        return None
+    if isinstance(data, np.ndarray):
+        a = _wire_array(data)
+        buffers.append(memoryview(a.reshape(-1).view(np.uint8)))
+        descr.append([a.dtype.str, list(a.shape)])
+        return {"a": len(descr) - 1}
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data).cast("B")
+        buffers.append(view)
+        descr.append([_BYTES, [len(view)]])
+        return {"b": len(descr) - 1}
+    if isinstance(data, (list, tuple)):
+        key = "l" if isinstance(data, list) else "t"
+        return {key: [_flatten(d, buffers, descr, depth + 1) for d in data]}
+    raise TypeError(f"cannot send a {type(data).__name__}: channels carry numpy arrays and bytes")
+
+
+def _unflatten(layout, parts: list, depth: int = 0):
+    if depth > _MAX_DEPTH:
+        raise ChannelError("frame layout nested too deeply")
+    if layout is None:
+        return None
+    if isinstance(layout, dict) and len(layout) == 1:
+        (key, value), = layout.items()
+        if key in ("a", "b") and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(parts):
+            part = parts[value]
+            if (key == "b") != isinstance(part, bytes):
+                raise ChannelError(f"frame layout refers to buffer {value} with the wrong kind")
+            return part
+        if key in ("l", "t") and isinstance(value, list):
+            items = [_unflatten(v, parts, depth + 1) for v in value]
+            return items if key == "l" else tuple(items)
+    raise ChannelError(f"malformed frame layout {str(layout)[:80]!r}")
+
+
+def write_frame(stream, tag: str, seq: int, session: str, data, idle: Callable[[], None]) -> int:
+    """Send one frame; return the body size (the payload's bytes)."""
+    buffers: list = []
+    descr: list = []
+    layout = _flatten(data, buffers, descr)
+    header = json.dumps({"tag": tag, "seq": seq, "session": session, "layout": layout, "buffers": descr},
+                        separators=(",", ":")).encode()
+    body = sum(len(b) for b in buffers)
+    stream.send_views([memoryview(_FIXED.pack(MAGIC, VERSION, 0, len(header), body) + header), *buffers], idle)
+    return body
+
+
+def _read_exact(stream, view: memoryview, idle, what: str, at_start: bool = False) -> None:
+    got = 0
+    while got < len(view):
+        try:
+            n = stream.recv_into(view[got:])
+        except TimeoutError:
+            idle()
+            continue
+        except OSError as exc:  # reset by the peer, or closed by us (EBADF)
+            raise PeerDisconnected(f"connection lost ({exc})") from None
+        if n == 0:
+            if at_start and got == 0:
+                raise PeerDisconnected("connection closed")
+            raise PeerDisconnected(f"connection closed in the middle of a frame ({what})")
+        got += n
+
+
+def read_frame(stream, max_frame: int, idle: Callable[[], None]) -> tuple[dict, object]:
+    """Read one frame: (header, payload). Raises ChannelError for anything malformed."""
+    fixed = bytearray(_FIXED.size)
+    _read_exact(stream, memoryview(fixed), idle, "fixed header", at_start=True)
+    magic, version, flags, hlen, blen = _FIXED.unpack(fixed)
+    if magic != MAGIC:
+        raise ChannelError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r}): "
+                           "the peer does not speak the pysmpc frame protocol")
+    if version != VERSION:
+        raise ChannelError(f"frame version {version}, this side speaks version {VERSION}")
+    if hlen + blen > max_frame:
+        raise ChannelError(f"frame of {hlen + blen} bytes exceeds the limit of {max_frame} bytes")
+    if hlen > _MAX_HEADER:
+        raise ChannelError(f"frame header of {hlen} bytes exceeds the limit of {_MAX_HEADER} bytes")
+    raw = bytearray(hlen)
+    _read_exact(stream, memoryview(raw), idle, "JSON header")
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ChannelError(f"frame header is not valid JSON: {exc}") from None
+    parts = _allocate(header, blen)
+    for part in parts:
+        view = memoryview(part) if isinstance(part, bytearray) else memoryview(part.reshape(-1).view(np.uint8))
+        _read_exact(stream, view, idle, f"buffer for '{header['tag']}'")
+    parts = [bytes(p) if isinstance(p, bytearray) else p for p in parts]
+    return header, _unflatten(header["layout"], parts)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _allocate(header, blen: int) -> list:
+    """Check a decoded header and allocate the buffers its body fills."""
+    if not isinstance(header, dict) or set(header) != {"tag", "seq", "session", "layout", "buffers"}:
+        raise ChannelError(f"malformed frame header {str(header)[:120]!r}")
+    if not isinstance(header["tag"], str) or not isinstance(header["session"], str) or not _is_int(header["seq"]):
+        raise ChannelError(f"malformed frame header {str(header)[:120]!r}")
+    descr = header["buffers"]
+    if not isinstance(descr, list):
+        raise ChannelError("malformed frame header: 'buffers' is not a list")
+    plan, total = [], 0
+    for d in descr:
+        if not (isinstance(d, list) and len(d) == 2 and isinstance(d[0], str) and isinstance(d[1], list)
+                and len(d[1]) <= _MAX_NDIM and all(_is_int(s) and s >= 0 for s in d[1])):
+            raise ChannelError(f"malformed buffer description {str(d)[:80]!r} in frame '{header['tag']}'")
+        kind, shape = d
+        if kind == _BYTES:
+            if len(shape) != 1:
+                raise ChannelError(f"malformed buffer description {d!r}")
+            size = shape[0]
+        elif kind in _DTYPES:
+            size = _DTYPES[kind].itemsize * int(np.prod(shape, dtype=object))
+        else:
+            raise ChannelError(f"frame '{header['tag']}' carries dtype {kind!r}; allowed are {sorted(_DTYPES)}")
+        total += size
+        if total > blen:
+            break
+        plan.append((kind, shape))
+    if total != blen:
+        raise ChannelError(f"frame '{header['tag']}': buffers describe {total} bytes but the body has {blen}")
+    return [bytearray(shape[0]) if kind == _BYTES else np.empty(shape, dtype=_DTYPES[kind]) for kind, shape in plan]
+
+
+# -- the channel ------------------------------------------------------------------------
+class _Failure:
+    def __init__(self, exc: ChannelError):
+        self.exc = exc
+
+
+class _Link:
+    """One connection to one peer: a locked sender and a reader thread feeding a queue."""
+
+    def __init__(self, channel: "SocketChannel", peer: int, stream, send_seq: int, recv_seq: int):
+        self.channel = channel
+        self.peer = peer
+        self.stream = stream
+        self.queue: queue.Queue = queue.Queue()
+        self.send_seq = send_seq
+        self.recv_seq = recv_seq
+        self.send_lock = threading.Lock()
+        self.closed = False
+        self.broken: str | None = None
+        self.thread = threading.Thread(target=self._read_loop, daemon=True,
+                                       name=f"pysmpc-reader-{channel.party}-from-{peer}")
+        self.thread.start()
+
+    def _idle(self) -> None:
+        if self.closed:
+            raise PeerDisconnected("channel closed")
+
+    def _read_loop(self) -> None:
+        ch = self.channel
+        try:
+            while True:
+                header, payload = read_frame(self.stream, ch.max_frame_bytes, self._idle)
+                if header["session"] != ch.session:
+                    raise ChannelError(f"frame from session {header['session']!r}, this is session {ch.session!r}")
+                if header["seq"] != self.recv_seq:
+                    raise ChannelError(f"out-of-order frame '{header['tag']}': sequence number {header['seq']}, "
+                                       f"expected {self.recv_seq}")
+                self.recv_seq += 1
+                self.queue.put((header["tag"], payload))
+        except PeerDisconnected as exc:
+            self.queue.put(_Failure(PeerDisconnected("channel closed") if self.closed else exc))
+        except ChannelError as exc:
+            if not self.closed:
+                log.error("party %s: bad frame from %s: %s; closing the connection", ch.party, _name(self.peer), exc)
+            self.queue.put(_Failure(exc))
+            self.stream.close()
+        except Exception as exc:  # noqa: BLE001 - a reader must never die silently
+            log.exception("party %s: reader for %s failed", ch.party, _name(self.peer))
+            self.queue.put(_Failure(ChannelError(f"reader failed: {exc!r}")))
+            self.stream.close()
+
+    def send(self, tag: str, data) -> None:
+        deadline = time.monotonic() + self.channel.timeout
+
+        def idle():
+            if self.closed:
+                raise PeerDisconnected("channel closed")
+            if time.monotonic() > deadline:
+                raise TimeoutError
+
+        with self.send_lock:
+            if self.broken:
+                raise PeerDisconnected(f"{_name(self.channel.party)}: connection to {_name(self.peer)} is unusable "
+                                       f"({self.broken}); cannot send '{tag}'")
+            try:
+                write_frame(self.stream, tag, self.send_seq, self.channel.session, data, idle)
+            except TimeoutError:
+                self.broken = "a send timed out"
+                raise PeerTimeout(f"{_name(self.channel.party)}: {_name(self.peer)} did not take '{tag}' within "
+                                  f"{self.channel.timeout:g} s") from None
+            except (OSError, ChannelError) as exc:
+                self.broken = str(exc)
+                raise PeerDisconnected(f"{_name(self.channel.party)}: cannot send '{tag}' to {_name(self.peer)}: "
+                                       f"{exc}") from None
+            self.send_seq += 1
+
+    def get(self, tag: str, timeout: float | None):
+        """The next (tag, payload) from this peer; raises the link's failure if it has one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = _SLICE * 4 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self.queue.get(timeout=wait)
+                break
+            except queue.Empty:
+                if deadline is not None:
+                    raise PeerTimeout(f"{_name(self.channel.party)}: no message from {_name(self.peer)} within "
+                                      f"{timeout:g} s (waiting for '{tag}')") from None
+        if isinstance(item, _Failure):
+            self.queue.put(item)  # every later receive fails the same way, at once
+            cls = type(item.exc) if isinstance(item.exc, ChannelError) else ChannelError
+            raise cls(f"{_name(self.channel.party)}: {_name(self.peer)} "
+                      f"{'disconnected' if isinstance(item.exc, PeerDisconnected) else 'sent a bad frame'} "
+                      f"while we waited for '{tag}' ({item.exc})")
+        return item
+
+    def close(self) -> None:
+        self.closed = True
+        self.stream.close()
+
+
+class SocketChannel(Channel):
+    """Channel over TCP (or TLS) connections, one per peer; see the module docstring.
+
+    Build it with `attach(peer, stream)` for each connection made by
+    `connect_peer` / `accept_peer`. Protocol traffic goes through the
+    counting `send`/`recv`/`exchange` of the base class. The cluster's own
+    control messages (operation calls and their results) use `send_control`
+    / `recv_control`, which are not counted, just as the in-process cluster's
+    task queues are not.
+    """
+
+    def __init__(self, party: int, timeout: float = 30.0, *, session: str = "",
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME):
+        super().__init__(party, timeout)
+        self.session = session
+        self.max_frame_bytes = max_frame_bytes
+        self._links: dict[int, _Link] = {}
+
+    def attach(self, peer: int, stream) -> None:
+        """Take over a connection whose hello frames (seq 0 both ways) were exchanged."""
+        if peer in self._links:
+            raise ValueError(f"party {self.party} already has a connection to {_name(peer)}")
+        self._links[peer] = _Link(self, peer, stream, send_seq=1, recv_seq=1)
+
+    @property
+    def peers(self) -> list[int]:
+        return sorted(self._links)
+
+    def _link(self, peer: int) -> _Link:
+        try:
+            return self._links[peer]
+        except KeyError:
+            raise ChannelError(f"party {self.party} has no connection to {_name(peer)}") from None
+
+    # -- transport for Channel ------------------------------------------------------
+    def _send_raw(self, to, tag, data):
+        self._link(to).send(tag, data)
+
+    def _recv_raw(self, frm, tag):
+        got_tag, data = self._link(frm).get(tag, self.timeout)
+        if got_tag == ABORT_TAG:
+            raise PeerDisconnected(f"{_name(self.party)}: {_name(frm)} aborted the operation "
+                                   f"({_abort_reason(data)}) while we waited for '{tag}'")
+        if got_tag != tag:
+            raise ChannelError(f"{_name(self.party)}: expected '{tag}' from {_name(frm)}, got '{got_tag}' "
+                               "(the parties are running different programs)")
+        return data
+
+    # -- control messages (not counted) -------------------------------------------------
+    def send_control(self, to: int, tag: str, data) -> None:
+        self._link(to).send(tag, data)
+
+    def recv_control(self, frm: int, timeout: float | None = None) -> tuple[str, object]:
+        """Next message from `frm`, any tag: (tag, payload). `timeout` None waits for ever."""
+        return self._link(frm).get("a control message", timeout)
+
+    def abort_peers(self, reason: str, peers=None) -> None:
+        """Tell peers that this party gave up, so a peer waiting on it fails now, not at its timeout."""
+        for peer in (self.peers if peers is None else peers):
+            try:
+                self._links[peer].send(ABORT_TAG, reason.encode()[:2000])
+            except (ChannelError, KeyError):
+                pass
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+
+
+def _abort_reason(data) -> str:
+    try:
+        return bytes(data).decode(errors="replace")
+    except TypeError:
+        return "no reason given"
+
+
+# -- making connections --------------------------------------------------------------
+def _hello_payload(**fields) -> bytes:
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+def _parse_hello(header: dict, payload) -> dict:
+    if header["tag"] != HELLO_TAG or header["seq"] != 0 or not isinstance(payload, bytes):
+        raise ChannelError(f"expected a hello frame first, got '{header['tag']}' (seq {header['seq']})")
+    try:
+        hello = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise ChannelError("hello frame is not valid JSON") from None
+    if not isinstance(hello, dict):
+        raise ChannelError("hello frame is not a JSON object")
+    return hello
+
+
+def _wrap(sock: socket.socket, tls: TlsConfig | None, server_side: bool, idle):
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is None:
+        return _PlainStream(sock)
+    stream = _TlsStream(sock, tls.server if server_side else tls.client, server_side)
+    stream.handshake(idle)
+    return stream
+
+
+def _deadline_idle(deadline: float, what: str, check: Callable[[], None] | None = None):
+    def idle():
+        if check is not None:
+            check()
+        if time.monotonic() > deadline:
+            raise PeerTimeout(f"timed out {what}")
+    return idle
+
+
+def connect_peer(address: tuple[str, int], me: int, peer: int, *, session: str, tls: TlsConfig | None = None,
+                 timeout: float = 30.0, max_frame_bytes: int = DEFAULT_MAX_FRAME,
+                 check: Callable[[], None] | None = None):
+    """Connect to `peer` at `address`, retrying until it listens; exchange hellos. Returns the stream.
+
+    `check()` is called while waiting and may raise (e.g. the peer's
+    process died). Raises PeerTimeout when `timeout` passes, ChannelError
+    when the peer is not who it should be or refuses us.
+    """
+    host, port = address
+    deadline = time.monotonic() + timeout
+    where = f"{_name(peer)} at {host}:{port}"
+    idle = _deadline_idle(deadline, f"waiting for {where}", check)
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+            break
+        except (ConnectionRefusedError, ConnectionResetError, TimeoutError, socket.gaierror) as exc:
+            if time.monotonic() > deadline:
+                raise PeerTimeout(f"{_name(me)}: cannot connect to {where} within {timeout:g} s: {exc}") from None
+            if check is not None:
+                check()
+            time.sleep(0.05)
+    try:
+        stream = _wrap(sock, tls, server_side=False, idle=idle)
+        if tls is not None:
+            cn = stream.peer_common_name()
+            if cn != CERT_NAMES[peer]:
+                raise ChannelError(f"{where} presented a certificate for {cn!r}, expected {CERT_NAMES[peer]!r}: "
+                                   "refusing the connection")
+        write_frame(stream, HELLO_TAG, 0, session, _hello_payload(party=me, session=session, version=VERSION), idle)
+        header, payload = read_frame(stream, max_frame_bytes, idle)
+        hello = _parse_hello(header, payload)
+        if "error" in hello:
+            raise ChannelError(f"{where} refused the connection: {hello['error']}")
+        if hello.get("party") != peer or hello.get("session") != session:
+            raise ChannelError(f"{where} answered as party {hello.get('party')!r} of session "
+                               f"{hello.get('session')!r}, expected party {peer} of session {session!r}")
+        return stream
+    except BaseException:
+        _close_socket(sock)
+        raise
+
+
+def accept_peer(sock: socket.socket, me: int, *, tls: TlsConfig | None = None, timeout: float = 10.0,
+                max_frame_bytes: int = DEFAULT_MAX_FRAME) -> tuple[int, dict, object]:
+    """Read the hello on a freshly accepted socket: (peer index, hello, stream).
+
+    The caller answers with `reply_hello` (or `reply_hello(..., error=...)`)
+    once it knows the session. Raises ChannelError for anything that is not
+    a well-formed hello from a party or the client (garbage, wrong
+    certificate, bad index) after closing the socket.
+    """
+    idle = _deadline_idle(time.monotonic() + timeout, "waiting for a hello")
+    stream = None
+    try:
+        stream = _wrap(sock, tls, server_side=True, idle=idle)
+        header, payload = read_frame(stream, min(max_frame_bytes, _MAX_HEADER), idle)
+        hello = _parse_hello(header, payload)
+        peer = hello.get("party")
+        if peer not in CERT_NAMES or peer == me or not isinstance(hello.get("session"), str):
+            raise ChannelError(f"hello names party {peer!r} of session {hello.get('session')!r}")
+        if tls is not None:
+            cn = stream.peer_common_name()
+            if cn != CERT_NAMES[peer]:
+                msg = (f"{_name(peer)} presented a certificate for {cn!r}, expected {CERT_NAMES[peer]!r}: "
+                       "connection refused")
+                reply_hello(stream, me, hello["session"], error=msg)
+                raise ChannelError(msg)
+        return peer, hello, stream
+    except BaseException:
+        if stream is not None:
+            stream.close()
+        else:
+            _close_socket(sock)
+        raise
+
+
+def reply_hello(stream, me: int, session: str, *, error: str | None = None, timeout: float = 10.0) -> None:
+    """Answer a peer's hello: accept it into `session`, or refuse it with `error` (then close)."""
+    fields = {"party": me, "session": session, "version": VERSION}
+    if error is not None:
+        fields["error"] = error
+    try:
+        write_frame(stream, HELLO_TAG, 0, session, _hello_payload(**fields),
+                    _deadline_idle(time.monotonic() + timeout, "answering a hello"))
+    except (OSError, ChannelError):
+        if error is None:
+            raise
+    if error is not None:
+        stream.close()
+

@@ -1,0 +1,308 @@
+"""Three parties as OS processes linked by TCP (optionally TLS): TcpCluster."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+
+import pysmpc
+from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
+from pysmpc.parties.party import CLIENT, DEALER, P0, P1
+from pysmpc.parties.socket import (
+    DEFAULT_MAX_FRAME,
+    SocketChannel,
+    TlsConfig,
+    connect_peer,
+    parse_hosts,
+    warn_if_cleartext,
+)
+from pysmpc.runtime import wire
+from pysmpc.runtime.cluster import BaseCluster, ClusterError
+
+__all__ = ["TcpCluster", "DEFAULT_HOSTS"]
+
+PARTIES = (P0, P1, DEALER)
+DEFAULT_HOSTS = ("localhost:4000", "localhost:4001", "localhost:4002")
+_POLL = 0.25
+_TAIL = 3000
+
+
+class TcpCluster(BaseCluster):
+    """Three parties in separate processes, reached over TCP; also a context manager.
+
+    With `spawn=True` (default) `start()` launches the three workers
+    (`python -m pysmpc.runtime.worker`) itself and `stop()` ends them, as
+    does interpreter exit or garbage collection; with `spawn=False` it
+    connects to workers started by hand on `hosts` (one session per worker
+    process). With `tls_dir` every connection is mutual TLS with the
+    certificates made by `pysmpc.runtime.certs.make_cluster_certs`; without
+    it, non-loopback hosts draw a CleartextWarning.
+
+    The caller's endpoint (`client_channel`, party index CLIENT) is
+    connected to all three workers: inputs go to P0 and P1 and outputs come
+    back from them there, counted as in the in-process cluster; operation
+    calls and results also use these connections but are not counted.
+
+    `ephemeral_ports=True` (tests) binds free ports instead of the ones in
+    `hosts`; `ports` then tells which.
+
+    >>> with TcpCluster() as cluster:
+    ...     x = cluster.share(np.array([1.5, -2.0]))
+    ...     (x * x).reveal()
+    """
+
+    def __init__(self, hosts=DEFAULT_HOSTS, spawn: bool = True, tls_dir=None, frac_bits: int = 16,
+                 int_bits: int = 15, timeout: float = 30.0, *, ephemeral_ports: bool = False,
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME, worker_args: tuple = ()):
+        super().__init__(frac_bits=frac_bits, int_bits=int_bits, timeout=timeout)
+        self.hosts = parse_hosts(hosts)
+        self.spawn = spawn
+        self.tls_dir = None if tls_dir is None else Path(tls_dir)
+        if ephemeral_ports and not spawn:
+            raise ValueError("ephemeral_ports needs spawn=True: hand-started workers choose their own ports")
+        self.ephemeral_ports = ephemeral_ports
+        self.max_frame_bytes = max_frame_bytes
+        self.worker_args = tuple(worker_args)
+        self.session: str | None = None
+        # Everything the finalizer needs, outside `self` so it can run without it.
+        self._state = {"processes": {}, "logs": {}, "channel": None}
+        self._finalizer = weakref.finalize(self, _cleanup, self._state)
+        self._failed_dispatch: dict[int, BaseException] = {}
+
+    @property
+    def processes(self) -> dict[int, subprocess.Popen]:
+        """The spawned worker processes by party index (empty with spawn=False)."""
+        return self._state["processes"]
+
+    @property
+    def ports(self) -> list[int]:
+        return [p for _, p in self.hosts]
+
+    def worker_log(self, index: int) -> str:
+        """What a spawned worker has written to stderr so far."""
+        path = self._state["logs"].get(index)
+        if path is None:
+            return ""
+        try:
+            return Path(path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> "TcpCluster":
+        if self._state["channel"] is not None:
+            return self
+        tls = TlsConfig(self.tls_dir, CLIENT) if self.tls_dir is not None else None
+        warn_if_cleartext(self.hosts, tls, "TcpCluster")
+        self.session = secrets.token_hex(8)
+        self._broken = None
+        try:
+            if self.spawn:
+                self._spawn()
+            channel = SocketChannel(CLIENT, self.timeout, session=self.session, max_frame_bytes=self.max_frame_bytes)
+            self._state["channel"] = channel
+            deadline = time.monotonic() + self.timeout
+            for i in PARTIES:
+                try:
+                    stream = connect_peer(self.hosts[i], CLIENT, i, session=self.session, tls=tls,
+                                          timeout=max(0.1, deadline - time.monotonic()),
+                                          max_frame_bytes=self.max_frame_bytes,
+                                          check=lambda i=i: self._check_alive(i))
+                except ChannelError as exc:
+                    raise ClusterError(f"cannot connect to P{i} at {_fmt(self.hosts[i])}: {exc}"
+                                       f"{self._exit_report(i)}") from None
+                channel.attach(i, stream)
+            for i in PARTIES:
+                tag, payload = self._wait(i, deadline, "startup")
+                if tag == "ctl:error":
+                    raise ClusterError(f"P{i} could not join the session: {bytes(payload).decode(errors='replace')}"
+                                       f"{self._exit_report(i, wait=2.0)}")
+                if tag != "ctl:ready":
+                    raise ClusterError(f"P{i} sent '{tag}' instead of 'ready' during startup")
+        except BaseException as exc:
+            self.stop()
+            if isinstance(exc, ChannelError):
+                raise ClusterError(f"the cluster failed to start: {exc}") from exc
+            raise
+        self.client_channel = channel
+        return self
+
+    def _spawn(self) -> None:
+        """Bind the three listening sockets here (so a busy port fails now), then start the workers."""
+        listeners = {}
+        try:
+            for i in PARTIES:
+                host, port = self.hosts[i]
+                try:
+                    listeners[i] = socket.create_server((host, 0 if self.ephemeral_ports else port))
+                except OSError as exc:
+                    raise ClusterError(f"cannot listen on {host}:{port} for P{i}: {exc.strerror or exc} "
+                                       "(port busy? pass other hosts=, or stop whatever uses it)") from None
+                self.hosts[i] = (host, listeners[i].getsockname()[1])
+            hosts = ",".join(_fmt(h) for h in self.hosts)
+            package_root = str(Path(pysmpc.__file__).resolve().parent.parent)
+            env = dict(os.environ)
+            # Run the workers on the same pysmpc as this process, whatever their cwd.
+            env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+            env["PYTHONUNBUFFERED"] = "1"
+            for i in PARTIES:
+                fd, log_path = tempfile.mkstemp(prefix=f"pysmpc-P{i}-", suffix=".log")
+                self._state["logs"][i] = log_path
+                cmd = [sys.executable, "-m", "pysmpc.runtime.worker", "--party", str(i), "--hosts", hosts,
+                       "--timeout", str(self.timeout), "--startup-timeout", str(self.timeout + 5),
+                       "--max-frame-bytes", str(self.max_frame_bytes),
+                       "--listen-fd", str(listeners[i].fileno()), *self.worker_args]
+                if self.tls_dir is not None:
+                    cmd += ["--tls-dir", str(self.tls_dir)]
+                try:
+                    self._state["processes"][i] = subprocess.Popen(
+                        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fd,
+                        pass_fds=(listeners[i].fileno(),), cwd=package_root, env=env)
+                finally:
+                    os.close(fd)
+        finally:
+            for s in listeners.values():
+                s.close()
+
+    def stop(self) -> None:
+        """Say goodbye to the workers, close the connections, end spawned workers."""
+        _cleanup(self._state)
+
+    # -- liveness of spawned workers --------------------------------------------------
+    def _check_alive(self, i: int) -> None:
+        proc = self._state["processes"].get(i)
+        if proc is not None and proc.poll() is not None:
+            raise PeerDisconnected(f"P{i} worker exited with code {proc.returncode}")
+
+    def _exit_report(self, i: int, wait: float = 0.0) -> str:
+        """'; worker exited with code N; its log ends with: ...' for a spawned worker."""
+        proc = self._state["processes"].get(i)
+        if proc is None:
+            return ""
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass
+        status = "is still running" if proc.returncode is None else f"exited with code {proc.returncode}"
+        tail = self.worker_log(i)[-_TAIL:].strip()
+        return f"; the P{i} worker {status}" + (f"; its log ends with:\n{tail}" if tail else "")
+
+    def _wait(self, i: int, deadline: float, what: str) -> tuple[str, object]:
+        """Next control message from P{i}, checking meanwhile that its process lives."""
+        channel = self._state["channel"]
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PeerTimeout(f"P{i} did not answer {what} within the timeout{self._exit_report(i)}")
+            try:
+                return channel.recv_control(i, timeout=min(_POLL, left))
+            except PeerTimeout:
+                proc = self._state["processes"].get(i)
+                if proc is not None and proc.poll() is not None:
+                    raise PeerDisconnected(f"P{i} is gone while the client waited for {what}"
+                                           f"{self._exit_report(i)}") from None
+            except PeerDisconnected as exc:
+                raise PeerDisconnected(f"{exc}{self._exit_report(i, wait=1.0)}") from None
+
+    # -- transport for BaseCluster -------------------------------------------------------
+    def _dispatch(self, name: str, args: tuple, kwargs: dict) -> None:
+        channel = self._state["channel"]
+        if channel is None:
+            raise ClusterError("the cluster is not running: call start() or use it as a context manager")
+        message = wire.encode_call(name, args, kwargs)  # WireError here: nothing was sent
+        self._failed_dispatch = {}
+        for i in PARTIES:
+            try:
+                channel.send_control(i, "ctl:call", message)
+            except ChannelError as exc:
+                self._failed_dispatch[i] = PeerDisconnected(f"P{i}: cannot send '{name}': {exc}"
+                                                            f"{self._exit_report(i, wait=1.0)}")
+
+    def _collect(self, name: str) -> list:
+        deadline = time.monotonic() + self.timeout + 5
+        outcomes: dict[int, tuple[bool, object]] = {}
+        lost: list[int] = []  # parties this side saw vanish: they are the root cause
+        for i in PARTIES:
+            if i in self._failed_dispatch:
+                outcomes[i] = (False, self._failed_dispatch[i])
+                lost.append(i)
+                continue
+            try:
+                tag, payload = self._wait(i, deadline, f"'{name}'")
+                if tag != "ctl:result":
+                    raise ChannelError(f"P{i} answered '{name}' with a '{tag}' message")
+            except ChannelError as exc:
+                outcomes[i] = (False, exc)
+                lost.append(i)
+                continue
+            try:
+                outcomes[i] = (True, wire.decode_reply(payload))
+            except wire.WireError as exc:
+                outcomes[i] = (False, ChannelError(f"P{i} sent an unreadable reply to '{name}': {exc}"))
+                lost.append(i)
+            except Exception as exc:  # noqa: BLE001 - the error the party raised, rebuilt
+                outcomes[i] = (False, exc)
+        errors = {i: out for i, (ok, out) in outcomes.items() if not ok}
+        if errors:
+            root = errors[lost[0]] if lost else _root_error(errors)
+            self._broken = f"'{name}' failed: {root}"
+            raise ClusterError(f"operation '{name}' failed on party "
+                               f"{', '.join(str(i) for i in errors)}: {root}") from root
+        return [outcomes[i][1] for i in PARTIES]
+
+
+def _root_error(errors: dict[int, BaseException]) -> BaseException:
+    """The error that caused the others: prefer one that is not a channel abort."""
+    for exc in errors.values():
+        if not isinstance(exc, ChannelError):
+            return exc
+    return next(iter(errors.values()))
+
+
+def _fmt(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _cleanup(state: dict) -> None:
+    """Stop a cluster: goodbye, close, then wait for, terminate or kill each spawned worker."""
+    channel = state.get("channel")
+    state["channel"] = None
+    joined = set(channel.peers) if channel is not None else set()
+    if channel is not None:
+        for i in channel.peers:
+            try:
+                channel.send_control(i, "ctl:shutdown", b"")
+            except ChannelError:
+                pass
+        channel.close()
+    processes = state.get("processes", {})
+    for i, proc in processes.items():
+        if i not in joined:  # still waiting for us to connect: nothing to finish cleanly
+            proc.terminate()
+    deadline = time.monotonic() + 3.0
+    for proc in processes.values():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+    for proc in processes.values():
+        try:
+            proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    processes.clear()
+    for path in state.get("logs", {}).values():
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    state.get("logs", {}).clear()

@@ -1,0 +1,255 @@
+"""A party as an OS process, driven over TCP by a TcpCluster.
+
+    python -m pysmpc.runtime.worker --party N \\
+        --hosts localhost:4000,localhost:4001,localhost:4002 [--tls-dir DIR]
+
+1. Listen on hosts[N]; accept the client (the controller), whose hello
+   names the session.
+2. Connect to each lower party (P_N connects to P_j, j < N; retried until
+   the timeout) and accept each higher one; every hello must name the same
+   session, and with TLS every certificate the expected party.
+3. Agree PRG seeds with the other parties (exchange_seeds, offline), tell
+   the client "ready".
+4. Loop: receive an operation call from the client, run it with run_op,
+   send back the result, or an error naming this party and the op. After an
+   error the worker tells the other parties to stop waiting on it and stays
+   up, answering further calls with that error, until the client leaves.
+
+One session per process: the worker exits when the client says goodbye or
+disconnects. Logs go to stderr. Nothing received is unpickled (see wire.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import threading
+import time
+
+from pysmpc.parties.channel import ChannelError, PeerDisconnected
+from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party, exchange_seeds
+from pysmpc.parties.socket import (
+    DEFAULT_MAX_FRAME,
+    SocketChannel,
+    TlsConfig,
+    accept_peer,
+    connect_peer,
+    parse_hosts,
+    reply_hello,
+    warn_if_cleartext,
+)
+from pysmpc.runtime import wire
+from pysmpc.runtime.ops import run_op
+
+__all__ = ["main", "serve"]
+
+PARTIES = (P0, P1, DEALER)
+log = logging.getLogger("pysmpc.worker")
+
+
+class SetupError(RuntimeError):
+    """The worker could not join a session."""
+
+
+def main(argv=None) -> int:
+    """Run one worker; return its exit code (0 after a clean session)."""
+    parser = argparse.ArgumentParser(prog="python -m pysmpc.runtime.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--party", type=int, required=True, choices=PARTIES)
+    parser.add_argument("--hosts", default="localhost:4000,localhost:4001,localhost:4002",
+                        help="host:port of P0,P1,P2 (comma separated)")
+    parser.add_argument("--tls-dir", default=None, help="directory with ca.pem and pN.pem/pN.key")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a peer's message")
+    parser.add_argument("--startup-timeout", type=float, default=None,
+                        help="seconds to wait for the client (default: for ever)")
+    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME)
+    parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # socket bound by TcpCluster
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format=f"%(asctime)s pysmpc-worker P{args.party} %(levelname)s %(message)s")
+    hosts = parse_hosts(args.hosts)
+    tls = TlsConfig(args.tls_dir, args.party) if args.tls_dir else None
+    warn_if_cleartext(hosts, tls, f"worker P{args.party}")
+    if args.listen_fd is not None:
+        listener = socket.socket(fileno=args.listen_fd)
+    else:
+        host, port = hosts[args.party]
+        try:
+            listener = socket.create_server((host, port))
+        except OSError as exc:
+            log.error("cannot listen on %s:%s: %s (is the port busy?)", host, port, exc)
+            return 2
+    log.info("listening on %s (TLS %s)", _address(listener), "on" if tls else "off")
+    try:
+        return serve(args.party, listener, hosts, tls=tls, timeout=args.timeout,
+                     startup_timeout=args.startup_timeout, max_frame_bytes=args.max_frame_bytes)
+    except SetupError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        listener.close()
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None = None, timeout: float = 30.0,
+          startup_timeout: float | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME) -> int:
+    """Join one session as party `index` on `listener` and serve it; return the exit code."""
+    channel = _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes)
+    stop = threading.Event()
+    threading.Thread(target=_refuse_extra, args=(index, listener, tls, channel.session, stop), daemon=True,
+                     name="pysmpc-refuse").start()
+    try:
+        try:
+            party = Party(index, channel, exchange_seeds(index, channel))
+        except ChannelError as exc:
+            channel.send_control(CLIENT, "ctl:error", f"party {index}: seed exchange failed: {exc}".encode())
+            raise SetupError(f"seed exchange failed: {exc}") from None
+        channel.send_control(CLIENT, "ctl:ready", b"")
+        log.info("session %s ready", channel.session)
+        return _loop(party, channel)
+    finally:
+        stop.set()
+        channel.close()
+
+
+def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes) -> SocketChannel:
+    """Steps 1-2: the client, then the mesh. Returns the channel with every connection attached."""
+    listener.settimeout(0.25)
+    waiting: dict[int, tuple] = {}  # peer -> (hello, stream), answered once the session is known
+
+    def accept_until(done, deadline, what):
+        while not done():
+            if deadline is not None and time.monotonic() > deadline:
+                raise SetupError(f"timed out waiting for {what}")
+            try:
+                sock, addr = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                peer, hello, stream = accept_peer(sock, index, tls=tls, timeout=min(timeout, 10.0),
+                                                  max_frame_bytes=max_frame_bytes)
+            except (ChannelError, OSError) as exc:
+                log.warning("refused a connection from %s:%s: %s", addr[0], addr[1], exc)
+                continue
+            if peer != CLIENT and peer < index:
+                reply_hello(stream, index, hello["session"], error=f"P{index} connects to P{peer}, not the reverse")
+                log.warning("refused a connection from P%s: wrong direction", peer)
+                continue
+            if peer in waiting:
+                waiting[peer][1].close()
+            waiting[peer] = (hello, stream)
+
+    start = time.monotonic()
+    accept_until(lambda: CLIENT in waiting, None if startup_timeout is None else start + startup_timeout,
+                 "the client")
+    session = waiting[CLIENT][0]["session"]
+    log.info("client joined, session %s", session)
+    channel = SocketChannel(index, timeout, session=session, max_frame_bytes=max_frame_bytes)
+    try:
+        reply_hello(waiting[CLIENT][1], index, session)
+        channel.attach(CLIENT, waiting.pop(CLIENT)[1])
+        deadline = time.monotonic() + timeout
+        for j in PARTIES:
+            if j < index:
+                try:
+                    stream = connect_peer(hosts[j], index, j, session=session, tls=tls,
+                                          timeout=max(0.1, deadline - time.monotonic()),
+                                          max_frame_bytes=max_frame_bytes)
+                except ChannelError as exc:
+                    raise SetupError(f"cannot join P{j}: {exc}") from None
+                channel.attach(j, stream)
+
+        def have_higher():
+            for j in [p for p in waiting if p != CLIENT]:
+                hello, stream = waiting.pop(j)
+                if hello["session"] != session:
+                    reply_hello(stream, index, session, error=f"P{index} is in session {session}")
+                    log.warning("refused P%s from session %s", j, hello["session"])
+                    continue
+                reply_hello(stream, index, session)
+                channel.attach(j, stream)
+            return all(j in channel.peers for j in PARTIES if j > index)
+
+        accept_until(have_higher, deadline, f"P{', P'.join(str(j) for j in PARTIES if j > index)}")
+    except SetupError as exc:
+        channel.send_control(CLIENT, "ctl:error", f"party {index}: {exc}".encode())
+        channel.close()
+        raise
+    except BaseException:
+        channel.close()
+        raise
+    return channel
+
+
+def _refuse_extra(index, listener, tls, session, stop: threading.Event) -> None:
+    """During a session, answer (and log) anyone else who connects: refused, busy."""
+    while not stop.is_set():
+        try:
+            sock, addr = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+
+        def refuse(sock=sock, addr=addr):
+            try:
+                peer, hello, stream = accept_peer(sock, index, tls=tls, timeout=5.0)
+            except (ChannelError, OSError) as exc:
+                log.warning("refused a connection from %s:%s: %s", addr[0], addr[1], exc)
+                return
+            reply_hello(stream, index, hello["session"], error=f"P{index} is busy with session {session}")
+            log.warning("refused %s from %s:%s: busy", "the client" if peer == CLIENT else f"P{peer}",
+                        addr[0], addr[1])
+
+        threading.Thread(target=refuse, daemon=True).start()
+
+
+def _loop(party: Party, channel: SocketChannel) -> int:
+    """Step 4: serve operation calls until the client leaves."""
+    failed: str | None = None
+    while True:
+        try:
+            tag, payload = channel.recv_control(CLIENT, timeout=None)
+        except PeerDisconnected:
+            log.info("client disconnected; exiting")
+            return 0
+        except ChannelError as exc:
+            log.error("bad message from the client: %s; exiting", exc)
+            return 1
+        if tag == "ctl:shutdown":
+            log.info("client said goodbye; exiting")
+            return 0
+        name = "?"
+        try:
+            if tag != "ctl:call":
+                raise wire.WireError(f"expected an operation call, got a '{tag}' message")
+            name, args, kwargs = wire.decode_call(payload)
+            if failed:
+                raise RuntimeError(f"party {party.index} stopped after an earlier error ({failed})")
+            reply = wire.encode_result(run_op(party, name, args, kwargs))
+        except Exception as exc:  # noqa: BLE001 - reported to the client, which raises it
+            if not failed:
+                log.error("op %r failed: %s: %s", name, type(exc).__name__, exc,
+                          exc_info=not isinstance(exc, (ChannelError, wire.WireError)))
+                failed = f"'{name}' failed: {type(exc).__name__}: {exc}"
+                # Peers may be blocked waiting on this party: let them fail now.
+                channel.abort_peers(f"party {party.index}: {failed}", peers=[p for p in PARTIES if p != party.index])
+            reply = wire.encode_error(party.index, name, exc)
+        try:
+            channel.send_control(CLIENT, "ctl:result", reply)
+        except ChannelError as exc:
+            log.error("cannot answer the client: %s; exiting", exc)
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""TCP transport: the user-facing tests over three worker processes, and the transport's failure modes."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import test_cluster
+from pysmpc import LocalCluster
+from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
+from pysmpc.parties.party import CLIENT, P0, P1
+from pysmpc.parties.socket import (
+    MAGIC,
+    CleartextWarning,
+    SocketChannel,
+    accept_peer,
+    connect_peer,
+    parse_hosts,
+    reply_hello,
+    warn_if_cleartext,
+)
+from pysmpc.runtime import wire
+from pysmpc.runtime.certs import make_cluster_certs
+from pysmpc.runtime.cluster import ClusterError
+from pysmpc.runtime.tcp import TcpCluster
+
+# The user-facing suite, collected again here against the parametrized `cluster` below.
+from test_cluster import (  # noqa: F401
+    test_clear_errors,
+    test_comparisons_and_argmax,
+    test_multiply_and_matmul,
+    test_relu_conv_pool,
+    test_share_reveal_add_sub,
+    test_stats_count_bytes_and_rounds,
+)
+
+TOL = test_cluster.TOL
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    with LocalCluster() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tcp_cluster():
+    with TcpCluster(ephemeral_ports=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="module", params=["local", pytest.param("tcp", marks=pytest.mark.tcp)])
+def cluster(request):
+    return request.getfixturevalue(f"{request.param}_cluster")
+
+
+def _workload(c):
+    """A fixed sequence of ops touching every kind of traffic: input, Beaver, truncation, comparison, output."""
+    rng = np.random.default_rng(7)
+    a, b = rng.uniform(-5, 5, (6, 10)), rng.uniform(-5, 5, (10, 4))
+    c.reset_stats()
+    x, w = c.share(a), c.share(b)
+    y = (x @ w).relu()
+    z = (x * x).sum(axis=0)
+    out = [y.reveal(), z.reveal(), (x < 0.5).reveal(), x.argmax().reveal()]
+    return c.stats(), out, (a, b)
+
+
+@pytest.mark.tcp
+def test_stats_over_tcp_equal_in_process(local_cluster, tcp_cluster):
+    stats_local, out_local, _ = _workload(local_cluster)
+    stats_tcp, out_tcp, (a, b) = _workload(tcp_cluster)
+    for key in ("P0", "P1", "P2", "client"):
+        assert stats_tcp[key] == stats_local[key], f"{key}: tcp {stats_tcp[key]} != local {stats_local[key]}"
+    np.testing.assert_allclose(out_tcp[0], np.maximum(a @ b, 0), atol=1e-2)
+    np.testing.assert_array_equal(out_tcp[2], out_local[2])
+    np.testing.assert_array_equal(out_tcp[3], out_local[3])
+    assert stats_tcp["P0"]["matmul"]["rounds"] == 1
+
+
+@pytest.mark.tcp
+def test_tls_cluster(tmp_path, local_cluster):
+    make_cluster_certs(tmp_path)
+    with TcpCluster(tls_dir=tmp_path, ephemeral_ports=True) as c:
+        a = np.array([[1.5, -2.0, 3.25]])
+        x = c.share(a)
+        np.testing.assert_allclose((x * x).reveal(), a * a, atol=1e-3)
+        c.reset_stats()
+        (x * x).reveal()
+        tls_stats = c.stats()
+    local_cluster.reset_stats()
+    (local_cluster.share(a) * local_cluster.share(a)).reveal()
+    # Encryption is below the counting: the same payload bytes are reported.
+    assert tls_stats["P0"]["mul"] == local_cluster.stats()["P0"]["mul"]
+
+
+@pytest.mark.tcp
+def test_wrong_certificate_is_refused(tmp_path):
+    make_cluster_certs(tmp_path)
+    for ext in ("pem", "key"):  # P0 now presents P1's (valid, CA-signed) certificate
+        shutil.copy(tmp_path / f"p1.{ext}", tmp_path / f"p0.{ext}")
+    start = time.monotonic()
+    with pytest.raises(ClusterError, match=r"P0.*certificate for 'P1', expected 'P0'"):
+        TcpCluster(tls_dir=tmp_path, ephemeral_ports=True, timeout=10).start()
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.tcp
+def test_certificate_from_another_ca_is_refused(tmp_path):
+    make_cluster_certs(tmp_path / "a")
+    make_cluster_certs(tmp_path / "b")
+    shutil.copy(tmp_path / "b" / "client.pem", tmp_path / "a" / "client.pem")
+    shutil.copy(tmp_path / "b" / "client.key", tmp_path / "a" / "client.key")
+    with pytest.raises(ClusterError, match=r"P0"):
+        TcpCluster(tls_dir=tmp_path / "a", ephemeral_ports=True, timeout=10).start()
+
+
+@pytest.mark.tcp
+def test_killed_worker_fails_fast_naming_the_party():
+    with TcpCluster(ephemeral_ports=True) as c:
+        x = c.share(np.ones((4, 4)))
+        c.processes[P1].kill()
+        c.processes[P1].wait()
+        start = time.monotonic()
+        with pytest.raises(ClusterError, match=r"P1|party 1") as info:
+            (x * x).reveal()
+        assert time.monotonic() - start < 10
+        assert "exited with code" in str(info.value)
+        with pytest.raises(ClusterError, match="stopped working"):
+            c.share(np.ones(2))
+
+
+@pytest.mark.tcp
+def test_error_on_workers_is_reported_and_workers_end_with_the_cluster():
+    c = TcpCluster(ephemeral_ports=True).start()
+    start = time.monotonic()
+    with pytest.raises(ClusterError, match=r"operation 'transpose' failed on party 0, 1, 2") as info:
+        c.call("transpose", 99, 12345, (1, 0))  # no tensor 12345 on any party
+    assert isinstance(info.value.__cause__, KeyError)
+    with pytest.raises(ClusterError, match="stopped working"):
+        c.call("not_an_op")
+    assert time.monotonic() - start < 10
+    processes = list(c.processes.values())
+    del c, info
+    gc.collect()  # no stop(): garbage collection ends the workers
+    assert all(p.poll() is not None for p in processes)
+
+
+@pytest.mark.tcp
+def test_workers_started_by_hand(tmp_path):
+    ports = []
+    for _ in range(3):
+        with socket.create_server(("127.0.0.1", 0)) as s:
+            ports.append(s.getsockname()[1])
+    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+    workers = [subprocess.Popen([sys.executable, "-m", "pysmpc.runtime.worker", "--party", str(i), "--hosts", hosts],
+                                stderr=subprocess.PIPE, cwd=tmp_path) for i in (2, 1, 0)]  # any start order
+    try:
+        with TcpCluster(hosts=hosts.split(","), spawn=False) as c:
+            assert c.processes == {}
+            x = c.share(np.array([[1.0, -2.0]]))
+            np.testing.assert_allclose((x @ x.T).reveal(), [[5.0]], atol=1e-3)
+        assert [w.wait(timeout=10) for w in workers] == [0, 0, 0]  # one session each, then exit
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+
+
+@pytest.mark.tcp
+def test_garbage_to_a_worker_port_is_refused(tcp_cluster):
+    host, port = tcp_cluster.hosts[P0]
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: pysmpc\r\n\r\n" + bytes(range(256)))
+        s.settimeout(5)
+        assert s.recv(100) == b""  # the worker closed it
+    x = tcp_cluster.share(np.array([2.0]))
+    np.testing.assert_allclose((x * x).reveal(), [4.0], atol=TOL)
+    assert "bad magic" in tcp_cluster.worker_log(P0)
+
+
+@pytest.mark.tcp
+def test_busy_port_is_a_clear_error():
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(ClusterError, match=rf"cannot listen on 127.0.0.1:{port} for P0.*busy"):
+            TcpCluster(hosts=(f"127.0.0.1:{port}", "127.0.0.1:0", "127.0.0.1:0")).start()
+
+
+def test_cleartext_warning_only_off_loopback():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_if_cleartext(parse_hosts("localhost:1,127.0.0.1:2,[::1]:3"), None, "test")
+    with pytest.warns(CleartextWarning, match="IN THE CLEAR"):
+        assert warn_if_cleartext(parse_hosts("localhost:1,192.0.2.7:2,localhost:3"), None, "test")
+
+
+# -- the channel itself, over a loopback connection ------------------------------------------
+def _pair(timeout=2.0, max_frame_bytes=1 << 30):
+    """Two SocketChannels, P0 and P1, joined by one loopback connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()[:2]
+    accepted = {}
+
+    def accept():
+        sock, _ = listener.accept()
+        peer, hello, stream = accept_peer(sock, P0)
+        reply_hello(stream, P0, hello["session"])
+        accepted["stream"] = stream
+
+    t = threading.Thread(target=accept)
+    t.start()
+    stream1 = connect_peer(address, P1, P0, session="s", timeout=5)
+    t.join()
+    listener.close()
+    ch0 = SocketChannel(P0, timeout, session="s", max_frame_bytes=max_frame_bytes)
+    ch1 = SocketChannel(P1, timeout, session="s", max_frame_bytes=max_frame_bytes)
+    ch0.attach(P1, accepted["stream"])
+    ch1.attach(P0, stream1)
+    return ch0, ch1
+
+
+def test_channel_payloads_round_trip_and_count():
+    ch0, ch1 = _pair()
+    try:
+        a = np.arange(12, dtype=np.uint64).reshape(3, 4)
+        payload = [a, a.T, b"seed", (np.float64(1.5) * np.ones(2), np.zeros((0, 3), np.int32)), np.uint64(7) * a[0]]
+        ch0.send(P1, payload, tag="t")
+        got = ch1.recv(P0, tag="t")
+        assert isinstance(got, list) and isinstance(got[3], tuple)
+        np.testing.assert_array_equal(got[0], a)
+        np.testing.assert_array_equal(got[1], a.T)
+        assert got[2] == b"seed" and got[3][1].shape == (0, 3) and got[4].dtype == np.uint64
+        sent = 12 * 8 * 2 + 4 + 16 + 0 + 32
+        assert ch0.stats()["t"].bytes_sent == sent and ch1.stats()["t"].bytes_received == sent
+        assert ch1.stats()["t"].rounds == 1
+    finally:
+        ch0.close()
+        ch1.close()
+
+
+def test_simultaneous_large_exchange_does_not_deadlock():
+    ch0, ch1 = _pair(timeout=20)
+    big = np.arange(8 << 20, dtype=np.uint64)  # 64 MiB each way, far above socket buffers
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault(1, ch1.exchange(P0, big + 1, tag="x")))
+    t.start()
+    out[0] = ch0.exchange(P1, big, tag="x")
+    t.join(30)
+    try:
+        assert not t.is_alive()
+        np.testing.assert_array_equal(out[0], big + 1)
+        np.testing.assert_array_equal(out[1], big)
+    finally:
+        ch0.close()
+        ch1.close()
+
+
+def test_channel_errors_are_clear():
+    ch0, ch1 = _pair(timeout=0.3)
+    try:
+        with pytest.raises(PeerTimeout, match=r"party 0: no message from party 1 .*'mul'"):
+            ch0.recv(P1, tag="mul")
+        ch1.send(P0, np.ones(2), tag="trunc")
+        with pytest.raises(ChannelError, match=r"expected 'mul' from party 1, got 'trunc'"):
+            ch0.recv(P1, tag="mul")
+        with pytest.raises(TypeError, match="cannot send"):
+            ch1.send(P0, {"not": "an array"}, tag="x")
+        with pytest.raises(TypeError, match="dtype"):
+            ch1.send(P0, np.array(["a"], dtype=object), tag="x")
+        ch1.close()
+        with pytest.raises(PeerDisconnected, match=r"party 1 disconnected while we waited for 'mul'"):
+            ch0.recv(P1, tag="mul")
+    finally:
+        ch0.close()
+        ch1.close()
+
+
+def test_oversized_frame_is_refused():
+    ch0, ch1 = _pair(max_frame_bytes=1 << 16)
+    try:
+        ch1.send(P0, np.zeros(1 << 14, np.uint64), tag="big")  # 128 KiB > 64 KiB limit on P0's side
+        with pytest.raises(ChannelError, match=r"exceeds the limit of 65536 bytes"):
+            ch0.recv(P1, tag="big")
+    finally:
+        ch0.close()
+        ch1.close()
+
+
+def test_bad_magic_and_out_of_order_frames_are_refused():
+    import struct
+
+    ch0, ch1 = _pair()
+    raw = ch1._links[P0].stream.sock  # write bytes of our own choosing on P1's end
+    try:
+        header = b'{"tag":"x","seq":5,"session":"s","layout":null,"buffers":[]}'
+        raw.sendall(struct.pack("!4sHHIQ", MAGIC, 1, 0, len(header), 0) + header)
+        with pytest.raises(ChannelError, match=r"out-of-order frame 'x': sequence number 5, expected 1"):
+            ch0.recv(P1, tag="x")
+    finally:
+        ch0.close()
+        ch1.close()
+    listener = socket.create_server(("127.0.0.1", 0))
+    with socket.create_connection(listener.getsockname()[:2]) as garbage:
+        garbage.sendall(b"\x16\x03\x01 this is not a pysmpc frame at all")
+        sock, _ = listener.accept()
+        with pytest.raises(ChannelError, match="bad magic"):
+            accept_peer(sock, P0, timeout=2)
+    listener.close()
+
+
+def test_unknown_peer_in_hello_is_refused():
+    listener = socket.create_server(("127.0.0.1", 0))
+    errors = []
+
+    def accept():
+        sock, _ = listener.accept()
+        try:
+            accept_peer(sock, P0, timeout=2)
+        except ChannelError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=accept)
+    t.start()
+    with pytest.raises((ChannelError, PeerTimeout)):
+        connect_peer(listener.getsockname()[:2], 7, P0, session="s", timeout=2)
+    t.join()
+    listener.close()
+    assert errors and "party 7" in str(errors[0])
+
+
+# -- wire encoding -------------------------------------------------------------------------------
+def test_wire_round_trips_op_arguments():
+    arr = np.arange(6, dtype=np.uint64).reshape(2, 3)
+    args = (3, "same", None, True, 2.5, (1, 0), [4, 5], np.uint64(1 << 63), np.int64(-3), np.float64(0.25),
+            (slice(None, 2), slice(1, None, 2), Ellipsis, 0), {"a": [1, (2,)], 7: None}, arr, b"\x00\xff")
+    message = wire.encode_call("getitem", args, {"public": arr.T, "public_left": False})
+    # What a frame delivers: bytes and fresh arrays.
+    delivered = [message[0]] + [np.array(b) if isinstance(b, np.ndarray) else bytes(b) for b in message[1:]]
+    name, got, kwargs = wire.decode_call(delivered)
+    assert name == "getitem" and len(got) == len(args)
+    for g, a in zip(got, args):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(g, a)
+            assert g.dtype == a.dtype
+        else:
+            assert g == a and type(g) is type(a), (g, a)
+    np.testing.assert_array_equal(kwargs["public"], arr.T)
+    assert wire.decode_reply(wire.encode_result((3, 4))) == (3, 4)
+    with pytest.raises(KeyError, match="no tensor") as info:
+        wire.decode_reply(wire.encode_error(1, "add", KeyError("P1: no tensor with id 4")))
+    assert info.value.party == 1 and info.value.op == "add"
+    with pytest.raises(wire.RemoteError, match="OSError: disk"):
+        wire.decode_reply(wire.encode_error(0, "add", OSError("disk")))
+
+
+@pytest.mark.parametrize("value", [object(), {1.5: 2}, np.array([object()]), np.float16(1), set(), lambda: 0])
+def test_wire_refuses_to_encode_unknown_types(value):
+    with pytest.raises(wire.WireError):
+        wire.encode(value)
+
+
+@pytest.mark.parametrize("doc", [
+    b'{"pickle": "cos\\nsystem\\n"}',
+    b'{"np": ["|O", "1"]}',
+    b'{"np": ["<u8", "-1"]}',
+    b'{"np": ["<u8", 5]}',
+    b'{"array": 0}',
+    b'{"slice": [1, "a", null]}',
+    b'{"list": [1], "tuple": [2]}',
+    b'{"dict": [["k"]]}',
+    b"not json",
+    b"[" * 100 + b"]" * 100,
+])
+def test_wire_rejects_malformed_messages(doc):
+    with pytest.raises(wire.WireError):
+        wire.decode([doc])
+
+
+def test_wire_rejects_non_calls():
+    with pytest.raises(wire.WireError):
+        wire.decode_call(wire.encode([1, 2]))
+    with pytest.raises(wire.WireError):
+        wire.decode([wire.encode(1)[0], np.zeros(1)])  # a buffer nobody refers to
+    with pytest.raises(wire.WireError):
+        wire.decode("a string")
