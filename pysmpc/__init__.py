@@ -8,7 +8,47 @@ from pysmpc import ring
 from pysmpc.runtime.cluster import ClusterError
 from pysmpc.runtime.local import LocalCluster
 from pysmpc.runtime.tensor import SharedTensor, conv2d, relu
+from pysmpc.serve.client import Client
+from pysmpc.serve.model import Model, SharedModel
 from pysmpc.sharing.fixedpoint import FixedPoint
 
 __version__ = "0.1.0"
-__all__ = ["ClusterError", "FixedPoint", "LocalCluster", "SharedTensor", "conv2d", "relu", "ring", "__version__"]
+
+
+def load_model(path) -> Model:
+    """Load a Keras (.hdf5, .h5, .keras) or ONNX (.onnx) model file for private serving."""
+    from pysmpc.models import load_graph
+
+    return Model(load_graph(path))
+
+
+def from_keras(keras_model) -> Model:
+    """Wrap a live Keras model (read through its config and weights)."""
+    from pysmpc.models import from_keras as _from_keras
+
+    return Model(_from_keras(keras_model))
+
+
+def from_torch(module, example_input) -> Model:
+    """Wrap a live PyTorch module (exported to ONNX in memory, then imported)."""
+    from pysmpc.models import from_torch as _from_torch
+
+    return Model(_from_torch(module, example_input))
+
+
+__all__ = [
+    "Client",
+    "ClusterError",
+    "FixedPoint",
+    "LocalCluster",
+    "Model",
+    "SharedModel",
+    "SharedTensor",
+    "conv2d",
+    "from_keras",
+    "from_torch",
+    "load_model",
+    "relu",
+    "ring",
+    "__version__",
+]

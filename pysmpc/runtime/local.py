@@ -80,6 +80,7 @@ class LocalCluster(BaseCluster):
         self._tasks = {i: queue.Queue() for i in PARTIES}
         self._results = {i: queue.Queue() for i in PARTIES}
         self.parties: dict[int, Party] = {}
+        self._queries: queue.Queue = queue.Queue()
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> "LocalCluster":
@@ -153,6 +154,42 @@ class LocalCluster(BaseCluster):
             raise ClusterError(f"operation '{name}' failed on party "
                                f"{', '.join(str(i) for i in errors)}: {_root_error(errors)}") from _root_error(errors)
         return [outcomes[i][1] for i in PARTIES]
+
+    # -- serving in-process clients ----------------------------------------------
+    def submit_query(self, x, reveal: str = "logits", timeout: float = 60.0):
+        """Queue a client query for `serve_model` and wait for its answer."""
+        reply: queue.Queue = queue.Queue(maxsize=1)
+        self._queries.put((x, reveal, reply))
+        try:
+            ok, value = reply.get(timeout=timeout)
+        except queue.Empty:
+            raise ClusterError(f"no model served the query within {timeout:g} s (is model.serve() running?)") from None
+        if not ok:
+            raise value
+        return value
+
+    def serve_model(self, shared_model, num_requests: int | None = None, timeout: float | None = None,
+                    progress: bool = False) -> int:
+        """Answer queued client queries with `shared_model`; returns how many were served.
+
+        Blocks until `num_requests` queries were answered (None: until
+        `timeout` passes with no query). A failed query is answered with its
+        error and does not stop the loop.
+        """
+        served = 0
+        while num_requests is None or served < num_requests:
+            try:
+                x, reveal, reply = self._queries.get(timeout=timeout)
+            except queue.Empty:
+                break
+            try:
+                reply.put((True, shared_model.predict(x, reveal=reveal)))
+            except Exception as exc:  # noqa: BLE001 - the client gets the error
+                reply.put((False, exc))
+                if self._broken:
+                    raise
+            served += 1
+        return served
 
     def party_channels(self) -> dict:
         return {i: self.parties[i].channel for i in PARTIES}

@@ -1,0 +1,5 @@
+import sys
+
+from pysmpc.cli import main
+
+sys.exit(main())
