@@ -8,7 +8,9 @@ from pysmpc import ring
 from pysmpc.runtime.cluster import ClusterError
 from pysmpc.runtime.local import LocalCluster
 from pysmpc.runtime.tensor import SharedTensor, conv2d, relu
+from pysmpc.runtime.tcp import TcpCluster
 from pysmpc.serve.client import Client
+from pysmpc.serve.cluster import Cluster, Worker
 from pysmpc.serve.model import Model, SharedModel
 from pysmpc.sharing.fixedpoint import FixedPoint
 
@@ -38,12 +40,15 @@ def from_torch(module, example_input) -> Model:
 
 __all__ = [
     "Client",
+    "Cluster",
     "ClusterError",
     "FixedPoint",
     "LocalCluster",
     "Model",
     "SharedModel",
     "SharedTensor",
+    "TcpCluster",
+    "Worker",
     "conv2d",
     "from_keras",
     "from_torch",

@@ -148,6 +148,12 @@ class Channel:
                 total.add(s)
         return total
 
+    def absorb(self, other: "Channel", prefix: str) -> None:
+        """Add another channel's counts to ours under `prefix:<tag>` (e.g. one client query)."""
+        for tag, s in other.stats().items():
+            with self._lock:
+                self._stats[f"{prefix}:{tag}"].add(s)
+
     def reset_stats(self) -> None:
         with self._lock:
             self._stats.clear()

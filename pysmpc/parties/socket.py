@@ -699,11 +699,12 @@ def _deadline_idle(deadline: float, what: str, check: Callable[[], None] | None 
 
 def connect_peer(address: tuple[str, int], me: int, peer: int, *, session: str, tls: TlsConfig | None = None,
                  timeout: float = 30.0, max_frame_bytes: int = DEFAULT_MAX_FRAME,
-                 check: Callable[[], None] | None = None):
+                 check: Callable[[], None] | None = None, extra: dict | None = None):
     """Connect to `peer` at `address`, retrying until it listens; exchange hellos. Returns the stream.
 
     `check()` is called while waiting and may raise (e.g. the peer's
-    process died). Raises PeerTimeout when `timeout` passes, ChannelError
+    process died). `extra` adds fields to our hello (a client query says
+    what it asks for there). Raises PeerTimeout when `timeout` passes, ChannelError
     when the peer is not who it should be or refuses us.
     """
     host, port = address
@@ -727,7 +728,7 @@ def connect_peer(address: tuple[str, int], me: int, peer: int, *, session: str, 
             if cn != CERT_NAMES[peer]:
                 raise ChannelError(f"{where} presented a certificate for {cn!r}, expected {CERT_NAMES[peer]!r}: "
                                    "refusing the connection")
-        write_frame(stream, HELLO_TAG, 0, session, _hello_payload(party=me, session=session, version=VERSION), idle)
+        write_frame(stream, HELLO_TAG, 0, session, _hello_payload(**(extra or {}), party=me, session=session, version=VERSION), idle)
         header, payload = read_frame(stream, max_frame_bytes, idle)
         hello = _parse_hello(header, payload)
         if "error" in hello:

@@ -54,10 +54,12 @@ class BaseCluster:
         raise NotImplementedError
 
     # -- running operations -------------------------------------------------
-    def call(self, name: str, *args, client=None, **kwargs):
+    def call(self, name: str, *args, client=None, wait: float | None = None, **kwargs):
         """Run operation `name` on every party; `client()` runs meanwhile here.
 
-        Returns (per-party results, client result).
+        `wait` bounds how long to wait for the parties (default: the
+        cluster's timeout plus a margin; math.inf for long-running ops such
+        as serving). Returns (per-party results, client result).
         """
         if self._broken:
             raise ClusterError(f"the cluster stopped working after an error ({self._broken}); start a new one")
@@ -68,7 +70,7 @@ class BaseCluster:
                 client_result = client()
             except BaseException as exc:  # noqa: BLE001 - raised after the parties report
                 client_error = exc
-        results = self._collect(name)
+        results = self._collect(name, self.timeout + 5 if wait is None else wait)
         if client_error is not None:
             raise client_error
         return results, client_result

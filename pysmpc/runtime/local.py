@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 
@@ -141,11 +142,11 @@ class LocalCluster(BaseCluster):
         for i in PARTIES:
             self._tasks[i].put((name, args, kwargs))
 
-    def _collect(self, name: str) -> list:
+    def _collect(self, name: str, wait: float) -> list:
         outcomes = {}
         for i in PARTIES:
             try:
-                outcomes[i] = self._results[i].get(timeout=self.timeout + 5)
+                outcomes[i] = self._results[i].get(timeout=None if wait == math.inf else wait)
             except queue.Empty:
                 outcomes[i] = (False, ClusterError(f"party {i} did not finish '{name}' in time"))
         errors = {i: out for i, (ok, out) in outcomes.items() if not ok}

@@ -8,10 +8,12 @@ strings, public arrays): a worker never runs code it was sent.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from pysmpc import ring
-from pysmpc.parties.party import CLIENT, P0, P1, Party
+from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party
 from pysmpc.protocols import argmax as argmax_protocol
 from pysmpc.protocols import compare, conv2d, matmul, mul, pool, relu, select, truncate
 from pysmpc.graph.secure import load_plan, run_plan
@@ -212,3 +214,130 @@ def op_unload_model(party: Party, model_key: str) -> None:
 
 
 OPS.update(load_model=op_load_model, infer=op_infer, unload_model=op_unload_model)
+
+
+def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, input_shape: list,
+             max_batch: int = 16, max_rows: int = 256, idle_timeout: float | None = None) -> dict:
+    """Serve client queries that arrive at the workers (TCP), `num_requests` of them.
+
+    1. P0 takes the oldest queued query and those that batch with it, and
+       tells P1 and P2 their ids (control messages); P1 and P2 wait for the
+       same queries to reach them.
+    2. P0 and P1 read each query's input share from the client; all three
+       check what they got and agree (control messages) on which queries
+       are well-formed. A bad query is answered with an error; the loop
+       goes on.
+    3. Run the model once on the batch (plus the secure argmax when asked),
+       and P0 and P1 send each client its rows of the output shares.
+
+    Query traffic is added to the party's stats under "query:<tag>".
+    Returns {"served": ok, "failed": bad}.
+    """
+    inbox = party.store.get("query_inbox")
+    if inbox is None or not hasattr(party.channel, "send_control"):
+        raise RuntimeError("this cluster takes no client queries: serving needs workers over TCP")
+    input_shape = tuple(input_shape)
+    served = failed = 0
+    while served + failed < num_requests:
+        batch = _agree_on_batch(party, inbox, min(max_batch, num_requests - served - failed), max_rows, idle_timeout)
+        if batch is None:
+            break
+        shares, problems = [], []
+        for query in batch:
+            share, problem = _read_query(party, query, frac_bits, input_shape)
+            shares.append(share)
+            problems.append(problem)
+        ok = _agree_on_flags(party, [p is None for p in problems])
+        for query, good, problem in zip(batch, ok, problems):
+            if not good and query is not None and party.index in (P0, P1):
+                reason = problem or "another party rejected this query"
+                query.channel.send_control(CLIENT, "query:error", reason.encode())
+        good_queries = [(q, s) for q, s, g in zip(batch, shares, ok) if g]
+        if good_queries:
+            _answer(party, model_key, good_queries, frac_bits)
+        for query in batch:
+            if query is not None:
+                party.channel.absorb(query.channel, "query")
+                query.channel.close()
+        served += len(good_queries)
+        failed += len(batch) - len(good_queries)
+    return {"served": served, "failed": failed}
+
+
+def _agree_on_batch(party, inbox, max_batch, max_rows, idle_timeout):
+    """Step 1: the same batch of queries on all three parties (None: stop serving)."""
+    if party.index == P0:
+        batch = inbox.next_batch(max_batch, max_rows, timeout=idle_timeout)
+        for j in (P1, DEALER):
+            party.channel.send_control(j, "serve:next", json.dumps([q.id for q in batch]).encode())
+        return batch or None
+    tag, payload = party.channel.recv_control(P0, timeout=None)
+    if tag != "serve:next":
+        raise RuntimeError(f"{party.name}: expected the next queries from P0, got '{tag}'")
+    ids = json.loads(bytes(payload))
+    if not ids:
+        return None
+    return [inbox.take(qid, timeout=party.channel.timeout) for qid in ids]
+
+
+def _read_query(party, query, frac_bits, input_shape):
+    """Step 2: this party's input share of a query (None on P2), or a problem."""
+    if query is None:
+        return None, "the query did not reach every party"
+    request = query.request
+    try:
+        shape = tuple(int(s) for s in request["shape"])
+    except (KeyError, TypeError, ValueError):
+        return None, "the query's shape is missing or malformed"
+    if len(shape) != len(input_shape) + 1 or shape[1:] != input_shape or shape[0] < 1:
+        return None, f"query shape {shape} does not fit the model's input (batch, {', '.join(map(str, input_shape))})"
+    if request.get("frac_bits") != frac_bits:
+        return None, f"the query is encoded with {request.get('frac_bits')} fractional bits, the model with {frac_bits}"
+    if request.get("reveal") not in ("logits", "argmax"):
+        return None, f"reveal must be 'logits' or 'argmax', got {request.get('reveal')!r}"
+    if party.index == DEALER:
+        return AShare(None, party.index, shape), None
+    try:
+        value = query.channel.recv(CLIENT, tag="input")
+    except Exception as exc:  # noqa: BLE001 - a bad client must not stop the server
+        return None, f"no input share from the client: {exc}"
+    if not isinstance(value, np.ndarray) or value.dtype != np.uint64 or value.shape != shape:
+        return None, f"the input share is not a uint64 array of shape {shape}"
+    return AShare(value, party.index), None
+
+
+def _agree_on_flags(party, mine: list[bool]) -> list[bool]:
+    """All three parties learn which queries every party found well-formed (control messages)."""
+    flags = np.array(mine, dtype=np.uint8).tobytes()
+    others = [j for j in (P0, P1, DEALER) if j != party.index]
+    for j in others:
+        party.channel.send_control(j, "serve:ok", flags)
+    agreed = np.array(mine, dtype=bool)
+    for j in others:
+        tag, payload = party.channel.recv_control(j, timeout=party.channel.timeout)
+        if tag != "serve:ok":
+            raise RuntimeError(f"{party.name}: expected query flags from party {j}, got '{tag}'")
+        agreed &= np.frombuffer(bytes(payload), dtype=np.uint8).astype(bool)
+    return agreed.tolist()
+
+
+def _answer(party, model_key, good_queries, frac_bits) -> None:
+    """Step 3: one run of the model for the batch; each client gets its rows."""
+    from pysmpc.sharing.shares import concat_shares
+
+    x = concat_shares([s for _, s in good_queries], axis=0)
+    plan = party.store[("plan", model_key)]
+    y = run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan))
+    reveal = good_queries[0][0].request["reveal"]
+    if reveal == "argmax":
+        y = argmax_protocol.argmax(party, y)
+    if party.index == DEALER:
+        return
+    row = 0
+    for query, share in good_queries:
+        n = share.shape[0]
+        query.channel.send(CLIENT, np.ascontiguousarray(y.value[row : row + n]), tag="output")
+        row += n
+
+
+OPS.update(serve=op_serve)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -11,6 +12,8 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
+
+import numpy as np
 
 import pysmpc
 from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
@@ -25,6 +28,7 @@ from pysmpc.parties.socket import (
 )
 from pysmpc.runtime import wire
 from pysmpc.runtime.cluster import BaseCluster, ClusterError
+from pysmpc.sharing.shares import share
 
 __all__ = ["TcpCluster", "DEFAULT_HOSTS"]
 
@@ -175,6 +179,71 @@ class TcpCluster(BaseCluster):
         """Say goodbye to the workers, close the connections, end spawned workers."""
         _cleanup(self._state)
 
+    # -- serving client queries ----------------------------------------------------------
+    def serve_model(self, shared_model, num_requests: int, max_batch: int = 16, max_rows: int = 256,
+                    idle_timeout: float | None = None) -> int:
+        """Have the workers answer `num_requests` client queries; block until they have.
+
+        Clients connect to the workers directly (`submit_query`, from any
+        process), so their inputs and outputs never pass through here. Queries
+        that arrive together are batched. Returns how many were answered
+        with a result (malformed queries get an error and count as failed).
+        """
+        if num_requests is None or int(num_requests) < 1:
+            raise ValueError(f"num_requests must be a positive int over TCP, got {num_requests!r}")
+        results, _ = self.call("serve", shared_model.key, int(num_requests), shared_model.frac_bits,
+                               list(shared_model.graph.input_shape), max_batch, max_rows, idle_timeout,
+                               wait=math.inf)
+        self.last_serve = results[0]
+        return results[0]["served"]
+
+    def submit_query(self, x, reveal: str = "logits", timeout: float = 60.0) -> np.ndarray:
+        """Query the model the workers serve: share x to P0 and P1, reconstruct the answer here.
+
+        Works from any process that knows the workers' hosts (and holds a
+        client certificate when the cluster uses TLS); this cluster need not
+        be started. Returns float logits, or int labels with reveal="argmax".
+        """
+        if reveal not in ("logits", "argmax"):
+            raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
+        x = np.asarray(x, dtype=np.float64)
+        encoded = self.fixed_point.encode(x)
+        share_0, share_1 = share(encoded, self._client_prg)
+        query_id = secrets.token_hex(16)
+        request = {"shape": list(encoded.shape), "reveal": reveal, "frac_bits": self.frac_bits}
+        tls = TlsConfig(self.tls_dir, CLIENT) if self.tls_dir is not None else None
+        channel = SocketChannel(CLIENT, timeout, session=query_id, max_frame_bytes=self.max_frame_bytes)
+        try:
+            for i in PARTIES:
+                try:
+                    stream = connect_peer(self.hosts[i], CLIENT, i, session=query_id, tls=tls, timeout=timeout,
+                                          max_frame_bytes=self.max_frame_bytes, extra={"query": request})
+                except ChannelError as exc:
+                    raise ClusterError(f"cannot reach P{i} at {_fmt(self.hosts[i])} to query the model: {exc}") from None
+                channel.attach(i, stream)
+            channel.send(P0, share_0, tag="input")
+            channel.send(P1, share_1, tag="input")
+            outputs = []
+            for i in (P0, P1):
+                tag, payload = channel.recv_control(i, timeout=timeout)
+                channel._count_received(i, "query:" + tag, payload, rounds=1)
+                if tag == "query:error":
+                    raise ClusterError(f"the cluster rejected the query: {bytes(payload).decode(errors='replace')}")
+                if tag != "output" or not isinstance(payload, np.ndarray) or payload.dtype != np.uint64:
+                    raise ClusterError(f"P{i} answered the query with an unexpected '{tag}' message")
+                outputs.append(payload)
+        except PeerTimeout:
+            raise ClusterError(f"no answer to the query within {timeout:g} s (is the model being served?)") from None
+        finally:
+            self.last_query_stats = channel.stats()
+            channel.close()
+        if outputs[0].shape != outputs[1].shape:
+            raise ClusterError(f"P0 and P1 answered with shapes {outputs[0].shape} and {outputs[1].shape}")
+        ring_value = outputs[0] + outputs[1]
+        if reveal == "argmax":
+            return ring_value.view(np.int64).argmax(axis=1)
+        return self.fixed_point.decode(ring_value)
+
     # -- liveness of spawned workers --------------------------------------------------
     def _check_alive(self, i: int) -> None:
         proc = self._state["processes"].get(i)
@@ -225,8 +294,8 @@ class TcpCluster(BaseCluster):
                 self._failed_dispatch[i] = PeerDisconnected(f"P{i}: cannot send '{name}': {exc}"
                                                             f"{self._exit_report(i, wait=1.0)}")
 
-    def _collect(self, name: str) -> list:
-        deadline = time.monotonic() + self.timeout + 5
+    def _collect(self, name: str, wait: float) -> list:
+        deadline = time.monotonic() + wait
         outcomes: dict[int, tuple[bool, object]] = {}
         lost: list[int] = []  # parties this side saw vanish: they are the root cause
         for i in PARTIES:

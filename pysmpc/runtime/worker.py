@@ -15,6 +15,10 @@
    error the worker tells the other parties to stop waiting on it and stays
    up, answering further calls with that error, until the client leaves.
 
+During a session, a connection whose hello carries a `query` is a client
+query for the model being served (runtime/queries.py, op "serve"); anyone
+else is refused as busy.
+
 One session per process: the worker exits when the client says goodbye or
 disconnects. Logs go to stderr. Nothing received is unpickled (see wire.py).
 """
@@ -42,6 +46,7 @@ from pysmpc.parties.socket import (
 )
 from pysmpc.runtime import wire
 from pysmpc.runtime.ops import run_op
+from pysmpc.runtime.queries import Query, QueryInbox
 
 __all__ = ["main", "serve"]
 
@@ -105,11 +110,14 @@ def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None =
     """Join one session as party `index` on `listener` and serve it; return the exit code."""
     channel = _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes)
     stop = threading.Event()
-    threading.Thread(target=_refuse_extra, args=(index, listener, tls, channel.session, stop), daemon=True,
-                     name="pysmpc-refuse").start()
+    inbox = QueryInbox()
+    threading.Thread(target=_accept_extra,
+                     args=(index, listener, tls, channel.session, stop, inbox, timeout, max_frame_bytes),
+                     daemon=True, name="pysmpc-accept").start()
     try:
         try:
             party = Party(index, channel, exchange_seeds(index, channel))
+            party.store["query_inbox"] = inbox
         except ChannelError as exc:
             channel.send_control(CLIENT, "ctl:error", f"party {index}: seed exchange failed: {exc}".encode())
             raise SetupError(f"seed exchange failed: {exc}") from None
@@ -190,8 +198,9 @@ def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes
     return channel
 
 
-def _refuse_extra(index, listener, tls, session, stop: threading.Event) -> None:
-    """During a session, answer (and log) anyone else who connects: refused, busy."""
+def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: QueryInbox, timeout: float,
+                  max_frame_bytes: int) -> None:
+    """During a session: queue client queries for the serving loop; refuse anyone else (busy)."""
     while not stop.is_set():
         try:
             sock, addr = listener.accept()
@@ -206,11 +215,30 @@ def _refuse_extra(index, listener, tls, session, stop: threading.Event) -> None:
             except (ChannelError, OSError) as exc:
                 log.warning("refused a connection from %s:%s: %s", addr[0], addr[1], exc)
                 return
+            request = hello.get("query")
+            if peer == CLIENT and isinstance(request, dict):
+                _queue_query(index, hello["session"], request, stream, inbox, timeout, max_frame_bytes)
+                return
             reply_hello(stream, index, hello["session"], error=f"P{index} is busy with session {session}")
             log.warning("refused %s from %s:%s: busy", "the client" if peer == CLIENT else f"P{peer}",
                         addr[0], addr[1])
 
         threading.Thread(target=refuse, daemon=True).start()
+
+
+def _queue_query(index, query_id, request, stream, inbox: QueryInbox, timeout, max_frame_bytes) -> None:
+    if len(query_id) > 64:
+        reply_hello(stream, index, query_id[:64], error="query id too long")
+        return
+    channel = SocketChannel(index, timeout, session=query_id, max_frame_bytes=max_frame_bytes)
+    reply_hello(stream, index, query_id)
+    channel.attach(CLIENT, stream)
+    if not inbox.add(Query(query_id, request, channel)):
+        channel.send_control(CLIENT, "query:error", b"the worker's query queue is full (or the id is in use)")
+        channel.close()
+        log.warning("refused query %s: queue full or duplicate id", query_id)
+        return
+    log.info("query %s queued", query_id)
 
 
 def _loop(party: Party, channel: SocketChannel) -> int:
