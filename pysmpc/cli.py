@@ -1,4 +1,4 @@
-"""The `pysmpc` command line: demo, inspect, worker, serve, query."""
+"""The `pysmpc` command line: demo, inspect, serve, query, worker."""
 
 from __future__ import annotations
 
@@ -54,8 +54,6 @@ def _inspect(args) -> int:
 
     model = load_model(args.model)
     print(model.summary())
-    for note in model.graph.notes:
-        print(f"note: {note}")
     with LocalCluster() as cluster:
         shared = model.share(cluster)
         costs = shared.cost(args.batch)
@@ -66,6 +64,54 @@ def _inspect(args) -> int:
     total_rounds = sum(c.rounds for _, c in costs)
     total_bytes = sum(c.bytes_sent for _, c in costs)
     print(f"{'total':<16}{total_rounds:>8}{total_bytes:>14,}{sum(c.dealer_bytes for _, c in costs):>14,}")
+    return 0
+
+
+def _serve(args) -> int:
+    from pysmpc import Cluster, Worker, load_model
+
+    model = load_model(args.model)
+    hosts = args.hosts.split(",")
+    cluster = Cluster(*(Worker(h, auto_managed=not args.manual) for h in hosts), tls_dir=args.tls_dir)
+    print(f"starting the cluster on {', '.join(hosts)}" + (" (workers started by hand)" if args.manual else ""),
+          flush=True)
+    with cluster:
+        model.share(cluster)
+        print(f"serving {args.model} (input {model.input_shape}, output {model.output_shape}) "
+              f"for {args.requests} requests", flush=True)
+        start = time.perf_counter()
+        served = model.serve(num_requests=args.requests, max_batch=args.max_batch)
+        elapsed = time.perf_counter() - start
+        model.stop_sharing()
+    failed = cluster.last_serve["failed"]
+    print(f"served {served} requests ({failed} refused) in {elapsed:.1f} s")
+    return 0 if failed == 0 else 1
+
+
+def _query(args) -> int:
+    from pysmpc import Client, Cluster, Worker
+    from pysmpc.models import load_samples
+    from pysmpc.serve.images import load_image
+
+    cluster = Cluster(*(Worker(h, auto_managed=False) for h in args.hosts.split(",")), tls_dir=args.tls_dir)
+    queries = [(path, load_image(path), None) for path in args.images]
+    if args.sample:
+        images, labels = load_samples()
+        queries += [(f"sample {k}", images[k], int(labels[k])) for k in args.sample]
+    if not queries:
+        raise ValueError("nothing to query: give image files (.png, .npy) or --sample K")
+    client = Client(timeout=args.timeout)
+    for name, image, label in queries:
+        client.connect_to_model(batch_input_shape=(1, *image.shape), batch_output_shape=(1, args.classes),
+                                cluster=cluster)
+        start = time.perf_counter()
+        result = client.query_model(image, reveal=args.reveal)
+        elapsed = 1000 * (time.perf_counter() - start)
+        predicted = int(result[0].argmax()) if args.reveal == "logits" else int(result[0])
+        actual = f"Actual: {label}, " if label is not None else f"{name}: "
+        print(f"{actual}predicted: {predicted}  ({elapsed:.0f} ms)", flush=True)
+        if args.reveal == "logits" and args.show_logits:
+            print("  logits:", np.array2string(result[0], precision=3))
     return 0
 
 
@@ -100,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model")
     inspect.add_argument("--batch", type=int, default=1)
     inspect.set_defaults(fn=_inspect)
+
+    hosts_default = "localhost:4000,localhost:4001,localhost:4002"
+    serve = sub.add_parser("serve", help="share a model to three workers and answer N client queries")
+    serve.add_argument("model")
+    serve.add_argument("--requests", type=int, required=True, help="how many queries to answer")
+    serve.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
+    serve.add_argument("--manual", action="store_true",
+                       help="connect to workers started by hand (pysmpc worker) instead of starting them")
+    serve.add_argument("--tls-dir", help="cluster certificates (ca.pem, p0.pem/.key, ...) for mutual TLS")
+    serve.add_argument("--max-batch", type=int, default=16, help="queries arriving together run as one batch")
+    serve.set_defaults(fn=_serve)
+
+    query = sub.add_parser("query", help="query a served model with images; only this process sees the result")
+    query.add_argument("images", nargs="*", help=".png or .npy images (MNIST style: white digit on black)")
+    query.add_argument("--sample", type=int, action="append", help="query shipped MNIST test image K (repeatable)")
+    query.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
+    query.add_argument("--tls-dir", help="cluster certificates with this client's client.pem/.key")
+    query.add_argument("--reveal", choices=("logits", "argmax"), default="logits")
+    query.add_argument("--classes", type=int, default=10, help="size of the model's output")
+    query.add_argument("--show-logits", action="store_true")
+    query.add_argument("--timeout", type=float, default=60.0)
+    query.set_defaults(fn=_query)
 
     worker = sub.add_parser("worker", help="start one party of a TCP cluster (see --help of the worker)",
                             add_help=False)

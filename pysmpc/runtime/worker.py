@@ -148,6 +148,11 @@ def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes
             except (ChannelError, OSError) as exc:
                 log.warning("refused a connection from %s:%s: %s", addr[0], addr[1], exc)
                 continue
+            if "query" in hello:
+                reply_hello(stream, index, hello["session"], error=f"P{index} has no session yet (the cluster is "
+                            "starting): no model is served")
+                log.warning("refused a query: no session yet")
+                continue
             if peer != CLIENT and peer < index:
                 reply_hello(stream, index, hello["session"], error=f"P{index} connects to P{peer}, not the reverse")
                 log.warning("refused a connection from P%s: wrong direction", peer)
