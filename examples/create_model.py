@@ -79,7 +79,8 @@ def main(argv=None) -> None:
     parser.add_argument("data_pos", nargs="?", help="MNIST IDX directory (same as --data)")
     parser.add_argument("--data", default=None, help="MNIST IDX directory")
     parser.add_argument("--out", default="model.hdf5", help="output model file (.hdf5/.h5)")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-2, help="peak Adam learning rate (cosine decay to 0)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ship", action="store_true", help="also write pysmpc/data/ files")
@@ -95,8 +96,9 @@ def main(argv=None) -> None:
     x_train, y_train, x_test, y_test = load_mnist(data_dir)
     keras.utils.set_random_seed(args.seed)
     model = build_model()
+    steps = args.epochs * -(-len(x_train) // args.batch_size)
     model.compile(
-        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, args.epochs * 469)),
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, steps)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -106,7 +108,7 @@ def main(argv=None) -> None:
     _, keras_acc = model.evaluate(x_test, y_test, verbose=0)
     print(f"Keras test accuracy: {keras_acc:.4f} (10,000 images)")
 
-    model.save(args.out)
+    model.save(args.out, include_optimizer=False)  # weights only: no Adam state in the file
     graph = load_graph(args.out)
     print(graph.summary())
     float_pred = run_float(graph, x_test).argmax(axis=1)

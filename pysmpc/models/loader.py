@@ -91,19 +91,18 @@ def from_torch(module, example_input, **export_kwargs) -> Graph:
     """
     import torch
 
-    from pysmpc.models.onnx_import import _onnx, _parse, graph_from_onnx
+    from pysmpc.models.onnx_import import _onnx, graph_from_onnx
 
     onnx = _onnx()
     was_training = module.training
     module.eval()
     try:
-        # torch deprecates exporting to a BytesIO, so go through a private temporary file.
+        # torch deprecates exporting to a BytesIO, so go through a private temporary
+        # directory; the exporter may put the weights in a side file next to the model.
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
             path = os.path.join(tmp, "model.onnx")
             torch.onnx.export(module, (example_input,), path, **export_kwargs)
-            with open(path, "rb") as f:
-                data = f.read()
+            model = onnx.load(path)
     finally:
         module.train(was_training)
-    source = f"torch:{type(module).__name__}"
-    return graph_from_onnx(_parse(onnx, data, source), source=source)
+    return graph_from_onnx(model, source=f"torch:{type(module).__name__}")

@@ -49,19 +49,14 @@ def load_onnx(path: str | os.PathLike) -> Graph:
     """
     onnx = _onnx()
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    return graph_from_onnx(_parse(onnx, data, path), source=path)
-
-
-def _parse(onnx, data: bytes, source: str):
     try:
-        model = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf raises DecodeError or RuntimeWarning-like errors
-        raise ValueError(f"{source}: not a valid ONNX model, corrupt or truncated: {exc}") from None
+        # onnx.load also reads weights kept in a side file (external data) next to the model.
+        model = onnx.load(path)
+    except Exception as exc:  # protobuf DecodeError, onnx ValidationError for bad external data
+        raise ValueError(f"{path}: not a valid ONNX model, corrupt or truncated: {exc}") from None
     if not model.graph.node:
-        raise ValueError(f"{source}: not a valid ONNX model, corrupt or truncated: the graph has no nodes")
-    return model
+        raise ValueError(f"{path}: not a valid ONNX model, corrupt or truncated: the graph has no nodes")
+    return graph_from_onnx(model, source=path)
 
 
 def _unsupported(node, why: str = "") -> ValueError:
