@@ -19,7 +19,16 @@ import numbers
 
 import numpy as np
 
-from pysmpc.kernels import _ring
+try:
+    from pysmpc.kernels import _ring
+except ImportError as exc:  # pragma: no cover - depends on how pysmpc was found
+    from pathlib import Path
+
+    raise ImportError(
+        f"pysmpc's compiled kernels (pysmpc/kernels/_ring) are missing in {Path(__file__).parent}. "
+        "Install the package with `pip install .`, and run Python from outside the source tree "
+        "(`pytest`, not `python -m pytest`, in the repository root)."
+    ) from exc
 
 __all__ = [
     "add",

@@ -3,6 +3,7 @@
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -10,8 +11,14 @@ import pytest
 from pysmpc.models import shipped_model_path
 
 
+# Subprocesses run outside the repository, so they import the installed
+# package rather than the source tree (which has no compiled kernels).
+OUTSIDE = tempfile.gettempdir()
+
+
 def run_cli(*args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "pysmpc", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "pysmpc", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=OUTSIDE)
 
 
 def test_demo_prints_the_users_lines():
@@ -51,7 +58,7 @@ def test_serve_and_query_over_tcp(tmp_path):
     hosts = ",".join(f"localhost:{p}" for p in _free_ports(3))
     server = subprocess.Popen([sys.executable, "-m", "pysmpc", "serve", str(shipped_model_path()),
                                "--requests", "2", "--hosts", hosts], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, cwd=OUTSIDE)
     try:
         deadline = time.monotonic() + 60
         query = None

@@ -43,8 +43,10 @@ def test_client_in_another_process_gets_the_logits(served, tmp_path):
         logits = client.query_model(np.load({str(tmp_path / 'image.npy')!r}))
         np.save({str(tmp_path / 'logits.npy')!r}, logits)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
-    assert model.serve(num_requests=1) == 1
+    # Run outside the repository so the child imports the installed package.
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    served = model.serve(num_requests=1, idle_timeout=60)  # never hang if the client dies
+    assert served == 1, proc.communicate(timeout=10)[1]
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     logits = np.load(tmp_path / "logits.npy")
@@ -79,7 +81,7 @@ def test_concurrent_queries_are_batched_and_a_bad_one_is_refused(served):
     threads.append(threading.Thread(target=bad_query))
     for t in threads:
         t.start()
-    served_count = model.serve(num_requests=4)
+    served_count = model.serve(num_requests=4, idle_timeout=60)
     for t in threads:
         t.join()
     assert served_count == 3 and cluster.last_serve == {"served": 3, "failed": 1}

@@ -1,0 +1,62 @@
+"""Private inference of the shipped MNIST CNN: plaintext numpy, in-process and TCP, batch 1/64/256.
+
+Run: pytest bench/bench_inference.py --benchmark-only
+extra_info holds images/s, online bytes per image (P0 + P1), dealer bytes per
+image and online rounds per inference, from cluster.stats().
+"""
+
+import numpy as np
+import pytest
+
+import pysmpc as sy
+from pysmpc.models import load_samples, shipped_model_path
+from pysmpc.parties.channel import is_offline_tag
+
+BATCHES = [1, 64, 256]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return sy.load_model(shipped_model_path())
+
+
+@pytest.fixture(scope="module")
+def images():
+    x, _ = load_samples()
+    return np.concatenate([x] * 16)  # 256 real MNIST test images (16 distinct)
+
+
+@pytest.fixture(scope="module", params=["in-process", "tcp"])
+def shared(request, model):
+    cluster = sy.LocalCluster() if request.param == "in-process" else sy.TcpCluster(ephemeral_ports=True)
+    with cluster:
+        yield request.param, cluster, model.share(cluster)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_plaintext_numpy(benchmark, model, images, batch):
+    benchmark.group = f"inference batch={batch}"
+    benchmark(model.predict, images[:batch])
+    benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.mean
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_secure(benchmark, shared, images, batch):
+    kind, cluster, shared_model = shared
+    x = images[:batch]
+    benchmark.group = f"inference batch={batch}"
+    shared_model.predict(x)  # warm up (Numba caches, allocator)
+    cluster.reset_stats()
+    shared_model.predict(x)
+    stats = cluster.stats()
+    online = sum(s["bytes_sent"] for p in ("P0", "P1") for t, s in stats[p].items() if not is_offline_tag(t))
+    dealer = sum(s["bytes_sent"] for s in stats["P2"].values())
+    rounds = sum(c.rounds for _, c in shared_model.cost(batch))
+    benchmark.pedantic(shared_model.predict, args=(x,), rounds=3 if batch > 1 else 10, iterations=1)
+    benchmark.extra_info.update(
+        cluster=kind,
+        images_per_s=batch / benchmark.stats.stats.mean,
+        online_bytes_per_image=online / batch,
+        dealer_bytes_per_image=dealer / batch,
+        rounds_per_inference=rounds,
+    )
