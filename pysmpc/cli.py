@@ -50,13 +50,11 @@ def _demo(args) -> int:
 
 
 def _inspect(args) -> int:
-    from pysmpc import LocalCluster, load_model
+    from pysmpc import load_model
 
     model = load_model(args.model)
     print(model.summary())
-    with LocalCluster() as cluster:
-        shared = model.share(cluster)
-        costs = shared.cost(args.batch)
+    costs = model.cost(args.batch)
     print(f"\nsecure cost per inference of a batch of {args.batch} (online, each computing party):")
     print(f"{'layer':<16}{'rounds':>8}{'bytes sent':>14}{'dealer bytes':>14}")
     for name, c in costs:

@@ -27,6 +27,18 @@ def test_share_reveal_add_sub(cluster):
     np.testing.assert_allclose((-x).reveal(), -a, atol=TOL)
 
 
+def test_reveal_to_the_parties_opens_in_one_round(cluster):
+    a = np.array([[1.25, -3.5]])
+    x = cluster.share(a)
+    cluster.reset_stats()
+    np.testing.assert_allclose(x.reveal(to="parties"), a, atol=TOL)
+    stats = cluster.stats()
+    assert stats["P0"]["open"]["rounds"] == 1 and stats["P1"]["open"]["bytes_received"] == 16
+    assert "output" not in stats["client"]
+    with pytest.raises(ValueError, match="caller"):
+        x.reveal(to="everyone")
+
+
 def test_multiply_and_matmul(cluster):
     rng = np.random.default_rng(1)
     a, b = rng.uniform(-10, 10, (4, 6)), rng.uniform(-10, 10, (6, 3))

@@ -17,7 +17,7 @@ from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party
 from pysmpc.protocols import argmax as argmax_protocol
 from pysmpc.protocols import compare, conv2d, matmul, mul, pool, relu, select, truncate
 from pysmpc.graph.secure import load_plan, run_plan
-from pysmpc.protocols.open import reveal_to
+from pysmpc.protocols.open import open_arith, reveal_to
 from pysmpc.sharing.shares import AShare
 
 __all__ = ["OPS", "run_op"]
@@ -49,6 +49,15 @@ def op_input(party: Party, out: int, shape: tuple) -> tuple:
 def op_reveal(party: Party, tid: int, tag: str = "output") -> None:
     share = _get(party, tid)
     reveal_to(party, share.value, CLIENT, tag=tag)
+
+
+def op_open(party: Party, tid: int, tag: str = "open"):
+    """Open a tensor to both computing parties (each learns it); they return it to the caller."""
+    share = _get(party, tid)
+    if party.is_dealer:
+        return None
+    (value,) = open_arith(party, [share.value], tag=tag)
+    return value
 
 
 def op_free(party: Party, tids: list) -> None:

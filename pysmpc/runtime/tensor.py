@@ -74,9 +74,20 @@ class SharedTensor:
         return a, b
 
     # -- reveal ---------------------------------------------------------------------
-    def reveal(self) -> np.ndarray:
-        """Reconstruct here, at the caller (P0 and P1 send their shares)."""
-        ring = self.cluster.reveal_ring(self)
+    def reveal(self, to: str = "caller") -> np.ndarray:
+        """Reconstruct the value and return it.
+
+        to="caller": only this caller learns it (P0 and P1 send it their
+        shares; no party learns anything). to="parties": P0 and P1 open it to
+        each other (1 round) and P0 hands it to the caller too.
+        """
+        if to == "caller":
+            ring = self.cluster.reveal_ring(self)
+        elif to == "parties":
+            results, _ = self.cluster.call("open", self.tid)
+            ring = results[0].reshape(self.shape)
+        else:
+            raise ValueError(f"reveal to 'caller' or 'parties', got {to!r}")
         if self.frac_bits == 0:
             return ring.view(np.int64).copy()
         return FixedPoint(frac_bits=self.frac_bits, int_bits=self.cluster.fixed_point.int_bits).decode(ring)

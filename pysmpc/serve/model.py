@@ -10,7 +10,7 @@ from pysmpc.graph import Graph, conv_padding, run_fixed_point, run_float
 from pysmpc.graph.secure import plan_cost
 from pysmpc.protocols.cost import Cost
 
-__all__ = ["Model", "SharedModel"]
+__all__ = ["Model", "SharedModel", "make_plan"]
 
 _model_ids = itertools.count()
 
@@ -46,6 +46,10 @@ class Model:
         """Plaintext logits computed with the secure backend's fixed-point arithmetic."""
         return run_fixed_point(self.graph, x, frac_bits=frac_bits)
 
+    def cost(self, batch: int = 1) -> list[tuple[str, Cost]]:
+        """Per-layer online cost of one private prediction of `batch` inputs (no sharing needed)."""
+        return plan_cost(make_plan(self.graph), self.graph.shapes(), batch)
+
     def share(self, cluster) -> "SharedModel":
         """Secret-share the weights to `cluster` (they leave this process as shares only)."""
         if self._shared is not None:
@@ -70,6 +74,25 @@ class Model:
             self._shared = None
 
 
+def make_plan(graph: Graph, share_weight=None) -> list[dict]:
+    """The graph as the secure executor's plan (graph.secure): plain dicts.
+
+    `share_weight(array) -> tensor id` shares each kernel and bias; without
+    it the plan names no tensors and serves for cost estimates only.
+    """
+    plan = []
+    for layer, in_shape in zip(graph.layers, graph.shapes()):
+        step = {"kind": layer.kind, "name": layer.name}
+        if layer.kind in ("conv2d", "dense") and share_weight is not None:
+            step.update(kernel=share_weight(layer.weights["kernel"]), bias=share_weight(layer.weights["bias"]))
+        if layer.kind == "conv2d":
+            step.update(stride=list(layer.params["stride"]), pads=list(conv_padding(layer, in_shape)))
+        elif layer.kind in ("avg_pool2d", "max_pool2d"):
+            step.update(pool=list(layer.params["pool"]), stride=list(layer.params["stride"]))
+        plan.append(step)
+    return plan
+
+
 class SharedModel:
     """A model whose weights live as shares on a cluster's parties.
 
@@ -84,20 +107,13 @@ class SharedModel:
         self.frac_bits = cluster.frac_bits
         self.profile: list = []
         self._tensors = []
-        plan = []
-        shapes = graph.shapes()
-        for layer, in_shape in zip(graph.layers, shapes):
-            step = {"kind": layer.kind, "name": layer.name}
-            if layer.kind in ("conv2d", "dense"):
-                kernel = cluster.share(layer.weights["kernel"])
-                bias = cluster.share(layer.weights["bias"])
-                self._tensors += [kernel, bias]
-                step.update(kernel=kernel.tid, bias=bias.tid)
-            if layer.kind == "conv2d":
-                step.update(stride=list(layer.params["stride"]), pads=list(conv_padding(layer, in_shape)))
-            elif layer.kind in ("avg_pool2d", "max_pool2d"):
-                step.update(pool=list(layer.params["pool"]), stride=list(layer.params["stride"]))
-            plan.append(step)
+
+        def share_weight(array):
+            tensor = cluster.share(array)
+            self._tensors.append(tensor)
+            return tensor.tid
+
+        plan = make_plan(graph, share_weight)
         self.plan = plan
         cluster.call("load_model", self.key, plan)
 
