@@ -12,4 +12,4 @@ def test_argmax_one_hot_matches_numpy_with_ties_to_the_lower_index():
     expected = np.zeros((9, 10), np.uint64)
     expected[np.arange(9), values.argmax(axis=1)] = 1
     np.testing.assert_array_equal(z, expected)
-    assert parties[0].channel.totals(online=True).rounds == 8 * 4  # ceil(log2(10)) levels
+    assert parties[0].channel.totals(online=True).rounds == 4 * 4  # ceil(log2(10)) levels of 4 rounds

@@ -53,14 +53,14 @@ def test_less_than_a_public_value():
 
 
 @pytest.mark.parametrize("shape", [(1,), (10,), (4, 3, 2), (130,)])
-def test_relu_is_exact_and_costs_eight_rounds(shape):
+def test_relu_is_exact_and_costs_four_rounds(shape):
     rng = np.random.default_rng(11)
     values = rng.uniform(-1000, 1000, size=shape)
     x = FP.encode(values)
     z, parties = run_shared(lambda p, a: relu(p, a), x)
     np.testing.assert_array_equal(z, np.where(signed(x) > 0, x, np.uint64(0)))
     assert_cost(parties, relu_protocol.cost(shape))
-    assert relu_protocol.cost(shape).rounds == 8
+    assert relu_protocol.cost(shape).rounds == 4
 
 
 def test_relu_at_the_range_limits():
@@ -97,3 +97,19 @@ def test_bit_to_arith():
     z, parties = run_shared(lambda p, a: bit_to_arith(p, msb(p, a)), s)
     np.testing.assert_array_equal(z, _msb_plain(s))
     assert_cost(parties, compare.cost_msb(100) + select_protocol.cost_bit_to_arith(100))
+
+
+def test_relu_of_a_truncation_in_four_rounds():
+    from pysmpc.protocols.relu import relu_truncated
+
+    rng = np.random.default_rng(8)
+    values = rng.integers(-(2**45), 2**45, size=300)
+    values[:4] = [0, -1, 1, -(2**18)]
+    x = values.astype(np.int64).view(np.uint64)
+    z, parties = run_shared(lambda p, a: relu_truncated(p, a, 18), x)
+    expected = np.maximum(values >> 18, 0)
+    error = signed(z) - expected
+    assert np.all((error == 0) | (error == 1)), (values[error > 1], signed(z)[error > 1])
+    assert np.all(signed(z)[values < 0] == 0)
+    assert_cost(parties, relu_protocol.cost_truncated((300,)))
+    assert relu_protocol.cost_truncated((300,)).rounds == 4

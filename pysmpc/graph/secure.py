@@ -7,15 +7,19 @@ operation, and per layer it records time, bytes and rounds from the party's
 channel.
 
 Order of operations (F fractional bits; w and b shared at F):
-  conv2d / dense   z = x (*) w with the weights' mask opened once   -> 2F
+  conv2d / dense   z = x (*) w with the weights' mask opened once, then
+                   + b * 2^F (local)                                  -> 2F
                    (conv padding: zeros added locally to the shares)
   avg_pool2d k x k right after it: window sum (local), and the division by
-                   k*k joins the pending truncation (k*k a power of two)
-  before anything else (relu, max pool, flatten, the output):
-                   one truncation by F (+ log2 k*k), then + b       -> F
-  relu, max_pool2d protocols on F-bit values; flatten is a local reshape.
-So each conv + avg-pool pair costs one Beaver round and one truncation
-round, and avg(conv + b) = avg(conv) + b makes the late bias exact.
+                   k*k joins the owed truncation (k*k a power of two)
+  relu             relu of the truncated value, the truncation's opening
+                   riding in the comparison's first round (4 rounds)  -> F
+  max pool, another product: truncate first (1 round)               -> F
+  flatten          a local reshape (an owed truncation carries over)
+  output           truncated to F, or (truncate_output=False) left at
+                   its scale for the receiver to divide in the clear.
+So each conv + avg-pool + relu block of the MNIST CNN costs 1 + 4 rounds,
+and the bias added at 2F stays exact through pooling and truncation.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from pysmpc.protocols.matmul import cost_fixed as matmul_cost_fixed
 from pysmpc.protocols.matmul import matmul_fixed, share_fixed_operand
 from pysmpc.protocols.pool import avg_pool2d, max_pool2d, sum_pool2d
 from pysmpc.protocols.relu import cost as relu_cost
-from pysmpc.protocols.relu import relu
+from pysmpc.protocols.relu import cost_truncated as relu_cost_truncated
+from pysmpc.protocols.relu import relu, relu_truncated
 from pysmpc.protocols.truncate import cost as truncate_cost
 from pysmpc.protocols.truncate import truncate
 from pysmpc.sharing.shares import AShare
@@ -57,23 +62,23 @@ def load_plan(party: Party, model_key, plan: list[dict], tensors: dict) -> None:
 
 
 def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
-             profile: list | None = None) -> AShare:
-    """Run the plan on input shares x (F fractional bits); return the output at F.
+             profile: list | None = None, truncate_output: bool = True) -> tuple[AShare, int]:
+    """Run the plan on input shares x (F fractional bits).
 
-    `profile`, if given, receives one dict per layer: name, kind, seconds,
-    bytes sent and rounds online on this party.
+    Returns (output shares, their fractional bits): F, or with
+    truncate_output=False the higher scale the last layer left (its
+    truncation saved: the receiver divides in the clear). `profile`, if
+    given, receives one dict per layer: name, kind, seconds, bytes sent and
+    rounds online on this party.
     """
     plan = party.store[("plan", model_key)]
-    pending = None  # (shift bits, bias tensor id) owed since the last product
+    pending = 0  # bits of truncation owed since the last product
 
-    def flush(x):
+    def settle(x):
         nonlocal pending
-        if pending is None:
-            return x
-        bits, bias = pending
-        pending = None
-        x = truncate(party, x, bits, tag="trunc")
-        return x + tensors[bias] if bias is not None else x
+        if pending:
+            x, pending = truncate(party, x, pending, tag="trunc"), 0
+        return x
 
     def record(name, kind, start_time, start):
         if profile is not None:
@@ -85,7 +90,7 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
         start_time, start = time.perf_counter(), party.channel.totals(online=True)
         kind, name = layer["kind"], layer["name"]
         if kind in ("conv2d", "dense"):
-            x = flush(x)
+            x = settle(x)
             if kind == "conv2d":
                 pads = layer.get("pads", (0, 0, 0, 0))
                 if any(pads):
@@ -94,28 +99,34 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
                                  tag=f"conv2d:{name}")
             else:
                 x = matmul_fixed(party, x, (model_key, name), tag=f"dense:{name}")
-            pending = (frac_bits, layer.get("bias"))
+            if layer.get("bias") is not None:
+                # At the product's scale 2F, so later truncation keeps it exact.
+                x = x + tensors[layer["bias"]] * np.uint64(1 << frac_bits)
+            pending = frac_bits
         elif kind == "avg_pool2d":
             k, stride = _square(layer["pool"], name), _square(layer["stride"], name)
             window = k * k
-            if pending is not None and window & (window - 1) == 0:
+            if pending and window & (window - 1) == 0:
                 x = sum_pool2d(party, x, k, stride)
-                pending = (pending[0] + window.bit_length() - 1, pending[1])
+                pending += window.bit_length() - 1
             else:
-                x = avg_pool2d(party, flush(x), k, frac_bits, stride, tag=f"avgpool:{name}")
+                x = avg_pool2d(party, settle(x), k, frac_bits, stride, tag=f"avgpool:{name}")
         elif kind == "max_pool2d":
-            x = max_pool2d(party, flush(x), _square(layer["pool"], name), _square(layer["stride"], name),
+            x = max_pool2d(party, settle(x), _square(layer["pool"], name), _square(layer["stride"], name),
                            tag=f"maxpool:{name}")
         elif kind == "relu":
-            x = relu(party, flush(x), tag=f"relu:{name}")
+            if pending:
+                x, pending = relu_truncated(party, x, pending, tag=f"relu:{name}"), 0
+            else:
+                x = relu(party, x, tag=f"relu:{name}")
         elif kind == "flatten":
-            x = flush(x)
             x = x.reshape(x.shape[0], -1)
         record(name, kind, start_time, start)
-    start_time, start = time.perf_counter(), party.channel.totals(online=True)
-    x = flush(x)
-    record("output", "truncate", start_time, start)
-    return x
+    if truncate_output:
+        start_time, start = time.perf_counter(), party.channel.totals(online=True)
+        x = settle(x)
+        record("output", "truncate", start_time, start)
+    return x, frac_bits + pending
 
 
 def _square(pair, name) -> int:
@@ -125,30 +136,29 @@ def _square(pair, name) -> int:
     return int(a)
 
 
-def plan_cost(plan: list[dict], shapes: list[tuple], batch: int) -> list[tuple[str, Cost]]:
+def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output: bool = True) -> list[tuple[str, Cost]]:
     """Online cost of `run_plan` per layer, from the protocols' cost formulas.
 
     `shapes` is [input shape, each layer's output shape...] without the batch
     axis (Graph.shapes()). Mirrors run_plan's order of operations: the
-    truncation owed by a product is charged to the layer that flushes it,
-    and the final flush to "output".
+    truncation owed by a product is paid by the layer that settles it (a
+    relu pays it inside its own first round).
     """
     costs = []
-    pending = None  # shape at which the owed truncation will run
+    pending = None  # shape at which the owed truncation would run
     for layer, in_shape, out_shape in zip(plan, shapes, shapes[1:]):
         kind = layer["kind"]
         x_shape, y_shape = (batch, *in_shape), (batch, *out_shape)
         cost = Cost(0, 0, 0)
-        flush_now = kind in ("conv2d", "dense", "relu", "max_pool2d", "flatten")
+        settle = kind in ("conv2d", "dense", "max_pool2d")
         if kind == "avg_pool2d":
             window = _square(layer["pool"], layer["name"]) ** 2
             if pending is not None and window & (window - 1) == 0:
                 pending = y_shape
             else:
-                flush_now = True
-        if flush_now and pending is not None:
-            cost = cost + truncate_cost(pending)
-            pending = None
+                settle = True
+        if settle and pending is not None:
+            cost, pending = cost + truncate_cost(pending), None
         if kind == "conv2d":
             top, bottom, left, right = layer.get("pads", (0, 0, 0, 0))
             padded = (batch, in_shape[0] + top + bottom, in_shape[1] + left + right, in_shape[2])
@@ -157,10 +167,13 @@ def plan_cost(plan: list[dict], shapes: list[tuple], batch: int) -> list[tuple[s
         elif kind == "dense":
             cost = cost + matmul_cost_fixed(x_shape, (in_shape[0], out_shape[0]))
             pending = y_shape
-        elif kind == "avg_pool2d" and flush_now:
+        elif kind == "avg_pool2d" and settle:
             cost = cost + truncate_cost(y_shape)
         elif kind == "relu":
-            cost = cost + relu_cost(y_shape)
+            cost = cost + (relu_cost_truncated(y_shape) if pending is not None else relu_cost(y_shape))
+            pending = None
+        elif kind == "flatten" and pending is not None:
+            pending = y_shape
         elif kind == "max_pool2d":
             k = _square(layer["pool"], layer["name"])
             out_size = int(np.prod(y_shape))
@@ -169,7 +182,8 @@ def plan_cost(plan: list[dict], shapes: list[tuple], batch: int) -> list[tuple[s
                 cost = cost + relu_cost((candidates // 2 * out_size,))
                 candidates = (candidates + 1) // 2
         costs.append((layer["name"], cost))
-    costs.append(("output", truncate_cost(pending) if pending is not None else Cost(0, 0, 0)))
+    if truncate_output:
+        costs.append(("output", truncate_cost(pending) if pending is not None else Cost(0, 0, 0)))
     return costs
 
 

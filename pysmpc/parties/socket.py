@@ -737,6 +737,11 @@ def connect_peer(address: tuple[str, int], me: int, peer: int, *, session: str, 
             raise ChannelError(f"{where} answered as party {hello.get('party')!r} of session "
                                f"{hello.get('session')!r}, expected party {peer} of session {session!r}")
         return stream
+    except OSError as exc:
+        # A peer that drops us mid-handshake (e.g. it refused our TLS certificate)
+        # shows up as a reset or broken pipe: report it as a refused connection.
+        _close_socket(sock)
+        raise PeerDisconnected(f"{where} closed the connection during the handshake: {exc}") from None
     except BaseException:
         _close_socket(sock)
         raise

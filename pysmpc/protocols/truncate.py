@@ -9,7 +9,7 @@ from pysmpc.protocols.cost import WORD, Cost
 from pysmpc.protocols.open import open_arith
 from pysmpc.sharing.shares import AShare
 
-__all__ = ["truncate", "cost", "MAX_ABS_LOG2"]
+__all__ = ["truncate", "truncate_begin", "truncate_finish", "PendingTruncation", "cost", "MAX_ABS_LOG2"]
 
 _U64 = np.uint64
 # The protocol is exact (up to the last unit) for |x| < 2^62.
@@ -40,15 +40,44 @@ def truncate(party: Party, x: AShare, frac_bits: int, tag: str = "trunc") -> ASh
     MPC over Mixed Arithmetic-Binary Circuits", CRYPTO 2020, sec. 5,
     specialised to a dealer that knows r.
     """
+    pending = truncate_begin(party, x, frac_bits, tag)
+    if party.is_dealer:
+        return truncate_finish(party, pending, None)
+    (c_open,) = open_arith(party, [pending.masked], tag=tag)
+    return truncate_finish(party, pending, c_open)
+
+
+class PendingTruncation:
+    """Dealer material and the masked value of a truncation whose opening is under way."""
+
+    __slots__ = ("frac_bits", "shape", "masked", "r_hi", "r_msb")
+
+    def __init__(self, frac_bits, shape, masked, r_hi, r_msb):
+        self.frac_bits, self.shape, self.masked, self.r_hi, self.r_msb = frac_bits, shape, masked, r_hi, r_msb
+
+
+def truncate_begin(party: Party, x: AShare, frac_bits: int, tag: str = "trunc") -> PendingTruncation:
+    """Steps 1-2 of `truncate` up to the opening: returns what to open (`masked`).
+
+    Lets another protocol open c = y + r in one of its own rounds
+    (relu.relu_truncated merges it into the comparison's first round).
+    """
     if not 0 < frac_bits < MAX_ABS_LOG2:
         raise ValueError(f"frac_bits must be in 1..{MAX_ABS_LOG2 - 1}, got {frac_bits}")
     r, r_hi, r_msb = party.dealer.trunc_pair(x.shape, frac_bits, tag="dealer:" + tag)
     if party.is_dealer:
-        return AShare(None, party.index, x.shape)
-    y = x.add_public(_OFFSET)
-    (c_open,) = open_arith(party, [y.value + r], tag=tag)
+        return PendingTruncation(frac_bits, x.shape, None, None, None)
+    masked = x.add_public(_OFFSET).value + r
+    return PendingTruncation(frac_bits, x.shape, masked, r_hi, r_msb)
+
+
+def truncate_finish(party: Party, pending: PendingTruncation, c_open) -> AShare:
+    """Steps 3-4 of `truncate` from the opened c = y + r: local."""
+    if party.is_dealer:
+        return AShare(None, party.index, pending.shape)
+    frac_bits = pending.frac_bits
     not_c63 = _U64(1) - (c_open >> _U64(63))
-    z = (not_c63 << _U64(64 - frac_bits)) * r_msb - r_hi
+    z = (not_c63 << _U64(64 - frac_bits)) * pending.r_msb - pending.r_hi
     if party.index == 0:
         z += (c_open >> _U64(frac_bits)) - _U64(_OFFSET >> frac_bits)
     return AShare(z, party.index)

@@ -206,13 +206,18 @@ def op_load_model(party: Party, model_key: str, plan: list) -> None:
     load_plan(party, model_key, plan, _plan_tensors(party, plan))
 
 
-def op_infer(party: Party, out: int, model_key: str, x: int, frac_bits: int) -> dict:
-    """Run a loaded model on shared input x; returns the output shape and a per-layer profile."""
+def op_infer(party: Party, out: int, model_key: str, x: int, frac_bits: int, truncate_output: bool = False) -> dict:
+    """Run a loaded model on shared input x.
+
+    Returns the output's shape and fractional bits (the last truncation is
+    left to the receiver unless truncate_output) and a per-layer profile.
+    """
     plan = party.store[("plan", model_key)]
     profile: list = []
-    y = run_plan(party, model_key, _get(party, x), frac_bits, _plan_tensors(party, plan), profile)
+    y, out_bits = run_plan(party, model_key, _get(party, x), frac_bits, _plan_tensors(party, plan), profile,
+                           truncate_output=truncate_output)
     _put(party, out, y)
-    return {"shape": list(y.shape), "profile": profile}
+    return {"shape": list(y.shape), "frac_bits": out_bits, "profile": profile}
 
 
 def op_unload_model(party: Party, model_key: str) -> None:
@@ -237,7 +242,8 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
        are well-formed. A bad query is answered with an error; the loop
        goes on.
     3. Run the model once on the batch (plus the secure argmax when asked),
-       and P0 and P1 send each client its rows of the output shares.
+       and P0 and P1 send each client its rows of the output shares and
+       their fractional bits (the client does the last division).
 
     Query traffic is added to the party's stats under "query:<tag>".
     Returns {"served": ok, "failed": bad}.
@@ -336,7 +342,7 @@ def _answer(party, model_key, good_queries, frac_bits) -> None:
 
     x = concat_shares([s for _, s in good_queries], axis=0)
     plan = party.store[("plan", model_key)]
-    y = run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan))
+    y, out_bits = run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), truncate_output=False)
     reveal = good_queries[0][0].request["reveal"]
     if reveal == "argmax":
         y = argmax_protocol.argmax(party, y)
@@ -345,8 +351,35 @@ def _answer(party, model_key, good_queries, frac_bits) -> None:
     row = 0
     for query, share in good_queries:
         n = share.shape[0]
-        query.channel.send(CLIENT, np.ascontiguousarray(y.value[row : row + n]), tag="output")
+        scale = np.array([0 if reveal == "argmax" else out_bits], dtype=np.uint64)
+        query.channel.send(CLIENT, [np.ascontiguousarray(y.value[row : row + n]), scale], tag="output")
         row += n
 
 
 OPS.update(serve=op_serve)
+
+
+def op_add_gaussian(party: Party, out: int, x: int, std: float, frac_bits: int) -> tuple:
+    """Add Gaussian noise N(0, std^2) drawn by this party alone to its share (differential privacy).
+
+    P0 and P1 each draw their own noise from a PRG on a fresh ``secrets``
+    seed that no other party knows (sharing.gaussian), encode it with
+    ``frac_bits`` fractional bits and add it to their share; P2 holds no
+    share and adds nothing. The opened sum carries noise e0 + e1 with
+    variance 2 std^2, and a party that removes its own noise still leaves
+    the other's N(0, std^2): each suffices alone.
+
+    Cost: 0 rounds, 0 bytes.
+    """
+    from pysmpc.sharing.gaussian import standard_normal
+    from pysmpc.sharing.prg import PRG, new_seed
+
+    share = _get(party, x)
+    if party.index not in (P0, P1):
+        return _put(party, out, AShare(None, party.index, share.shape))
+    noise = standard_normal(PRG(new_seed()), share.shape) * float(std)
+    noise_ring = np.rint(noise * float(1 << frac_bits)).astype(np.int64).view(np.uint64)
+    return _put(party, out, AShare(share.value + noise_ring, party.index))
+
+
+OPS.update(add_gaussian=op_add_gaussian)

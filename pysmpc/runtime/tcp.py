@@ -229,7 +229,9 @@ class TcpCluster(BaseCluster):
                 channel._count_received(i, "query:" + tag, payload, rounds=1)
                 if tag == "query:error":
                     raise ClusterError(f"the cluster rejected the query: {bytes(payload).decode(errors='replace')}")
-                if tag != "output" or not isinstance(payload, np.ndarray) or payload.dtype != np.uint64:
+                if (tag != "output" or not isinstance(payload, list) or len(payload) != 2
+                        or any(not isinstance(a, np.ndarray) or a.dtype != np.uint64 for a in payload)
+                        or payload[1].shape != (1,)):
                     raise ClusterError(f"P{i} answered the query with an unexpected '{tag}' message")
                 outputs.append(payload)
         except PeerTimeout:
@@ -237,12 +239,14 @@ class TcpCluster(BaseCluster):
         finally:
             self.last_query_stats = channel.stats()
             channel.close()
-        if outputs[0].shape != outputs[1].shape:
-            raise ClusterError(f"P0 and P1 answered with shapes {outputs[0].shape} and {outputs[1].shape}")
-        ring_value = outputs[0] + outputs[1]
+        (share_0, bits_0), (share_1, bits_1) = outputs
+        if share_0.shape != share_1.shape or bits_0[0] != bits_1[0] or not 0 <= int(bits_0[0]) < 62:
+            raise ClusterError(f"P0 and P1 answered inconsistently (shapes {share_0.shape}, {share_1.shape}; "
+                               f"scales {bits_0[0]}, {bits_1[0]})")
+        ring_value = share_0 + share_1
         if reveal == "argmax":
             return ring_value.view(np.int64).argmax(axis=1)
-        return self.fixed_point.decode(ring_value)
+        return ring_value.view(np.int64) / float(1 << int(bits_0[0]))
 
     # -- liveness of spawned workers --------------------------------------------------
     def _check_alive(self, i: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pysmpc.serve._coerce import whole_number
+
 __all__ = ["Client"]
 
 
@@ -51,10 +53,10 @@ class Client:
 
 
 def _shape(value, name: str) -> tuple:
-    try:
-        shape = tuple(int(v) for v in value)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of ints, got {value!r}") from None
+    # Whole floats count: R's c(1, 28, 28, 1) reaches Python as [1.0, 28.0, 28.0, 1.0].
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
+    shape = tuple(whole_number(v, f"each size in {name}") for v in value)
     if not shape or min(shape) < 1:
         raise ValueError(f"{name} must have positive sizes, got {shape}")
     return shape

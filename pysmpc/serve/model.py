@@ -9,6 +9,7 @@ import numpy as np
 from pysmpc.graph import Graph, conv_padding, run_fixed_point, run_float
 from pysmpc.graph.secure import plan_cost
 from pysmpc.protocols.cost import Cost
+from pysmpc.serve._coerce import whole_number
 
 __all__ = ["Model", "SharedModel", "make_plan"]
 
@@ -48,7 +49,7 @@ class Model:
 
     def cost(self, batch: int = 1) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs (no sharing needed)."""
-        return plan_cost(make_plan(self.graph), self.graph.shapes(), batch)
+        return plan_cost(make_plan(self.graph), self.graph.shapes(), batch, truncate_output=False)
 
     def share(self, cluster) -> "SharedModel":
         """Secret-share the weights to `cluster` (they leave this process as shares only)."""
@@ -119,7 +120,7 @@ class SharedModel:
 
     def cost(self, batch: int = 1) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs (logits)."""
-        return plan_cost(self.plan, self.graph.shapes(), batch)
+        return plan_cost(self.plan, self.graph.shapes(), batch, truncate_output=False)
 
     def _check_input(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -145,7 +146,7 @@ class SharedModel:
         self.profile = results[0]["profile"]
         from pysmpc.runtime.tensor import SharedTensor
 
-        logits = SharedTensor(self.cluster, out, tuple(results[0]["shape"]), self.frac_bits)
+        logits = SharedTensor(self.cluster, out, tuple(results[0]["shape"]), results[0]["frac_bits"])
         try:
             if reveal == "logits":
                 return logits.reveal()
@@ -157,9 +158,12 @@ class SharedModel:
             self.cluster.call("free", [shared_x.tid, out])
 
     def serve(self, num_requests: int | None = None, **kwargs) -> int:
+        """Answer num_requests client queries (a whole number: 3 or 3.0, as R passes 3)."""
         serve = getattr(self.cluster, "serve_model", None)
         if serve is None:
             raise NotImplementedError(f"{type(self.cluster).__name__} cannot serve remote clients")
+        if num_requests is not None:
+            num_requests = whole_number(num_requests, "num_requests")
         return serve(self, num_requests, **kwargs)
 
     def stop(self) -> None:
