@@ -147,27 +147,22 @@ def _group_carries(party: Party, own_planes, nw: int, tag: str, to_open: list):
     opened = [mine + other for mine, other in zip(to_open, theirs[len(mine_sent):])]
     g_parts, p_parts = [], []
     for (k, _), received in zip(sorted(batches.items(), reverse=True), theirs):
-        m_g, m_p = _bilinear_forms(k)
         shares = []
-        for which, m in enumerate((m_g, m_p)):
+        for which, m in enumerate(_bilinear_forms(k)):
             share = w_shares[k][which].copy()
             if party.index == P0:
-                # M[0,0] a_0 b_0 is public; P0 adds it. a_S b_T = a_S (e_T ^ v_T):
-                # P0 adds a_S e_T and the a_S-only terms.
+                # a_S b_T = a_S e_T ^ d_S v_T ^ u_S v_T: P0 adds a_S e_T, the
+                # a_S-only terms and the public constant M[0, 0].
+                e_sum = _xor_matvec(m[1:, 1:], received)
+                e_sum[m[1:, 0].astype(bool)] ^= _ALL_ONES
+                share ^= np.bitwise_xor.reduce(my_monomials[k] & e_sum, axis=0)
                 if m[0, 0]:
                     share ^= _ALL_ONES
-                for s in range(1, m.shape[0]):
-                    e_sum = _xor_rows(received, m[s, 1:])
-                    if m[s, 0]:
-                        e_sum = e_sum ^ _ALL_ONES
-                    share ^= my_monomials[k][s - 1] & e_sum
             else:
-                # P1 adds the b_T-only terms and d_S v_T (d_S = a_S ^ u_S from P0).
-                for t in range(1, m.shape[1]):
-                    d_sum = _xor_rows(received, m[1:, t])
-                    if m[0, t]:
-                        share ^= my_monomials[k][t - 1]
-                    share ^= d_sum & masks[k][t - 1]
+                # P1 adds d_S v_T (d_S = a_S ^ u_S from P0) and the b_T-only terms.
+                d_sum = _xor_matvec(m[1:, 1:].T, received)
+                share ^= np.bitwise_xor.reduce(d_sum & masks[k], axis=0)
+                share ^= _xor_rows(my_monomials[k], m[0, 1:])
             shares.append(share)
         g_parts.append(shares[0])
         p_parts.append(shares[1])
@@ -176,10 +171,13 @@ def _group_carries(party: Party, own_planes, nw: int, tag: str, to_open: list):
 
 def _cross(m: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Dealer: XOR over S, T nonempty of M[S, T] u_S v_T."""
-    out = np.zeros(u.shape[1:], np.uint64)
-    for s in range(1, m.shape[0]):
-        out ^= u[s - 1] & _xor_rows(v, m[s, 1:])
-    return out
+    return np.bitwise_xor.reduce(u & _xor_matvec(m[1:, 1:], v), axis=0)
+
+
+def _xor_matvec(m: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """out[s] = XOR over t of m[s, t] rows[t], for a 0/1 matrix m: one vectorized pass."""
+    selected = np.where(m.astype(bool)[(...,) + (None,) * (rows.ndim - 1)], rows[None], np.uint64(0))
+    return np.bitwise_xor.reduce(selected, axis=1)
 
 
 def _xor_rows(rows: np.ndarray, select: np.ndarray) -> np.ndarray:
@@ -216,39 +214,38 @@ def _tree_level(party: Party, g, p, nw: int, need_p: bool, tag: str):
     groups = 16 if need_p else 4
     nodes = groups // _GROUP
     variables, products, monomials = _tree_plan(need_p)
+    index = {var: i for i, var in enumerate(variables)}
     shape = (nodes, nw)
-    u = {var: party.dealer.rand_bits(shape) for var in variables}
-    dealt = {}
-    for subset in products:
-        value = None
-        if party.index == DEALER:
-            value = u[subset[0]].copy()
-            for var in subset[1:]:
-                value &= u[var]
-        dealt[subset] = party.dealer.give_bits(value, shape, tag="dealer:" + tag)
+    u = party.dealer.rand_bits((len(variables),) + shape)
+    dealt_value = None
+    if party.index == DEALER:
+        dealt_value = np.stack([_and_all([u[index[var]] for var in subset]) for subset in products])
+    dealt = party.dealer.give_bits(dealt_value, (len(products),) + shape, tag="dealer:" + tag)
     if party.index == DEALER:
         return None, None
     child = {("G", i): g[i::_GROUP] for i in range(_GROUP)}
     child.update({("P", i): p[i::_GROUP] for i in range(_GROUP)})
-    mine = [child[var] ^ u[var] for var in variables]
+    mine = np.stack([child[var] for var in variables]) ^ u
     theirs = party.channel.exchange(party.peer, mine, tag=tag)
-    d = {var: m ^ t for var, m, t in zip(variables, mine, theirs)}
+    d = mine ^ theirs
+    # D[X] = AND of the opened d over the variable subset X (bit i = variable i).
+    table = np.empty((1 << len(variables),) + shape, np.uint64)
+    table[0] = _ALL_ONES
+    for x in range(1, 1 << len(variables)):
+        low = x & -x
+        table[x] = table[x ^ low] & d[low.bit_length() - 1]
+    masks = {(var,): u[index[var]] for var in variables}
+    masks.update({subset: dealt[i] for i, subset in enumerate(products)})
     first = party.index == P0
 
     def monomial_share(mono):
-        # prod (d_j ^ u_j) = XOR over T subset of mono of D_{mono \ T} U_T
-        share = np.zeros(shape, np.uint64)
-        for r in range(0, len(mono) + 1):
+        # prod (d_j ^ u_j) = XOR over T subset of mono of D[mono \ T] AND U_T (U_{} = 1: P0 only)
+        full = sum(1 << index[var] for var in mono)
+        share = table[full].copy() if first else np.zeros(shape, np.uint64)
+        for r in range(1, len(mono) + 1):
             for subset in combinations(sorted(mono), r):
-                rest = [var for var in mono if var not in subset]
-                if r == 0:
-                    if not first:
-                        continue
-                    term = _and_all([d[var] for var in rest])
-                else:
-                    mask = u[subset[0]] if r == 1 else dealt[subset]
-                    term = mask if not rest else mask & _and_all([d[var] for var in rest])
-                share ^= term
+                rest = full & ~sum(1 << index[var] for var in subset)
+                share ^= table[rest] & masks[subset]
         return share
 
     g_new = child[("G", 3)].copy()
