@@ -1,0 +1,69 @@
+"""The user's R scripts (examples/R): serve.R and client.R in two R processes, through reticulate."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.tcp
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "R"
+RSCRIPT = shutil.which("Rscript")
+EXPECTED = ["Actual: 7, predicted: 7", "Actual: 2, predicted: 2", "Actual: 1, predicted: 1"]
+
+
+def _free_ports(n):
+    sockets = [socket.create_server(("localhost", 0)) for _ in range(n)]
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _r_env():
+    env = dict(os.environ)
+    env["RETICULATE_PYTHON"] = sys.executable  # the Python (and installed pysmpc) running these tests
+    env["PYSMPC_HOSTS"] = ",".join(f"localhost:{p}" for p in _free_ports(3))
+    # R puts /usr/lib/<arch> first on LD_LIBRARY_PATH (etc/ldpaths); the workers that
+    # serve.R spawns would then load the system libpython instead of this Python's.
+    r_home = subprocess.run([RSCRIPT, "-e", "cat(R.home())"], capture_output=True, text=True, timeout=60).stdout
+    env["R_LD_LIBRARY_PATH"] = os.path.join(r_home, "lib")
+    return env
+
+
+def _tail(path, n=3000):
+    return path.read_text(errors="replace")[-n:] if path.exists() else "(no output)"
+
+
+@pytest.mark.skipif(RSCRIPT is None, reason="Rscript is not installed (apt-get install r-base-core r-cran-reticulate; .ci/run does)")
+def test_serve_r_and_client_r_print_the_first_three_mnist_predictions(tmp_path):
+    env = _r_env()
+    server_log = tmp_path / "serve.log"
+    # cwd outside the repository: R's Python imports the installed pysmpc (with its compiled kernels).
+    with open(server_log, "w") as log:
+        server = subprocess.Popen([RSCRIPT, str(EXAMPLES / "serve.R")], cwd=tmp_path, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "serving" not in _tail(server_log) and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "serving" in _tail(server_log), f"serve.R did not start serving ({env['PYSMPC_HOSTS']}):\n{_tail(server_log)}"
+
+        client = subprocess.run([RSCRIPT, str(EXAMPLES / "client.R")], cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=180, stdin=subprocess.DEVNULL)
+        lines = client.stdout.splitlines()
+        assert client.returncode == 0, f"client.R exited {client.returncode}:\n{client.stdout}\n{client.stderr}"
+        assert [line for line in lines if line.startswith("Actual:")] == EXPECTED, client.stdout + client.stderr
+
+        assert server.wait(timeout=120) == 0, f"serve.R exited {server.returncode}:\n{_tail(server_log)}"
+        assert "[1] 3" in _tail(server_log), _tail(server_log)  # model$serve() answered three queries
+    finally:
+        if server.poll() is None:  # never leave serve.R (and the workers it spawned) running
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
