@@ -55,10 +55,55 @@ def load_plan(party: Party, model_key, plan: list[dict], tensors: dict) -> None:
     for layer in plan:
         if layer["kind"] not in PLAN_KINDS:
             raise ValueError(f"layer {layer.get('name')!r}: unsupported kind {layer['kind']!r}; supported: {PLAN_KINDS}")
+    for i, layer in enumerate(plan):
         if layer["kind"] in ("conv2d", "dense"):
-            share_fixed_operand(party, tensors[layer["kernel"]], key=(model_key, layer["name"]),
-                                product_tag=f"weights:{layer['name']}")
+            key = (model_key, layer["name"])
+            share_fixed_operand(party, tensors[layer["kernel"]], key=key, product_tag=f"weights:{layer['name']}")
+            fused = _fused_pool(plan, i)
+            if fused is not None:
+                _fuse_stored_weights(party, key, fused[0])
     party.store[("plan", model_key)] = plan
+
+
+def _fused_pool(plan: list[dict], i: int):
+    """(k, stride) if conv i (stride 1) is followed by a k x k average pool with k*k a power of two.
+
+    Pooling is linear, so the pair is one convolution with the (kh+k-1) x
+    (kw+k-1) kernel sum_{a,b<k} w shifted by (a, b), at the pool's stride: it
+    computes only the outputs the pool keeps (the window sums; the division
+    by k*k joins the owed truncation).
+    """
+    layer = plan[i]
+    if layer["kind"] != "conv2d" or tuple(layer["stride"]) != (1, 1) or i + 1 >= len(plan):
+        return None
+    pool = plan[i + 1]
+    if pool["kind"] != "avg_pool2d":
+        return None
+    k, stride = _square(pool["pool"], pool["name"]), _square(pool["stride"], pool["name"])
+    if (k * k) & (k * k - 1):
+        return None
+    return k, stride
+
+
+def _fuse_kernel(w: np.ndarray, k: int) -> np.ndarray:
+    """HWIO kernel of conv-then-k x k-window-sum: linear, so it applies to shares and masks alike."""
+    kh, kw = w.shape[:2]
+    out = np.zeros((kh + k - 1, kw + k - 1) + w.shape[2:], np.uint64)
+    for a in range(k):
+        for b in range(k):
+            out[a : a + kh, b : b + kw] += w
+    return out
+
+
+def _fuse_stored_weights(party: Party, key, k: int) -> None:
+    """Replace the opened mask F and this party's [B] by their fused kernels (local)."""
+    f_open, b, w_shape = party.store[("fixed", key)]
+    fused_shape = (w_shape[0] + k - 1, w_shape[1] + k - 1) + tuple(w_shape[2:])
+    if party.is_dealer:
+        party.store[("dealer_mask", key)] = _fuse_kernel(party.store[("dealer_mask", key)], k)
+        party.store[("fixed", key)] = (None, None, fused_shape)
+    else:
+        party.store[("fixed", key)] = (_fuse_kernel(f_open, k), _fuse_kernel(b, k), fused_shape)
 
 
 def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
@@ -86,23 +131,31 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
             profile.append(dict(name=name, kind=kind, seconds=time.perf_counter() - start_time,
                                 bytes_sent=end.bytes_sent - start.bytes_sent, rounds=end.rounds - start.rounds))
 
-    for layer in plan:
+    skip = False
+    for i, layer in enumerate(plan):
         start_time, start = time.perf_counter(), party.channel.totals(online=True)
         kind, name = layer["kind"], layer["name"]
-        if kind in ("conv2d", "dense"):
+        if skip:  # an average pool already folded into the convolution before it
+            skip = False
+        elif kind in ("conv2d", "dense"):
             x = settle(x)
+            window = 1
             if kind == "conv2d":
                 pads = layer.get("pads", (0, 0, 0, 0))
                 if any(pads):
                     x = x.pad_spatial(*pads)
-                x = conv2d_fixed(party, x, (model_key, name), tuple(layer["stride"]), "valid",
-                                 tag=f"conv2d:{name}")
+                fused = _fused_pool(plan, i)
+                stride = tuple(layer["stride"]) if fused is None else (fused[1], fused[1])
+                x = conv2d_fixed(party, x, (model_key, name), stride, "valid", tag=f"conv2d:{name}")
+                if fused is not None:
+                    window, skip = fused[0] * fused[0], True
             else:
                 x = matmul_fixed(party, x, (model_key, name), tag=f"dense:{name}")
             if layer.get("bias") is not None:
-                # At the product's scale 2F, so later truncation keeps it exact.
-                x = x + tensors[layer["bias"]] * np.uint64(1 << frac_bits)
-            pending = frac_bits
+                # At the product's scale 2F (times the pooled window), so the
+                # later truncation keeps it exact.
+                x = x + tensors[layer["bias"]] * np.uint64(window << frac_bits)
+            pending = frac_bits + window.bit_length() - 1
         elif kind == "avg_pool2d":
             k, stride = _square(layer["pool"], name), _square(layer["stride"], name)
             window = k * k
@@ -146,10 +199,16 @@ def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output
     """
     costs = []
     pending = None  # shape at which the owed truncation would run
-    for layer, in_shape, out_shape in zip(plan, shapes, shapes[1:]):
+    skip = False
+    for i, (layer, in_shape, out_shape) in enumerate(zip(plan, shapes, shapes[1:])):
         kind = layer["kind"]
         x_shape, y_shape = (batch, *in_shape), (batch, *out_shape)
         cost = Cost(0, 0, 0)
+        if skip:  # folded into the convolution before it
+            skip = False
+            pending = y_shape
+            costs.append((layer["name"], cost))
+            continue
         settle = kind in ("conv2d", "dense", "max_pool2d")
         if kind == "avg_pool2d":
             window = _square(layer["pool"], layer["name"]) ** 2
@@ -162,7 +221,15 @@ def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output
         if kind == "conv2d":
             top, bottom, left, right = layer.get("pads", (0, 0, 0, 0))
             padded = (batch, in_shape[0] + top + bottom, in_shape[1] + left + right, in_shape[2])
-            cost = cost + conv_cost_fixed(padded, _kernel_shape(padded, y_shape, layer), tuple(layer["stride"]))
+            kernel = _kernel_shape(padded, y_shape, layer["stride"])
+            fused = _fused_pool(plan, i)
+            if fused is None:
+                cost = cost + conv_cost_fixed(padded, kernel, tuple(layer["stride"]))
+            else:
+                k, stride = fused
+                kernel = (kernel[0] + k - 1, kernel[1] + k - 1, kernel[2], kernel[3])
+                cost = cost + conv_cost_fixed(padded, kernel, (stride, stride))
+                skip = True
             pending = y_shape
         elif kind == "dense":
             cost = cost + matmul_cost_fixed(x_shape, (in_shape[0], out_shape[0]))
@@ -187,9 +254,9 @@ def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output
     return costs
 
 
-def _kernel_shape(padded, y_shape, layer) -> tuple:
+def _kernel_shape(padded, y_shape, stride) -> tuple:
     # conv_cost_fixed needs (kh, kw, cin, cout); recover kh, kw from the shapes.
-    sh, sw = layer["stride"]
+    sh, sw = stride
     kh = padded[1] - (y_shape[1] - 1) * sh
     kw = padded[2] - (y_shape[2] - 1) * sw
     return (kh, kw, padded[3], y_shape[3])

@@ -175,9 +175,15 @@ def _cross(m: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _xor_matvec(m: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """out[s] = XOR over t of m[s, t] rows[t], for a 0/1 matrix m: one vectorized pass."""
-    selected = np.where(m.astype(bool)[(...,) + (None,) * (rows.ndim - 1)], rows[None], np.uint64(0))
-    return np.bitwise_xor.reduce(selected, axis=1)
+    """out[s] = XOR over t of m[s, t] rows[t], for a 0/1 matrix m.
+
+    One gather-and-reduce per output row: a single broadcast over all of m
+    would build an m.size-times larger temporary (hundreds of MB at batch 256).
+    """
+    out = np.empty((m.shape[0],) + rows.shape[1:], np.uint64)
+    for s in range(m.shape[0]):
+        out[s] = _xor_rows(rows, m[s])
+    return out
 
 
 def _xor_rows(rows: np.ndarray, select: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import weakref
@@ -156,6 +157,11 @@ class TcpCluster(BaseCluster):
             # Run the workers on the same pysmpc as this process, whatever their cwd.
             env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
             env["PYTHONUNBUFFERED"] = "1"
+            # Workers must load this interpreter's libpython even when a host
+            # program (R, via reticulate) put its own library path first.
+            libdir = sysconfig.get_config_var("LIBDIR")
+            if libdir:
+                env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *filter(None, [env.get("LD_LIBRARY_PATH")])])
             for i in PARTIES:
                 fd, log_path = tempfile.mkstemp(prefix=f"pysmpc-P{i}-", suffix=".log")
                 self._state["logs"][i] = log_path
