@@ -30,10 +30,8 @@ def _r_env():
     env = dict(os.environ)
     env["RETICULATE_PYTHON"] = sys.executable  # the Python (and installed pysmpc) running these tests
     env["PYSMPC_HOSTS"] = ",".join(f"localhost:{p}" for p in _free_ports(3))
-    # R puts /usr/lib/<arch> first on LD_LIBRARY_PATH (etc/ldpaths); the workers that
-    # serve.R spawns would then load the system libpython instead of this Python's.
-    r_home = subprocess.run([RSCRIPT, "-e", "cat(R.home())"], capture_output=True, text=True, timeout=60).stdout
-    env["R_LD_LIBRARY_PATH"] = os.path.join(r_home, "lib")
+    # R puts /usr/lib/<arch> first on LD_LIBRARY_PATH (etc/ldpaths); TcpCluster puts
+    # this Python's LIBDIR before it for the workers, so no workaround is needed here.
     return env
 
 

@@ -87,3 +87,23 @@ def test_bad_input_shape_is_a_clear_error(cluster):
     with pytest.raises(ValueError, match="reveal"):
         shared.predict(np.zeros((1, 28, 28, 1)), reveal="softmax")
     shared.stop()
+
+
+def test_shipped_cnn_stays_within_its_round_and_traffic_budget():
+    """Regression guard (deterministic): rounds and bytes per image of the shipped CNN."""
+    from pysmpc import load_model
+    from pysmpc.models import load_samples, shipped_model_path
+
+    model = load_model(shipped_model_path())
+    for batch in (1, 4):
+        plan = model.cost(batch)
+        rounds = sum(c.rounds for _, c in plan)
+        online_per_image = 2 * sum(c.bytes_sent for _, c in plan) / batch  # P0 + P1
+        assert rounds == 16, f"batch {batch}: {rounds} rounds"
+        assert online_per_image <= 0.5e6, f"batch {batch}: {online_per_image:.0f} bytes per image online"
+    images, _ = load_samples()
+    with LocalCluster() as cluster:
+        shared = model.share(cluster)
+        shared.predict(images[:4])
+        measured = [(p["rounds"], p["bytes_sent"]) for p in shared.profile]
+    assert measured == [(c.rounds, c.bytes_sent) for _, c in model.cost(4)]
