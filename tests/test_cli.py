@@ -74,3 +74,16 @@ def test_serve_and_query_over_tcp(tmp_path):
     assert "Actual: 7, predicted: 7" in query.stdout and "Actual: 2, predicted: 2" in query.stdout
     assert server.returncode == 0, err
     assert "served 2 requests (0 refused)" in out
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--batches", "1,2", "--repeats", "1", "--no-tcp", "--no-progress", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "pysmpc in-process" in result.stdout and "plaintext numpy" in result.stdout
+    rows = json.loads(out.read_text())
+    secure = [r for r in rows if r["system"] == "pysmpc in-process"]
+    assert [r["batch"] for r in secure] == [1, 2] and all(r["rounds"] == 16 for r in secure)
+    assert all(0 < r["online_bytes_per_image"] < 0.5e6 for r in secure)

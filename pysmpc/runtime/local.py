@@ -84,6 +84,10 @@ class LocalCluster(BaseCluster):
         self._queries: queue.Queue = queue.Queue()
 
     # -- lifecycle ------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._network is not None
+
     def start(self) -> "LocalCluster":
         if self._network is not None:
             return self

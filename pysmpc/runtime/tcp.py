@@ -101,6 +101,10 @@ class TcpCluster(BaseCluster):
             return ""
 
     # -- lifecycle ----------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._state["channel"] is not None
+
     def start(self) -> "TcpCluster":
         if self._state["channel"] is not None:
             return self

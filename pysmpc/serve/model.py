@@ -108,6 +108,7 @@ class SharedModel:
         self.frac_bits = cluster.frac_bits
         self.profile: list = []
         self._tensors = []
+        self._stopped = False
 
         def share_weight(array):
             tensor = cluster.share(array)
@@ -167,6 +168,12 @@ class SharedModel:
         return serve(self, num_requests, **kwargs)
 
     def stop(self) -> None:
+        """Drop the model's shares from the parties (idempotent; nothing to do once the cluster is gone)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if not self.cluster.running:
+            return
         self.cluster.call("unload_model", self.key)
         self.cluster.call("free", [t.tid for t in self._tensors])
         self._tensors = []

@@ -1,0 +1,91 @@
+"""Measure private inference of a model: latency, throughput, traffic and rounds per image."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+
+from pysmpc.parties.channel import is_offline_tag
+
+__all__ = ["traffic_per_image", "measure_inference"]
+
+
+def traffic_per_image(stats: dict, images: int) -> dict:
+    """Online bytes (P0 + P1, sent) and dealer bytes (P2, sent) per image from cluster.stats()."""
+    online = sum(s["bytes_sent"] for p in ("P0", "P1") for t, s in stats[p].items()
+                 if not is_offline_tag(t) and t not in ("input", "output"))
+    dealer = sum(s["bytes_sent"] for s in stats["P2"].values())
+    return {"online_bytes_per_image": online / images, "dealer_bytes_per_image": dealer / images}
+
+
+def measure_inference(model, images: np.ndarray, batches=(1, 64, 256), clusters=("plaintext", "in-process", "tcp"),
+                      repeats: int = 3, progress=None) -> list[dict]:
+    """Time model.predict (plaintext) and private predictions per cluster kind and batch size.
+
+    Each row: system, batch, latency_ms (median of `repeats` runs, after
+    one warm-up), images_per_s, online and dealer bytes per image (one
+    run's cluster.stats()), rounds per inference (the cost plan, which the
+    tests check against the channels), the peak RSS of this process and,
+    over TCP, the largest peak RSS of the three workers.
+    """
+    from pysmpc.runtime.local import LocalCluster
+    from pysmpc.runtime.tcp import TcpCluster
+
+    rows = []
+    need = max(batches)
+    x_all = np.concatenate([images] * (need // len(images) + 1))[:need]
+    for kind in clusters:
+        if kind == "plaintext":
+            for batch in batches:
+                rows.append(_timed("plaintext numpy (float64)", batch, lambda b=batch: model.predict(x_all[:b]), repeats))
+                _tick(progress)
+            continue
+        cluster = LocalCluster() if kind == "in-process" else TcpCluster(ephemeral_ports=True)
+        with cluster:
+            shared = model.share(cluster)
+            for batch in batches:
+                x = x_all[:batch]
+                shared.predict(x)  # warm-up
+                cluster.reset_stats()
+                shared.predict(x)
+                traffic = traffic_per_image(cluster.stats(), batch)
+                row = _timed(f"pysmpc {kind}", batch, lambda x=x: shared.predict(x), repeats)
+                row.update(traffic)
+                if kind == "tcp":
+                    row["worker_peak_rss_mb"] = max(_peak_rss_mb(p.pid) for p in cluster.processes.values())
+                row["rounds"] = sum(c.rounds for _, c in shared.cost(batch))
+                rows.append(row)
+                _tick(progress)
+            shared.stop()
+    return rows
+
+
+def _timed(system: str, batch: int, fn, repeats: int) -> dict:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    latency = float(np.median(times))
+    return {"system": system, "batch": batch, "latency_ms": 1000 * latency, "images_per_s": batch / latency,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _tick(progress) -> None:
+    if progress is not None:
+        progress.update(1)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
