@@ -19,11 +19,11 @@ def argmax(party: Party, x: AShare, tag: str = "argmax") -> AShare:
     the winning position and nothing else. Ties go to the lower index.
 
     1. Start with C candidates (value column, public one-hot row).
-    2. Each level pairs candidates a, b: [a >= b] by comparison (7 rounds),
+    2. Each level pairs candidates a, b: [a >= b] by comparison (3 rounds),
        then one select of the stacked (a - b, onehot_a - onehot_b) keeps the
        winner (1 round).
 
-    Cost: 8 * ceil(log2(C)) rounds.
+    Cost: 4 * ceil(log2(C)) rounds.
     """
     if len(x.shape) != 2:
         raise ValueError(f"argmax takes (N, C) logits, got shape {x.shape}")

@@ -59,9 +59,9 @@ def max_pool2d(party: Party, x: AShare, k: int, stride: int | None = None, tag: 
 
     1. Gather the k*k window positions as k*k strided slices (local).
     2. Each level pairs the candidates and keeps b + relu(a - b); all pairs
-       of a level share one relu call (8 rounds per level).
+       of a level share one relu call (4 rounds per level).
 
-    Cost: 8 * ceil(log2(k*k)) rounds; a relu of (k*k - 1) * out.size elements
+    Cost: 4 * ceil(log2(k*k)) rounds; a relu of (k*k - 1) * out.size elements
     in all.
     """
     stride = k if stride is None else stride

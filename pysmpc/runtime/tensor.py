@@ -182,7 +182,7 @@ class SharedTensor:
         return self._new("truncate", self.tid, bits, shape=self.shape, frac_bits=self.frac_bits)
 
     def relu(self) -> "SharedTensor":
-        """max(x, 0) by secure comparison: 8 rounds, the sign is never opened."""
+        """max(x, 0) by secure comparison: 4 rounds, the sign is never opened."""
         return self._new("relu", self.tid, shape=self.shape)
 
     def conv2d(self, w, stride=1, padding="valid") -> "SharedTensor":
@@ -208,7 +208,7 @@ class SharedTensor:
                          shape=pool_output_shape(self.shape, k, stride))
 
     def max_pool2d(self, k: int, stride: int | None = None) -> "SharedTensor":
-        """Max over k x k windows by comparisons: 8 rounds per tournament level."""
+        """Max over k x k windows by comparisons: 4 rounds per tournament level."""
         return self._new("max_pool2d", self.tid, k, stride, shape=pool_output_shape(self.shape, k, stride))
 
     def argmax(self) -> "SharedTensor":
@@ -232,7 +232,7 @@ class SharedTensor:
         return self._new("less_than", self.tid, None, public=public, shape=self.shape, frac_bits=0)
 
     def __lt__(self, other):
-        """[self < other] as shared integers 0/1 (comparison, 8 rounds)."""
+        """[self < other] as shared integers 0/1 (comparison and conversion, 4 rounds)."""
         return self._compare(other, swap=False)
 
     def __gt__(self, other):
