@@ -1,0 +1,86 @@
+"""Flower: a small federated run on loopback whose aggregation goes through a pysmpc cluster.
+
+Skipped when flwr is not installed (it is the optional extra pysmpc[flower],
+not part of the test extra). Uses Flower's gRPC server and clients
+(``start_server`` / ``start_client``, deprecated in Flower 1.13 but still
+shipped in 1.42) on 127.0.0.1 with three clients and two rounds.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+flwr = pytest.importorskip("flwr")
+
+pytestmark = pytest.mark.tcp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Client(flwr.client.NumPyClient):
+    """A client whose 'training' adds a known offset, so the mean is predictable."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def get_parameters(self, config):
+        return [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
+
+    def fit(self, parameters, config):
+        return [p + np.float32(self.k + 1) for p in parameters], 10 * (self.k + 1), {}
+
+    def evaluate(self, parameters, config):
+        return 0.0, 1, {}
+
+
+def test_flower_round_trip_through_the_cluster():
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.client.app import start_client
+    from flwr.server import ServerConfig, start_server
+
+    from pysmpc import LocalCluster
+    from pysmpc.fl.flower import SecureAggFedAvg
+
+    address = f"127.0.0.1:{_free_port()}"
+    rounds = []
+    with LocalCluster() as cluster:
+
+        class Recording(SecureAggFedAvg):
+            def aggregate_fit(self, server_round, results, failures):
+                params, metrics = super().aggregate_fit(server_round, results, failures)
+                rounds.append((parameters_to_ndarrays(params), metrics, self.last_report))
+                return params, metrics
+
+        strategy = Recording(cluster, min_fit_clients=3, min_available_clients=3, fraction_evaluate=0.0,
+                             min_evaluate_clients=0)
+        clients = [threading.Thread(target=start_client, kwargs=dict(
+            server_address=address, client=_Client(k).to_client(), insecure=True), daemon=True)
+            for k in range(3)]
+        for c in clients:
+            c.start()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # start_server installs signal handlers, so it runs in the main thread; clients retry until it is up.
+            history = start_server(server_address=address, strategy=strategy,
+                                   config=ServerConfig(num_rounds=2, round_timeout=60))
+        for c in clients:
+            c.join(timeout=30)
+    assert history is not None
+    assert len(rounds) == 2
+    # Weighted mean of offsets 1, 2, 3 with weights 10, 20, 30: (10 + 40 + 90) / 60 = 7/3 per round.
+    step = (10 * 1 + 20 * 2 + 30 * 3) / 60
+    for r, (params, metrics, report) in enumerate(rounds, start=1):
+        np.testing.assert_allclose(params[0], np.full((2, 3), r * step), atol=1e-4)
+        np.testing.assert_allclose(params[1], np.full(3, r * step), atol=1e-4)
+        assert report.counted == [0, 1, 2]
+        assert metrics["secure_aggregation_owners"] == 3
+        assert metrics["secure_aggregation_bytes_per_owner"] == 16 * 9
