@@ -143,9 +143,10 @@ class Channel:
     def totals(self, online: bool | None = None) -> TagStats:
         """Sum over tags: all (None), online only (True) or offline only (False)."""
         total = TagStats()
-        for tag, s in self.stats().items():
-            if online is None or online != is_offline_tag(tag):
-                total.add(s)
+        with self._lock:
+            for tag, s in self._stats.items():
+                if online is None or online != is_offline_tag(tag):
+                    total.add(s)
         return total
 
     def absorb(self, other: "Channel", prefix: str) -> None:

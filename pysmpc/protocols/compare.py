@@ -177,21 +177,36 @@ def _cross(m: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _xor_matvec(m: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """out[s] = XOR over t of m[s, t] rows[t], for a 0/1 matrix m.
 
-    One gather-and-reduce per output row: a single broadcast over all of m
-    would build an m.size-times larger temporary (hundreds of MB at batch 256).
+    Row by row into one output buffer: a single broadcast over all of m
+    would build an m.size-times larger temporary (hundreds of MB at batch
+    256), and the matrices are sparse (about one entry per row).
     """
     out = np.empty((m.shape[0],) + rows.shape[1:], np.uint64)
-    for s in range(m.shape[0]):
-        out[s] = _xor_rows(rows, m[s])
+    for s, picks in enumerate(_nonzero_rows(m.tobytes(), m.shape)):
+        _xor_into(out[s], rows, picks)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _nonzero_rows(m_bytes: bytes, shape: tuple) -> tuple:
+    m = np.frombuffer(m_bytes, np.uint8).reshape(shape)
+    return tuple(tuple(int(t) for t in np.flatnonzero(row)) for row in m)
+
+
+def _xor_into(out: np.ndarray, rows: np.ndarray, picks) -> np.ndarray:
+    if not picks:
+        out[...] = 0
+        return out
+    np.copyto(out, rows[picks[0]])
+    for t in picks[1:]:
+        np.bitwise_xor(out, rows[t], out=out)
     return out
 
 
 def _xor_rows(rows: np.ndarray, select: np.ndarray) -> np.ndarray:
     """XOR of rows[i] where select[i] is 1 (zeros if none)."""
-    idx = np.flatnonzero(select)
-    if idx.size == 0:
-        return np.zeros(rows.shape[1:], np.uint64)
-    return np.bitwise_xor.reduce(rows[idx], axis=0)
+    return _xor_into(np.empty(rows.shape[1:], np.uint64), rows,
+                     _nonzero_rows(select.astype(np.uint8).tobytes(), (1, select.shape[0]))[0])
 
 
 # -- rounds 2 and 3: fan-in-4 tree with multi-input ANDs --------------------------------
