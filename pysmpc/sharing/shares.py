@@ -9,6 +9,8 @@ share and a public value, never communicates. Multiplying two shares does, so
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pysmpc.sharing.prg import PRG
@@ -65,7 +67,7 @@ class AShare:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     def _new(self, value, shape=None) -> "AShare":
         return AShare(value, self.party, self.shape if shape is None else shape)
