@@ -118,6 +118,7 @@ def _fl_demo(args) -> int:
 
     cfg = FederatedConfig(owners=args.owners, rounds=args.rounds, epsilon=args.epsilon, delta=args.delta,
                           local_epochs=args.local_epochs, clip_norm=args.clip, lot_size=args.lot_size,
+                          dp_lr=args.dp_lr,
                           train_subset=args.train_subset, test_subset=args.test_subset, dropout=args.dropout,
                           seed=args.seed, progress=args.progress)
     train, test = load_mnist(args.data), load_mnist(args.data, "test")
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--local-epochs", type=float, default=1.0, help="FedAvg: local epochs per round")
     fl.add_argument("--clip", type=float, default=1.0, help="DP: per-example clipping norm C")
     fl.add_argument("--lot-size", type=int, default=2000, help="DP: expected examples per step over all owners")
+    fl.add_argument("--dp-lr", type=float, default=2.0, help="DP: learning rate (momentum 0.9) on the noisy mean")
     fl.add_argument("--dropout", type=float, default=0.0, help="probability that an owner misses a round")
     fl.add_argument("--train-subset", type=int, help="use the first N training images")
     fl.add_argument("--test-subset", type=int, help="use the first N test images")

@@ -51,7 +51,7 @@ class FederatedConfig:
     clip_norm: float = 1.0
     lot_size: int = 2000              # expected examples per step over all owners (q = lot_size / N)
     epochs_per_round: float = 1.0
-    dp_lr: float = 0.5
+    dp_lr: float = 2.0
     dp_momentum: float = 0.9
     noise_multiplier: float | None = None  # DP: use this sigma instead of calibrating it to epsilon
     # data
