@@ -91,3 +91,15 @@ def test_short_dp_run_spends_at_most_epsilon(mnist):
     assert any("epsilon" in line for line in lines[2:])
     # A tiny private run still learns something (chance is 10%).
     assert result.accuracy > 0.3, lines
+
+
+def test_fl_demo_with_epsilon_prints_it_last(mnist, capsys):
+    pytest.importorskip("dp_accounting")
+    from pysmpc.cli import main
+
+    code = main(["fl-demo", "--owners", "3", "--rounds", "1", "--epsilon", "2", "--delta", "1e-5", "--data", str(MNIST),
+                 "--train-subset", "1500", "--test-subset", "500", "--lot-size", "300", "--no-progress"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert out[-2].startswith("accuracy: ") and out[-1].startswith("epsilon: "), out
+    assert float(out[-1].split()[1]) <= 2.0

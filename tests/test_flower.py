@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -24,6 +25,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _wait_for(address: str, timeout: float = 60.0) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 class _Client(flwr.client.NumPyClient):
@@ -62,14 +74,16 @@ def test_flower_round_trip_through_the_cluster():
 
         strategy = Recording(cluster, min_fit_clients=3, min_available_clients=3, fraction_evaluate=0.0,
                              min_evaluate_clients=0)
-        clients = [threading.Thread(target=start_client, kwargs=dict(
-            server_address=address, client=_Client(k).to_client(), insecure=True), daemon=True)
-            for k in range(3)]
+        def client(k):
+            _wait_for(address)  # a client that finds no server gives up, and the server would wait forever
+            start_client(server_address=address, client=_Client(k).to_client(), insecure=True)
+
+        clients = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(3)]
         for c in clients:
             c.start()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # start_server installs signal handlers, so it runs in the main thread; clients retry until it is up.
+            # start_server installs signal handlers, so it runs in the main thread.
             history = start_server(server_address=address, strategy=strategy,
                                    config=ServerConfig(num_rounds=2, round_timeout=60))
         for c in clients:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pysmpc.runtime.tensor import SharedTensor
+
 __all__ = ["AggregationReport", "secure_aggregate"]
 
 
@@ -66,7 +68,8 @@ def _client_bytes_received(cluster) -> int:
     return sum(s.bytes_received for s in cluster.client_channel.stats().values())
 
 
-def secure_aggregate(updates, cluster, *, mean: bool = False, noise_std: float = 0.0, report: bool = False):
+def secure_aggregate(updates, cluster, *, mean: bool = False, noise_std: float = 0.0, report: bool = False,
+                     min_owners: int = 1):
     """Sum the owners' updates inside the cluster and reveal only the sum to the caller.
 
     1. Each present owner flattens its update (a list of float arrays) into
@@ -98,13 +101,16 @@ def secure_aggregate(updates, cluster, *, mean: bool = False, noise_std: float =
         mean: divide the revealed sum by the number of owners counted.
         noise_std: std of the Gaussian noise each of P0 and P1 adds (DP).
         report: also return an ``AggregationReport``.
+        min_owners: refuse to reveal a sum of fewer owners (a "sum" of one
+            owner is its update); nothing is revealed then.
 
     Returns:
         The sum (or mean) as a list of float64 arrays shaped like an owner's
         update, or (that list, AggregationReport) with ``report``.
 
     Raises:
-        ValueError: no owner is present, or updates differ in structure.
+        ValueError: fewer than ``min_owners`` (or no) owners are present, or
+            updates differ in structure.
         OverflowError: an update has a value beyond the fixed-point range.
     """
     start = time.perf_counter()
@@ -132,6 +138,10 @@ def secure_aggregate(updates, cluster, *, mean: bool = False, noise_std: float =
         rep.counted.append(index)
     if not shared:
         raise ValueError(f"no data owner sent an update ({len(rep.dropped)} dropped out)")
+    if len(shared) < min_owners:
+        cluster.call("free", [t.tid for t in shared])
+        raise ValueError(f"only {len(shared)} data owner(s) sent an update ({rep.counted}); at least {min_owners} "
+                         f"are needed to reveal a sum")
     rep.elements = shared[0].size
     total = shared[0]
     temporaries = [t.tid for t in shared]
@@ -139,8 +149,6 @@ def secure_aggregate(updates, cluster, *, mean: bool = False, noise_std: float =
         total = total + tensor
         temporaries.append(total.tid)
     if noise_std > 0:
-        from pysmpc.runtime.tensor import SharedTensor
-
         tid = cluster.new_id()
         cluster.call("add_gaussian", tid, total.tid, float(noise_std), total.frac_bits)
         total = SharedTensor(cluster, tid, total.shape, total.frac_bits)

@@ -137,9 +137,9 @@ def _dp_owner_sum(graph, weights, x, y, q, clip_norm, sampler, chunk: int = 256)
 
 
 def _present(cfg, rng) -> list:
-    """Which owners take part (dropout simulation); at least one does."""
+    """Which owners take part (dropout simulation); at least min(2, owners) do."""
     present = [rng.random() >= cfg.dropout for _ in range(cfg.owners)]
-    if not any(present):
+    while sum(present) < min(2, cfg.owners):
         present[int(rng.integers(cfg.owners))] = True
     return present
 
@@ -211,7 +211,8 @@ def run_federated(cluster, cfg: FederatedConfig, train, test, graph=None, log=pr
                 present = _present(cfg, rng)
                 updates = [(lambda k=k: _dp_owner_sum(graph, weights, *owners[k], q, cfg.clip_norm, samplers[k]))
                            if present[k] else None for k in range(cfg.owners)]
-                total, rep = secure_aggregate(updates, cluster, noise_std=sigma * cfg.clip_norm, report=True)
+                total, rep = secure_aggregate(updates, cluster, noise_std=sigma * cfg.clip_norm, report=True,
+                                              min_owners=min(2, cfg.owners))
                 agg_seconds += rep.seconds
                 sent += max(rep.bytes_per_owner.values())
                 lr, mom = np.float32(cfg.dp_lr), np.float32(cfg.dp_momentum)
@@ -227,7 +228,7 @@ def run_federated(cluster, cfg: FederatedConfig, train, test, graph=None, log=pr
             present = _present(cfg, rng)
             deltas = [_local_sgd(graph, weights, *owners[k], cfg, rng, bar) if present[k] else None
                       for k in range(cfg.owners)]
-            mean, rep = secure_aggregate(deltas, cluster, mean=True, report=True)
+            mean, rep = secure_aggregate(deltas, cluster, mean=True, report=True, min_owners=min(2, cfg.owners))
             agg_seconds, sent = rep.seconds, max(rep.bytes_per_owner.values())
             _apply(weights, mean, 1.0)
         acc = accuracy(graph, weights, x_test, y_test)
