@@ -205,6 +205,7 @@ def run_federated(cluster, cfg: FederatedConfig, train, test, graph=None, log=pr
         log_line = log
 
     for r in range(1, cfg.rounds + 1):
+        round_start = time.perf_counter()
         agg_seconds, sent = 0.0, 0
         if dp:
             for _ in range(steps_per_round):
@@ -238,7 +239,8 @@ def run_federated(cluster, cfg: FederatedConfig, train, test, graph=None, log=pr
         result.counted.append(rep.counted)
         line = (f"round {r}/{cfg.rounds}: test accuracy {acc:.4f}; owners counted {rep.counted}"
                 + (f" (dropped {rep.dropped})" if rep.dropped else "")
-                + f"; secure aggregation {sent / 1e3:.0f} kB per owner, {agg_seconds * 1e3:.0f} ms")
+                + f"; secure aggregation {sent / 1e3:.0f} kB per owner, {agg_seconds * 1e3:.0f} ms"
+                + f"; round {time.perf_counter() - round_start:.1f} s")
         if dp:
             line += f"; epsilon {result.epsilons[-1]:.3f} (delta {cfg.delta})"
         log_line(line)
