@@ -10,7 +10,7 @@ import pytest
 
 import pysmpc as sy
 from pysmpc.models import load_samples, shipped_model_path
-from pysmpc.parties.channel import is_offline_tag
+from pysmpc.serve.benchmark import traffic_per_image
 
 BATCHES = [1, 64, 256]
 
@@ -48,15 +48,12 @@ def test_secure(benchmark, shared, images, batch):
     shared_model.predict(x)  # warm up (Numba caches, allocator)
     cluster.reset_stats()
     shared_model.predict(x)
-    stats = cluster.stats()
-    online = sum(s["bytes_sent"] for p in ("P0", "P1") for t, s in stats[p].items() if not is_offline_tag(t))
-    dealer = sum(s["bytes_sent"] for s in stats["P2"].values())
+    traffic = traffic_per_image(cluster.stats(), batch)
     rounds = sum(c.rounds for _, c in shared_model.cost(batch))
     benchmark.pedantic(shared_model.predict, args=(x,), rounds=3 if batch > 1 else 10, iterations=1)
     benchmark.extra_info.update(
         cluster=kind,
         images_per_s=batch / benchmark.stats.stats.mean,
-        online_bytes_per_image=online / batch,
-        dealer_bytes_per_image=dealer / batch,
+        **traffic,
         rounds_per_inference=rounds,
     )

@@ -15,6 +15,7 @@ def _demo(args) -> int:
     from pysmpc import LocalCluster, load_model
     from pysmpc.models import load_samples, shipped_model_path
     from pysmpc.parties.channel import is_offline_tag
+    from pysmpc.serve.benchmark import traffic_per_image
 
     model = load_model(args.model or shipped_model_path())
     images, labels = load_samples()
@@ -40,12 +41,12 @@ def _demo(args) -> int:
             print(f"Actual: {labels[i]}, predicted: {predicted}", flush=True)
         elapsed = time.perf_counter() - start
         stats = cluster.stats()
-    online = sum(s["bytes_sent"] for p in ("P0", "P1") for t, s in stats[p].items() if not is_offline_tag(t))
-    dealer = sum(s["bytes_sent"] for s in stats["P2"].values())
+    traffic = traffic_per_image(stats, count)
     rounds = sum(s["rounds"] for t, s in stats["P0"].items() if not is_offline_tag(t) and t not in ("input",))
     print(f"{correct}/{count} correct; {1000 * elapsed / count:.1f} ms per image; "
-          f"online traffic {online / count / 1e3:.1f} kB per image (P0 + P1); "
-          f"dealer material {dealer / count / 1e3:.1f} kB per image; {rounds / count:.0f} rounds per image")
+          f"online traffic {traffic['online_bytes_per_image'] / 1e3:.1f} kB per image (P0 + P1); "
+          f"dealer material {traffic['dealer_bytes_per_image'] / 1e3:.1f} kB per image; "
+          f"{rounds / count:.0f} rounds per image")
     return 0
 
 
