@@ -62,8 +62,8 @@ def test_encoding_is_linear_on_grid_values(fmt, data):
     # is addition of the reals (what additive sharing relies on).
     # Stay within float64's 53-bit mantissa so a / 2^F is exact.
     bound = min(2 ** (fmt.frac_bits + fmt.int_bits) - 1, 2**52)
-    a = data.draw(st.integers(-bound // 2, bound // 2))
-    b = data.draw(st.integers(-bound // 2, bound // 2))
+    a = data.draw(st.integers(-(bound // 2), bound // 2))
+    b = data.draw(st.integers(-(bound // 2), bound // 2))
     fa, fb = a / fmt.scale, b / fmt.scale
     assert fmt.encode(fa) + fmt.encode(fb) == fmt.encode((a + b) / fmt.scale)
 

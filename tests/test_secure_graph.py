@@ -47,14 +47,19 @@ def cluster():
         yield c
 
 
+@pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared"])
 @pytest.mark.parametrize("make_graph,batch", [(seed_cnn, 1), (seed_cnn, 6), (other_cnn, 5)])
-def test_private_logits_match_plaintext_and_cost_matches_the_plan(cluster, make_graph, batch):
+def test_private_logits_match_plaintext_and_cost_matches_the_plan(cluster, make_graph, batch, prepared):
     rng = np.random.default_rng(batch)
     graph = make_graph(rng)
     x = rng.uniform(0, 1, (batch, *graph.input_shape))
     shared = Model(graph).share(cluster)
+    if prepared:
+        shared.prepare(batch)
     cluster.reset_stats()
     logits = shared.predict(x)
+    if prepared:  # the dealer had nothing left to do online
+        assert sum(s["bytes_sent"] for s in cluster.stats()["P2"].values()) == 0
     # Protocol error: one unit per truncation, amplified by later layers; far below
     # the quantization error (run_fixed_point vs run_float) checked separately.
     np.testing.assert_allclose(logits, run_fixed_point(graph, x, F), atol=64 / 2**F)
@@ -107,3 +112,29 @@ def test_shipped_cnn_stays_within_its_round_and_traffic_budget():
         shared.predict(images[:4])
         measured = [(p["rounds"], p["bytes_sent"]) for p in shared.profile]
     assert measured == [(c.rounds, c.bytes_sent) for _, c in model.cost(4)]
+
+
+def test_prepared_material_is_used_only_for_its_batch_size(cluster):
+    rng = np.random.default_rng(7)
+    graph = seed_cnn(rng)
+    shared = Model(graph).share(cluster)
+    shared.prepare(batch=2, count=2)
+    for batch, dealer_online in ((1, True), (2, False), (2, False), (2, True)):
+        x = rng.uniform(0, 1, (batch, 28, 28, 1))
+        cluster.reset_stats()
+        np.testing.assert_allclose(shared.predict(x), run_float(graph, x), atol=1e-2)
+        p2_sent = sum(s["bytes_sent"] for s in cluster.stats()["P2"].values())
+        assert (p2_sent > 0) == dealer_online, (batch, p2_sent)
+    with pytest.raises(ValueError, match="positive"):
+        shared.prepare(batch=0)
+    shared.stop()
+
+
+def test_prepared_material_of_at_most_four_shapes_is_kept(cluster):
+    shared = Model(seed_cnn(np.random.default_rng(8))).share(cluster)
+    held = [shared.prepare(batch)["stored_bytes"] for batch in (1, 2, 3, 4, 5)]
+    assert held[-1][2] == 0  # P2 keeps nothing: it dealt it all
+    # Batch 1's material was dropped when batch 5's came: what P0 holds is batches 2..5.
+    per_image = held[0][0]
+    assert held[-1][0] == pytest.approx(per_image * (2 + 3 + 4 + 5), rel=0.05)
+    shared.stop()

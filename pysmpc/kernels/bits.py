@@ -10,7 +10,8 @@ with ``out=``); only the steps that would otherwise take several passes
 (packing, the Beaver AND finish) have fused kernels here.
 
 Kernels never modify their inputs, copy non-contiguous inputs to C order,
-and draw no randomness.
+draw no randomness and release the GIL (nogil), so the three in-process
+parties run them at the same time.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _pack_word_transpose(x, out, w, lo, planes, masks, block):
         out[j, w] = block[lo + j]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pack_bitplanes_serial(x, out, lo, masks, transpose):
     planes = out.shape[0]
     block = np.empty(64, dtype=np.uint64)
@@ -109,7 +110,7 @@ def _pack_bitplanes_serial(x, out, lo, masks, transpose):
             _pack_word_naive(x, out, w, lo, planes)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _pack_bitplanes_parallel(x, out, lo, masks, transpose):
     planes = out.shape[0]
     nwords = out.shape[1]
@@ -158,7 +159,7 @@ def pack_bitplanes(x: np.ndarray, lo: int, hi: int, parallel: bool | None = None
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pack_bits_kernel(b, out):
     n = b.shape[0]
     bad = 0
@@ -210,7 +211,7 @@ def pack_bits(b: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _unpack_bits_kernel(plane, out):
     for i in range(out.shape[0]):
         out[i] = (plane[i >> 6] >> np.uint64(i & 63)) & np.uint64(1)
@@ -241,7 +242,7 @@ def unpack_bits(plane: np.ndarray, n: int) -> np.ndarray:
 # ------------------------------------------------------------- Beaver AND
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _and_finish_kernel(d, e, u, v, w, party0, out):
     if party0:
         for i in range(out.shape[0]):
@@ -311,7 +312,7 @@ def and_finish(
 # --------------------------------------------------------------- popcount
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _popcount_kernel(words):
     total = 0
     m1 = np.uint64(0x5555555555555555)

@@ -45,14 +45,14 @@ def _pool_row(x, out, row, k, stride):
                     out[n, oh, ow, c] += x[n, h0 + i, w0 + j, c]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _sum_pool2d_parallel(x, out, k, stride):
     rows = out.shape[0] * out.shape[1]
     for row in prange(rows):
         _pool_row(x, out, row, k, stride)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sum_pool2d_serial(x, out, k, stride):
     rows = out.shape[0] * out.shape[1]
     for row in range(rows):

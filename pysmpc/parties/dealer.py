@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from pysmpc.kernels.bits import unpack_bits
 from pysmpc.parties.party import DEALER, P0, P1, Party
 
-__all__ = ["Dealer"]
+__all__ = ["Dealer", "Bundle", "MaterialMismatch"]
 
 _U64 = np.uint64
 _ONE = np.uint64(1)
@@ -32,6 +33,12 @@ class Dealer:
     All three parties call the same methods in the same order, so the
     streams stay aligned. On P0/P1 a method returns that party's shares; on
     P2 it returns the full values (which P2 alone knows).
+
+    Material made ahead: inside `recording()`, P0/P1 keep every share they
+    draw or receive, in order, in a Bundle (with party.preprocessing set,
+    so the protocols make their dealer calls only); inside
+    `replaying(bundle)` the same calls take those shares back, with no
+    stream draw and no message. P2 then has nothing to do online.
     """
 
     def __init__(self, party: Party):
@@ -39,13 +46,52 @@ class Dealer:
         self.index = party.index
         self.channel = party.channel
         self.prgs = party.dealer_prgs
+        self._recording: Bundle | None = None
+        self._replaying: Bundle | None = None
+
+    # -- material made ahead ---------------------------------------------------
+    @contextmanager
+    def recording(self):
+        """Run the protocols' dealer calls only, keeping P0's/P1's shares in the yielded Bundle."""
+        if self._recording is not None or self._replaying is not None:
+            raise RuntimeError("the dealer is already recording or replaying material")
+        bundle = Bundle()
+        self._recording = bundle
+        self.party.preprocessing = True
+        try:
+            yield bundle
+        finally:
+            self._recording = None
+            self.party.preprocessing = False
+
+    @contextmanager
+    def replaying(self, bundle: "Bundle"):
+        """Take every dealer share from `bundle` (recorded for the same calls) instead of P2."""
+        if self._recording is not None or self._replaying is not None:
+            raise RuntimeError("the dealer is already recording or replaying material")
+        bundle.rewind()
+        self._replaying = bundle
+        try:
+            yield
+            bundle.check_used_up()
+        finally:
+            self._replaying = None
+
+    def _material(self, shape, draw: Callable):
+        """P0/P1: the next share: drawn (and kept while recording) or replayed."""
+        if self._replaying is not None:
+            return self._replaying.take(shape)
+        item = draw()
+        if self._recording is not None:
+            self._recording.keep(item)
+        return item
 
     # -- primitives ----------------------------------------------------------
     def rand(self, shape) -> np.ndarray:
         """A uniform shared value: each share from its own stream, no traffic."""
         if self.index == DEALER:
             return self.prgs[P0].random_u64(shape) + self.prgs[P1].random_u64(shape)
-        return self.prgs[DEALER].random_u64(shape)
+        return self._material(shape, lambda: self.prgs[DEALER].random_u64(shape))
 
     def give(self, value: np.ndarray | None, shape, tag: str) -> np.ndarray | None:
         """Share a value the dealer computed: P0 from its stream, P1 by a correction."""
@@ -54,14 +100,14 @@ class Dealer:
             self.channel.send(P1, np.ascontiguousarray(value - share_0), tag=tag)
             return None
         if self.index == P0:
-            return self.prgs[DEALER].random_u64(shape)
-        return self.channel.recv(DEALER, tag=tag)
+            return self._material(shape, lambda: self.prgs[DEALER].random_u64(shape))
+        return self._material(shape, lambda: self.channel.recv(DEALER, tag=tag))
 
     def rand_bits(self, shape) -> np.ndarray:
         """Uniform XOR-shared words."""
         if self.index == DEALER:
             return self.prgs[P0].random_u64(shape) ^ self.prgs[P1].random_u64(shape)
-        return self.prgs[DEALER].random_u64(shape)
+        return self._material(shape, lambda: self.prgs[DEALER].random_u64(shape))
 
     def give_bits(self, value: np.ndarray | None, shape, tag: str) -> np.ndarray | None:
         if self.index == DEALER:
@@ -69,15 +115,15 @@ class Dealer:
             self.channel.send(P1, value ^ share_0, tag=tag)
             return None
         if self.index == P0:
-            return self.prgs[DEALER].random_u64(shape)
-        return self.channel.recv(DEALER, tag=tag)
+            return self._material(shape, lambda: self.prgs[DEALER].random_u64(shape))
+        return self._material(shape, lambda: self.channel.recv(DEALER, tag=tag))
 
     def private(self, owner: int, shape) -> np.ndarray | None:
         """Words known to `owner` and the dealer only (the other party draws nothing)."""
         if self.index == DEALER:
             return self.prgs[owner].random_u64(shape)
         if self.index == owner:
-            return self.prgs[DEALER].random_u64(shape)
+            return self._material(shape, lambda: self.prgs[DEALER].random_u64(shape))
         return None
 
     # -- arithmetic material -------------------------------------------------
@@ -159,3 +205,42 @@ class Dealer:
         rho = self.rand_bits(((n + 63) // 64,))
         rho_arith = unpack_bits(rho, n) if self.index == DEALER else None
         return rho, self.give(rho_arith, (n,), tag)
+
+
+class MaterialMismatch(RuntimeError):
+    """Replayed material does not fit the calls: it was made for another plan or batch size."""
+
+
+class Bundle:
+    """One party's dealer shares for one run of a plan, in call order (see Dealer.recording)."""
+
+    def __init__(self):
+        self.items: list = []
+        self._next = 0
+        self.output = None  # what the recorded run returns besides shares (e.g. its output shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(item.nbytes for item in self.items)
+
+    def keep(self, item) -> None:
+        self.items.append(item)
+
+    def rewind(self) -> None:
+        self._next = 0
+
+    def take(self, shape):
+        if self._next >= len(self.items):
+            raise MaterialMismatch(f"the prepared material ran out after {len(self.items)} shares: "
+                                   "it was made for a different plan or batch size")
+        item = self.items[self._next]
+        if item.shape != tuple(shape):
+            raise MaterialMismatch(f"prepared share {self._next} has shape {item.shape}, the protocol asks for "
+                                   f"{tuple(shape)}: it was made for a different plan or batch size")
+        self._next += 1
+        return item
+
+    def check_used_up(self) -> None:
+        if self._next != len(self.items):
+            raise MaterialMismatch(f"{len(self.items) - self._next} prepared shares were left over: "
+                                   "the material was made for a different plan or batch size")

@@ -36,6 +36,10 @@ class Party:
         # State a protocol keeps across calls, e.g. opened weight masks.
         self.store: dict = {}
         self._dealer = None
+        # True while P0/P1 take their dealer material ahead of a query
+        # (Dealer.recording): they then follow the protocols as P2 does,
+        # dealer calls only, no online computation.
+        self.preprocessing = False
 
     @property
     def dealer(self):
@@ -49,6 +53,11 @@ class Party:
     @property
     def is_dealer(self) -> bool:
         return self.index == DEALER
+
+    @property
+    def computes(self) -> bool:
+        """Whether this party runs the online part of a protocol now (P0/P1, not preprocessing)."""
+        return self.index != DEALER and not self.preprocessing
 
     @property
     def peer(self) -> int:

@@ -8,6 +8,7 @@ from itertools import combinations
 import numpy as np
 
 from pysmpc.kernels.bits import n_words, pack_bitplanes
+from pysmpc.kernels.carries import bilinear_xor, group_monomials, low_bit_index, tree_combine, tree_gather
 from pysmpc.parties.party import DEALER, P0, P1, Party
 from pysmpc.protocols.cost import WORD, Cost
 from pysmpc.sharing.shares import AShare, BShare
@@ -62,7 +63,7 @@ def msb_and_open(party: Party, x: AShare, to_open: list[np.ndarray], tag: str = 
     """
     n = x.size
     nw = n_words(n)
-    if party.is_dealer:
+    if not party.computes:
         g, p = _group_carries(party, None, nw, tag, [])
         opened = []
     else:
@@ -70,7 +71,7 @@ def msb_and_open(party: Party, x: AShare, to_open: list[np.ndarray], tag: str = 
         (g, p), opened = _group_carries(party, planes[:_LOW_BITS], nw, tag, to_open)
     for need_p in (True, False):
         g, p = _tree_level(party, g, p, nw, need_p, tag)
-    if party.is_dealer:
+    if not party.computes:
         return BShare(None, n, party.index, (nw,)), opened
     return BShare(np.ascontiguousarray(g[0] ^ planes[_LOW_BITS]), n, party.index), opened
 
@@ -103,17 +104,6 @@ def _bilinear_forms(k: int):
     return tuple(forms)
 
 
-def _monomials(bits: np.ndarray, k: int) -> np.ndarray:
-    """All nonempty monomials of k planes per group: (2^k - 1, groups, nw); index S-1."""
-    groups, _, nw = bits.shape
-    out = np.empty(((1 << k) - 1, groups, nw), np.uint64)
-    for s in range(1, 1 << k):
-        low = s & -s
-        i = low.bit_length() - 1
-        out[s - 1] = bits[:, i] if s == low else out[(s ^ low) - 1] & bits[:, i]
-    return out
-
-
 def _group_layout():
     """[(first position, group size)...] for the 63 low bits: 15 groups of 4, one of 3."""
     starts = list(range(0, _LOW_BITS, _GROUP))
@@ -122,91 +112,80 @@ def _group_layout():
 
 def _group_carries(party: Party, own_planes, nw: int, tag: str, to_open: list):
     """Step 1 (one round, plus `to_open`): XOR shares of each group's G and P, shape (16, nw)."""
-    batches = {}  # k -> (first positions, monomial shape)
-    for start, k in _group_layout():
-        batches.setdefault(k, []).append(start)
-    mine_sent, masks, w_shares, my_monomials = [], {}, {}, {}
-    for k, starts in sorted(batches.items(), reverse=True):
+    sent, monomials, masks, w_shares = [], {}, {}, {}
+    for k, starts in _group_batches():
         shape = ((1 << k) - 1, len(starts), nw)
         u = party.dealer.private(P0, shape)
         v = party.dealer.private(P1, shape)
-        m_g, m_p = _bilinear_forms(k)
+        form = _form_arguments(k)
+        w = None
         if party.index == DEALER:
-            w = np.stack([_cross(m, u, v) for m in (m_g, m_p)])
-        else:
-            w = None
+            w = np.empty((2, len(starts), nw), np.uint64)
+            bilinear_xor(u, v, form.pairs, form.pair_count, None, form.no_index, form.no_count, form.zero, None, w)
         w_shares[k] = party.dealer.give_bits(w, (2, len(starts), nw), tag="dealer:" + tag)
-        masks[k] = u if party.index == P0 else v
-        if party.index != DEALER:
-            bits = np.stack([own_planes[s : s + k] for s in starts])  # (groups, k, nw)
-            my_monomials[k] = _monomials(bits, k)
-            mine_sent.append(my_monomials[k] ^ masks[k])
-    if party.index == DEALER:
+        if party.computes:
+            masks[k] = u if party.index == P0 else v
+            monomials[k] = np.empty(shape, np.uint64)
+            masked = np.empty(shape, np.uint64)
+            group_monomials(own_planes, starts, form.low_index, masks[k], monomials[k], masked)
+            sent.append(masked)
+    if not party.computes:
         return (None, None)
-    theirs = party.channel.exchange(party.peer, mine_sent + list(to_open), tag=tag)
-    opened = [mine + other for mine, other in zip(to_open, theirs[len(mine_sent):])]
-    g_parts, p_parts = [], []
-    for (k, _), received in zip(sorted(batches.items(), reverse=True), theirs):
-        shares = []
-        for which, m in enumerate(_bilinear_forms(k)):
-            share = w_shares[k][which].copy()
-            if party.index == P0:
-                # a_S b_T = a_S e_T ^ d_S v_T ^ u_S v_T: P0 adds a_S e_T, the
-                # a_S-only terms and the public constant M[0, 0].
-                e_sum = _xor_matvec(m[1:, 1:], received)
-                e_sum[m[1:, 0].astype(bool)] ^= _ALL_ONES
-                share ^= np.bitwise_xor.reduce(my_monomials[k] & e_sum, axis=0)
-                if m[0, 0]:
-                    share ^= _ALL_ONES
-            else:
-                # P1 adds d_S v_T (d_S = a_S ^ u_S from P0) and the b_T-only terms.
-                d_sum = _xor_matvec(m[1:, 1:].T, received)
-                share ^= np.bitwise_xor.reduce(d_sum & masks[k], axis=0)
-                share ^= _xor_rows(my_monomials[k], m[0, 1:])
-            shares.append(share)
-        g_parts.append(shares[0])
-        p_parts.append(shares[1])
-    return (np.concatenate(g_parts), np.concatenate(p_parts)), opened
-
-
-def _cross(m: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Dealer: XOR over S, T nonempty of M[S, T] u_S v_T."""
-    return np.bitwise_xor.reduce(u & _xor_matvec(m[1:, 1:], v), axis=0)
-
-
-def _xor_matvec(m: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """out[s] = XOR over t of m[s, t] rows[t], for a 0/1 matrix m.
-
-    Row by row into one output buffer: a single broadcast over all of m
-    would build an m.size-times larger temporary (hundreds of MB at batch
-    256), and the matrices are sparse (about one entry per row).
-    """
-    out = np.empty((m.shape[0],) + rows.shape[1:], np.uint64)
-    for s, picks in enumerate(_nonzero_rows(m.tobytes(), m.shape)):
-        _xor_into(out[s], rows, picks)
-    return out
+    theirs = party.channel.exchange(party.peer, sent + list(to_open), tag=tag)
+    opened = [mine + other for mine, other in zip(to_open, theirs[len(sent):])]
+    parts = []
+    for (k, starts), received in zip(_group_batches(), theirs):
+        form = _form_arguments(k)
+        out = np.empty((2, len(starts), nw), np.uint64)
+        if party.index == P0:
+            # a_S b_T = a_S e_T ^ d_S v_T ^ u_S v_T: P0 adds a_S e_T, the
+            # a_S-only terms and the public constant M[0, 0].
+            bilinear_xor(monomials[k], received, form.pairs, form.pair_count, monomials[k], form.a_index,
+                         form.a_count, form.constant, w_shares[k], out)
+        else:
+            # P1 adds d_S v_T (d_S = a_S ^ u_S from P0) and the b_T-only terms.
+            bilinear_xor(received, masks[k], form.pairs, form.pair_count, monomials[k], form.b_index,
+                         form.b_count, form.zero, w_shares[k], out)
+        parts.append(out)
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])), opened
 
 
 @lru_cache(maxsize=None)
-def _nonzero_rows(m_bytes: bytes, shape: tuple) -> tuple:
-    m = np.frombuffer(m_bytes, np.uint8).reshape(shape)
-    return tuple(tuple(int(t) for t in np.flatnonzero(row)) for row in m)
+def _group_batches():
+    """[(k, first positions as int64)] with k descending: the 15 groups of 4, then the group of 3."""
+    batches = {}
+    for start, k in _group_layout():
+        batches.setdefault(k, []).append(start)
+    return tuple((k, np.array(starts, np.int64)) for k, starts in sorted(batches.items(), reverse=True))
 
 
-def _xor_into(out: np.ndarray, rows: np.ndarray, picks) -> np.ndarray:
-    if not picks:
-        out[...] = 0
-        return out
-    np.copyto(out, rows[picks[0]])
-    for t in picks[1:]:
-        np.bitwise_xor(out, rows[t], out=out)
-    return out
+class _FormArguments:
+    """The two bilinear forms (G, P) of a k-position group as bilinear_xor arguments."""
+
+    def __init__(self, k: int):
+        forms = _bilinear_forms(k)
+        self.low_index = low_bit_index(1 << k)
+        self.pairs, self.pair_count = _padded([np.argwhere(m[1:, 1:]) for m in forms], 2)
+        self.a_index, self.a_count = _padded([np.flatnonzero(m[1:, 0]) for m in forms])  # a_S b_{} terms
+        self.b_index, self.b_count = _padded([np.flatnonzero(m[0, 1:]) for m in forms])  # a_{} b_T terms
+        self.no_index, self.no_count = _padded([np.zeros(0, np.int64)] * 2)
+        self.constant = np.array([_ALL_ONES if m[0, 0] else 0 for m in forms], np.uint64)
+        self.zero = np.zeros(2, np.uint64)
 
 
-def _xor_rows(rows: np.ndarray, select: np.ndarray) -> np.ndarray:
-    """XOR of rows[i] where select[i] is 1 (zeros if none)."""
-    return _xor_into(np.empty(rows.shape[1:], np.uint64), rows,
-                     _nonzero_rows(select.astype(np.uint8).tobytes(), (1, select.shape[0]))[0])
+@lru_cache(maxsize=None)
+def _form_arguments(k: int) -> _FormArguments:
+    return _FormArguments(k)
+
+
+def _padded(rows: list, width: int | None = None):
+    """Ragged index lists as one zero-padded int64 array and their lengths."""
+    longest = max(1, max(len(r) for r in rows))
+    shape = (len(rows), longest) + (() if width is None else (width,))
+    out = np.zeros(shape, np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out, np.array([len(r) for r in rows], np.int64)
 
 
 # -- rounds 2 and 3: fan-in-4 tree with multi-input ANDs --------------------------------
@@ -234,46 +213,58 @@ def _tree_level(party: Party, g, p, nw: int, need_p: bool, tag: str):
     """Combine 4 adjacent (G, P) groups into one: one round."""
     groups = 16 if need_p else 4
     nodes = groups // _GROUP
-    variables, products, monomials = _tree_plan(need_p)
-    index = {var: i for i, var in enumerate(variables)}
+    tree = _tree_arguments(need_p)
+    nv = len(tree.variables)
     shape = (nodes, nw)
-    u = party.dealer.rand_bits((len(variables),) + shape)
+    u = party.dealer.rand_bits((nv,) + shape)
     dealt_value = None
     if party.index == DEALER:
-        dealt_value = np.stack([_and_all([u[index[var]] for var in subset]) for subset in products])
-    dealt = party.dealer.give_bits(dealt_value, (len(products),) + shape, tag="dealer:" + tag)
-    if party.index == DEALER:
+        index = {var: i for i, var in enumerate(tree.variables)}
+        dealt_value = np.stack([_and_all([u[index[var]] for var in subset]) for subset in tree.products])
+    dealt = party.dealer.give_bits(dealt_value, (len(tree.products),) + shape, tag="dealer:" + tag)
+    if not party.computes:
         return None, None
-    child = {("G", i): g[i::_GROUP] for i in range(_GROUP)}
-    child.update({("P", i): p[i::_GROUP] for i in range(_GROUP)})
-    mine = np.stack([child[var] for var in variables]) ^ u
+    mine = np.empty((nv,) + shape, np.uint64)
+    tree_gather(g, p, tree.var_is_p, tree.var_child, _GROUP, u, mine)
     theirs = party.channel.exchange(party.peer, mine, tag=tag)
     d = mine ^ theirs
-    # D[X] = AND of the opened d over the variable subset X (bit i = variable i).
-    table = np.empty((1 << len(variables),) + shape, np.uint64)
-    table[0] = _ALL_ONES
-    for x in range(1, 1 << len(variables)):
-        low = x & -x
-        table[x] = table[x ^ low] & d[low.bit_length() - 1]
-    masks = {(var,): u[index[var]] for var in variables}
-    masks.update({subset: dealt[i] for i, subset in enumerate(products)})
-    first = party.index == P0
+    masks = np.concatenate([u, dealt])
+    out = np.empty((2,) + shape, np.uint64)
+    tree_combine(d, masks, g, _GROUP, tree.low_index, tree.terms, party.index == P0, out)
+    return out[0], (out[1] if need_p else None)
 
-    def monomial_share(mono):
-        # prod (d_j ^ u_j) = XOR over T subset of mono of D[mono \ T] AND U_T (U_{} = 1: P0 only)
-        full = sum(1 << index[var] for var in mono)
-        share = table[full].copy() if first else np.zeros(shape, np.uint64)
-        for r in range(1, len(mono) + 1):
-            for subset in combinations(sorted(mono), r):
-                rest = full & ~sum(1 << index[var] for var in subset)
-                share ^= table[rest] & masks[subset]
-        return share
 
-    g_new = child[("G", 3)].copy()
-    for mono in monomials[:3]:
-        g_new ^= monomial_share(mono)
-    p_new = monomial_share(monomials[3]) if need_p else None
-    return g_new, p_new
+class _TreeArguments:
+    """One fan-in-4 combine as tree_gather / tree_combine arguments.
+
+    Each monomial prod_j (d_j ^ u_j) is XOR over T subset of it of
+    D[mono minus T] AND U_T, with U_{} = 1 (P0 only: term mask -1); U of
+    one variable is its mask u, of several the dealt product.
+    """
+
+    def __init__(self, need_p: bool):
+        self.variables, self.products, monomials = _tree_plan(need_p)
+        nv = len(self.variables)
+        index = {var: i for i, var in enumerate(self.variables)}
+        self.var_is_p = np.array([kind == "P" for kind, _ in self.variables])
+        self.var_child = np.array([child for _, child in self.variables], np.int64)
+        self.low_index = low_bit_index(1 << nv)
+        terms = []
+        for mono in monomials:
+            slot = 1 if mono == _P_MONOMIAL else 0
+            full = sum(1 << index[var] for var in mono)
+            terms.append((slot, full, -1))
+            for r in range(1, len(mono) + 1):
+                for subset in combinations(sorted(mono), r):
+                    rest = full & ~sum(1 << index[var] for var in subset)
+                    mask = index[subset[0]] if r == 1 else nv + self.products.index(subset)
+                    terms.append((slot, rest, mask))
+        self.terms = np.array(terms, np.int64)
+
+
+@lru_cache(maxsize=None)
+def _tree_arguments(need_p: bool) -> _TreeArguments:
+    return _TreeArguments(need_p)
 
 
 def _and_all(planes: list[np.ndarray]) -> np.ndarray:

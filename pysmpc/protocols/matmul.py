@@ -28,7 +28,7 @@ def matmul(party: Party, x: AShare, y: AShare, tag: str = "matmul") -> AShare:
     _check_matmul(x.shape, y.shape)
     out_shape = (x.shape[0], y.shape[1])
     a, b, c = party.dealer.triple(x.shape, y.shape, out_shape, ring.matmul, tag="dealer:" + tag)
-    if party.is_dealer:
+    if not party.computes:
         return AShare(None, party.index, out_shape)
     e_open, f_open = open_arith(party, [x.value - a, y.value - b], tag=tag)
     return AShare(_beaver_finish(party.index, e_open, f_open, a, b, c, ring.matmul), party.index)
@@ -46,7 +46,7 @@ def share_fixed_operand(party: Party, w: AShare, key, product_tag: str = "weight
     Cost: 1 round; 8*w.size bytes per computing party, once per model.
     """
     b = party.dealer.weight_mask(key, w.shape)
-    if party.is_dealer:
+    if not party.computes:
         party.store[("fixed", key)] = (None, None, w.shape)
         return
     (f_open,) = open_arith(party, [w.value - b], tag=product_tag)
@@ -62,7 +62,7 @@ def matmul_fixed(party: Party, x: AShare, key, tag: str = "matmul") -> AShare:
     _check_matmul(x.shape, w_shape)
     out_shape = (x.shape[0], w_shape[1])
     a, c = party.dealer.fixed_triple(key, x.shape, out_shape, ring.matmul, tag="dealer:" + tag)
-    if party.is_dealer:
+    if not party.computes:
         return AShare(None, party.index, out_shape)
     (e_open,) = open_arith(party, [x.value - a], tag=tag)
     return AShare(_beaver_finish(party.index, e_open, f_open, a, b, c, ring.matmul), party.index)

@@ -36,7 +36,7 @@ def reveal_to(party: Party, share: np.ndarray | None, receiver: int, tag: str) -
 
     Cost: no round for the computing parties; 8 bytes per element each.
     """
-    if not party.is_dealer:
+    if party.computes:
         party.channel.send(receiver, share, tag=tag)
 
 

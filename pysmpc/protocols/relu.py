@@ -43,7 +43,7 @@ def relu_truncated(party: Party, x: AShare, bits: int, tag: str = "relu") -> ASh
     Cost: 4 rounds; msb + 8 bytes (truncation) + select per element.
     """
     pending = truncate_begin(party, x, bits, tag=tag + ":trunc")
-    to_open = [] if party.is_dealer else [pending.masked]
+    to_open = [] if not party.computes else [pending.masked]
     sign, opened = msb_and_open(party, x, to_open, tag=tag + ":cmp")
     truncated = truncate_finish(party, pending, opened[0] if opened else None)
     return select(party, truncated, sign ^ _ALL_ONES, tag=tag + ":select")

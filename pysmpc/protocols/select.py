@@ -38,7 +38,7 @@ def select(party: Party, x: AShare, b: BShare, tag: str = "select") -> AShare:
             raise ValueError(f"select: x has {x.size} elements, not a multiple of the {n} bits")
     rows = x.reshape(n, -1) if n else x.reshape(0, 1)
     rho, rho_a, a, a_rho = party.dealer.bit_injection(n, rows.shape, tag="dealer:" + tag)
-    if party.is_dealer:
+    if not party.computes:
         return AShare(None, party.index, x.shape)
     mine = [b.words ^ rho, rows.value - a]
     theirs = party.channel.exchange(party.peer, mine, tag=tag)
@@ -60,7 +60,7 @@ def bit_to_arith(party: Party, b: BShare, tag: str = "b2a") -> AShare:
     """
     n = b.n
     rho, rho_a = party.dealer.random_bit(n, tag="dealer:" + tag)
-    if party.is_dealer:
+    if not party.computes:
         return AShare(None, party.index, (n,))
     mine = b.words ^ rho
     theirs = party.channel.exchange(party.peer, mine, tag=tag)

@@ -41,7 +41,7 @@ def truncate(party: Party, x: AShare, frac_bits: int, tag: str = "trunc") -> ASh
     specialised to a dealer that knows r.
     """
     pending = truncate_begin(party, x, frac_bits, tag)
-    if party.is_dealer:
+    if not party.computes:
         return truncate_finish(party, pending, None)
     (c_open,) = open_arith(party, [pending.masked], tag=tag)
     return truncate_finish(party, pending, c_open)
@@ -65,7 +65,7 @@ def truncate_begin(party: Party, x: AShare, frac_bits: int, tag: str = "trunc") 
     if not 0 < frac_bits < MAX_ABS_LOG2:
         raise ValueError(f"frac_bits must be in 1..{MAX_ABS_LOG2 - 1}, got {frac_bits}")
     r, r_hi, r_msb = party.dealer.trunc_pair(x.shape, frac_bits, tag="dealer:" + tag)
-    if party.is_dealer:
+    if not party.computes:
         return PendingTruncation(frac_bits, x.shape, None, None, None)
     masked = x.add_public(_OFFSET).value + r
     return PendingTruncation(frac_bits, x.shape, masked, r_hi, r_msb)
@@ -73,7 +73,7 @@ def truncate_begin(party: Party, x: AShare, frac_bits: int, tag: str = "trunc") 
 
 def truncate_finish(party: Party, pending: PendingTruncation, c_open) -> AShare:
     """Steps 3-4 of `truncate` from the opened c = y + r: local."""
-    if party.is_dealer:
+    if not party.computes:
         return AShare(None, party.index, pending.shape)
     frac_bits = pending.frac_bits
     not_c63 = _U64(1) - (c_open >> _U64(63))

@@ -9,6 +9,8 @@ strings, public arrays): a worker never runs code it was sent.
 from __future__ import annotations
 
 import json
+import time
+from collections import deque
 
 import numpy as np
 
@@ -207,27 +209,80 @@ def op_load_model(party: Party, model_key: str, plan: list) -> None:
 
 
 def op_infer(party: Party, out: int, model_key: str, x: int, frac_bits: int, truncate_output: bool = False) -> dict:
-    """Run a loaded model on shared input x.
+    """Run a loaded model on shared input x (on prepared material if some fits).
 
     Returns the output's shape and fractional bits (the last truncation is
-    left to the receiver unless truncate_output) and a per-layer profile.
+    left to the receiver unless truncate_output), a per-layer profile and
+    whether prepared material was used.
     """
-    plan = party.store[("plan", model_key)]
     profile: list = []
-    y, out_bits = run_plan(party, model_key, _get(party, x), frac_bits, _plan_tensors(party, plan), profile,
-                           truncate_output=truncate_output)
+    x_share = _get(party, x)
+    prepared = bool(_stock(party, model_key, x_share.shape, truncate_output))
+    y, out_bits = _run_model(party, model_key, x_share, frac_bits, truncate_output, profile)
     _put(party, out, y)
-    return {"shape": list(y.shape), "frac_bits": out_bits, "profile": profile}
+    return {"shape": list(y.shape), "frac_bits": out_bits, "profile": profile, "prepared": prepared}
+
+
+def op_prepare(party: Party, model_key: str, shape: list, frac_bits: int, truncate_output: bool = False,
+               count: int = 1, keep_shapes: int = 4) -> dict:
+    """Make the dealer material for `count` runs of a model on inputs of `shape`, ahead of the queries.
+
+    Offline work (graph.secure.run_plan with Dealer.recording): P2 sends
+    its corrections now and P0/P1 keep their shares, so a later `infer` on
+    an input of this shape neither waits on P2 nor draws from the streams.
+    Material for at most `keep_shapes` input shapes is kept (the oldest
+    shape's is dropped). Returns the time taken and what this party holds.
+    """
+    shape = tuple(int(s) for s in shape)
+    plan = party.store[("plan", model_key)]
+    tensors = _plan_tensors(party, plan)
+    stocks = party.store.setdefault(("prepared", model_key), {})
+    key = (shape, bool(truncate_output))
+    stock = stocks.pop(key, deque())
+    stocks[key] = stock  # now the newest shape
+    while len(stocks) > keep_shapes:
+        stocks.pop(next(iter(stocks)))
+    start = time.perf_counter()
+    for _ in range(int(count)):
+        with party.dealer.recording() as bundle:
+            y, out_bits = run_plan(party, model_key, AShare(None, party.index, shape), frac_bits, tensors,
+                                   truncate_output=truncate_output)
+        bundle.output = (y.shape, out_bits)
+        stock.append(bundle)
+    return {"seconds": time.perf_counter() - start, "prepared": len(stock),
+            "stored_bytes": sum(b.nbytes for s in stocks.values() for b in s)}
+
+
+def _stock(party: Party, model_key: str, shape: tuple, truncate_output: bool):
+    """Prepared material of a model for inputs of `shape`, oldest first (empty if none)."""
+    return party.store.get(("prepared", model_key), {}).get((tuple(shape), bool(truncate_output)), ())
+
+
+def _run_model(party: Party, model_key: str, x: AShare, frac_bits: int, truncate_output: bool, profile=None):
+    """run_plan, replaying prepared material when there is some for x's shape (P2 then has nothing to do)."""
+    plan = party.store[("plan", model_key)]
+    stock = _stock(party, model_key, x.shape, truncate_output)
+    if not stock:
+        return run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), profile,
+                        truncate_output=truncate_output)
+    bundle = stock.popleft()
+    if not party.computes:
+        shape, out_bits = bundle.output
+        return AShare(None, party.index, shape), out_bits
+    with party.dealer.replaying(bundle):
+        return run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), profile,
+                        truncate_output=truncate_output)
 
 
 def op_unload_model(party: Party, model_key: str) -> None:
     plan = party.store.pop(("plan", model_key), [])
+    party.store.pop(("prepared", model_key), None)
     for layer in plan:
         party.store.pop(("fixed", (model_key, layer["name"])), None)
         party.store.pop(("dealer_mask", (model_key, layer["name"])), None)
 
 
-OPS.update(load_model=op_load_model, infer=op_infer, unload_model=op_unload_model)
+OPS.update(load_model=op_load_model, infer=op_infer, prepare=op_prepare, unload_model=op_unload_model)
 
 
 def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, input_shape: list,
@@ -341,8 +396,7 @@ def _answer(party, model_key, good_queries, frac_bits) -> None:
     from pysmpc.sharing.shares import concat_shares
 
     x = concat_shares([s for _, s in good_queries], axis=0)
-    plan = party.store[("plan", model_key)]
-    y, out_bits = run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), truncate_output=False)
+    y, out_bits = _run_model(party, model_key, x, frac_bits, truncate_output=False)
     reveal = good_queries[0][0].request["reveal"]
     if reveal == "argmax":
         y = argmax_protocol.argmax(party, y)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import time
+
 import numpy as np
 
 from pysmpc.graph import Graph, conv_padding, run_fixed_point, run_float
@@ -132,8 +134,27 @@ class SharedModel:
             raise ValueError(f"input shape {x.shape} does not fit the model's input {expected} (with or without a batch axis)")
         return x
 
+    def prepare(self, batch: int = 1, count: int = 1) -> dict:
+        """Make the dealer material of `count` predictions of `batch` inputs now, ahead of them.
+
+        Offline work: P2 deals everything those runs need, and P0 and P1
+        keep their shares. A later predict() of a batch of that size runs on
+        it, so P2 has nothing to do online and nobody waits on it. Returns
+        the wall time and the bytes each party holds for prepared runs.
+        """
+        batch, count = whole_number(batch, "batch"), whole_number(count, "count")
+        if batch < 1 or count < 1:
+            raise ValueError(f"batch and count must be positive, got {batch} and {count}")
+        shape = [batch, *self.graph.input_shape]
+        start = time.perf_counter()
+        results, _ = self.cluster.call("prepare", self.key, shape, self.frac_bits, False, count)
+        return {"seconds": time.perf_counter() - start, "stored_bytes": [r["stored_bytes"] for r in results]}
+
     def predict(self, x, reveal: str = "logits") -> np.ndarray:
         """Private prediction: share x, run the model on shares, reveal here only.
+
+        Runs on material made by prepare() for this batch size if there is
+        some left, else P2 deals it while the query runs.
 
         reveal="logits" returns float logits; reveal="argmax" runs the secure
         argmax and reveals only the labels (int array).
