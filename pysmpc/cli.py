@@ -166,12 +166,14 @@ def _bench(args) -> int:
     if bar is not None:
         bar.close()
     print(f"{'system':<28}{'batch':>6}{'latency ms':>12}{'images/s':>10}{'online kB/img':>15}"
-          f"{'dealer kB/img':>15}{'rounds':>8}")
+          f"{'rounds':>8}{'offline ms':>12}{'dealer kB/img':>15}")
     for r in rows:
         online = f"{r['online_bytes_per_image'] / 1e3:.1f}" if "online_bytes_per_image" in r else "-"
         dealer = f"{r['dealer_bytes_per_image'] / 1e3:.1f}" if "dealer_bytes_per_image" in r else "-"
+        offline = f"{r['offline_ms']:.1f}" if "offline_ms" in r else "-"
         print(f"{r['system']:<28}{r['batch']:>6}{r['latency_ms']:>12.2f}{r['images_per_s']:>10.0f}{online:>15}"
-              f"{dealer:>15}{str(r.get('rounds', '-')):>8}")
+              f"{str(r.get('rounds', '-')):>8}{offline:>12}{dealer:>15}")
+    print("latency: online, after the query arrives; offline: the dealer's material for one batch, made ahead")
     workers = [r["worker_peak_rss_mb"] for r in rows if "worker_peak_rss_mb" in r]
     if workers:
         print(f"largest worker peak memory (TCP): {max(workers):.0f} MB")

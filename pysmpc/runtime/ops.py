@@ -39,13 +39,17 @@ def _put(party: Party, tid: int, share: AShare) -> tuple:
 
 def op_input(party: Party, out: int, shape: tuple) -> tuple:
     """Receive this party's share of a client input (the dealer keeps the shape only)."""
-    shape = tuple(shape)
+    return _put(party, out, _receive_input(party, tuple(shape)))
+
+
+def _receive_input(party: Party, shape: tuple) -> AShare:
     if party.index in (P0, P1):
         value = party.channel.recv(CLIENT, tag="input")
-        if value.shape != shape or value.dtype != np.uint64:
-            raise ValueError(f"{party.name}: input share has shape {value.shape}/{value.dtype}, expected {shape}/uint64")
-        return _put(party, out, AShare(value, party.index))
-    return _put(party, out, AShare(None, party.index, shape))
+        if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != np.uint64:
+            raise ValueError(f"{party.name}: input share has shape {getattr(value, 'shape', None)}/"
+                             f"{getattr(value, 'dtype', type(value).__name__)}, expected {shape}/uint64")
+        return AShare(value, party.index)
+    return AShare(None, party.index, shape)
 
 
 def op_reveal(party: Party, tid: int, tag: str = "output") -> None:
@@ -223,6 +227,19 @@ def op_infer(party: Party, out: int, model_key: str, x: int, frac_bits: int, tru
     return {"shape": list(y.shape), "frac_bits": out_bits, "profile": profile, "prepared": prepared}
 
 
+def op_predict(party: Party, model_key: str, shape: list, frac_bits: int) -> dict:
+    """Receive a client's input shares, run the model and send the output shares back (one call).
+
+    The output keeps the scale the last layer left (the client divides).
+    """
+    x = _receive_input(party, tuple(shape))
+    profile: list = []
+    prepared = bool(_stock(party, model_key, x.shape, False))
+    y, out_bits = _run_model(party, model_key, x, frac_bits, False, profile)
+    reveal_to(party, y.value, CLIENT, tag="output")
+    return {"shape": list(y.shape), "frac_bits": out_bits, "profile": profile, "prepared": prepared}
+
+
 def op_prepare(party: Party, model_key: str, shape: list, frac_bits: int, truncate_output: bool = False,
                count: int = 1, keep_shapes: int = 4) -> dict:
     """Make the dealer material for `count` runs of a model on inputs of `shape`, ahead of the queries.
@@ -282,7 +299,8 @@ def op_unload_model(party: Party, model_key: str) -> None:
         party.store.pop(("dealer_mask", (model_key, layer["name"])), None)
 
 
-OPS.update(load_model=op_load_model, infer=op_infer, prepare=op_prepare, unload_model=op_unload_model)
+OPS.update(load_model=op_load_model, infer=op_infer, predict=op_predict, prepare=op_prepare,
+           unload_model=op_unload_model)
 
 
 def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, input_shape: list,

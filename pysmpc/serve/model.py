@@ -11,6 +11,7 @@ import numpy as np
 from pysmpc.graph import Graph, conv_padding, run_fixed_point, run_float
 from pysmpc.graph.secure import plan_cost
 from pysmpc.protocols.cost import Cost
+from pysmpc.sharing.fixedpoint import FixedPoint
 from pysmpc.serve._coerce import whole_number
 
 __all__ = ["Model", "SharedModel", "make_plan"]
@@ -162,6 +163,12 @@ class SharedModel:
         if reveal not in ("logits", "argmax"):
             raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
         x = self._check_input(x)
+        if reveal == "logits":
+            encoded = self.cluster.encode(x, self.frac_bits)
+            results, y_ring = self.cluster.call_on_input("predict", encoded, self.key, list(x.shape), self.frac_bits)
+            self.profile = results[0]["profile"]
+            fmt = FixedPoint(frac_bits=results[0]["frac_bits"], int_bits=self.cluster.fixed_point.int_bits)
+            return fmt.decode(y_ring.reshape(results[0]["shape"]))
         shared_x = self.cluster.share(x)
         out = self.cluster.new_id()
         results, _ = self.cluster.call("infer", out, self.key, shared_x.tid, self.frac_bits)
@@ -170,8 +177,6 @@ class SharedModel:
 
         logits = SharedTensor(self.cluster, out, tuple(results[0]["shape"]), results[0]["frac_bits"])
         try:
-            if reveal == "logits":
-                return logits.reveal()
             onehot = logits.argmax()
             labels = onehot.reveal().argmax(axis=1)
             onehot.free()
