@@ -105,23 +105,24 @@ def tree_gather(g, p, var_is_p, var_child, fan_in, u, out):
 
 
 @njit(cache=True, nogil=True)
-def tree_combine(d, masks, g, fan_in, low_index, terms, first, out):
+def tree_combine(d, masks, g, fan_in, low_index, needed, terms, first, out):
     """One fan-in node per (n, word): XOR shares of the node's G (out[0]) and P (out[1]).
 
     d: opened (variables, nodes, nw); table[X] = AND of d over the variable
-    subset X is built per word. Each term (slot, rest, mask) adds
+    subset X, built per word for the subsets in `needed` (ascending, closed
+    under dropping the lowest bit). Each term (slot, rest, mask) adds
     table[rest] & masks[mask] to out[slot], or table[rest] alone when mask
     is -1 (the public part, P0 only). out[0] starts from the node's top
     child G, which each party already holds a share of.
     """
     nv, nodes, nw = d.shape
-    size = 1 << nv
-    table = np.empty(size, np.uint64)
+    table = np.empty(1 << nv, np.uint64)
+    table[0] = _ALL_ONES
     for n in range(nodes):
         top = g[fan_in * n + fan_in - 1]
         for w in range(nw):
-            table[0] = _ALL_ONES
-            for x in range(1, size):
+            for j in range(needed.shape[0]):
+                x = needed[j]
                 table[x] = table[x & (x - 1)] & d[low_index[x], n, w]
             acc_g = top[w]
             acc_p = np.uint64(0)

@@ -28,13 +28,18 @@ class LocalNetwork:
             q.put(_ABORT)
 
 
-def _copy(data):
-    # Copy on send, so a receiver never aliases the sender's buffers: the same
-    # isolation a socket gives.
+def _read_only(data):
+    # The receiver gets a read-only view, not a copy: copying every message
+    # cost ~8% of a batch-256 inference. A receiver that writes into what it
+    # received fails loudly here, as it would corrupt nothing over a socket
+    # only by luck. (Senders hand over what they send: protocol code sends
+    # fresh arrays and never writes to them after sending.)
     if isinstance(data, np.ndarray):
-        return data.copy()
+        view = data.view()
+        view.flags.writeable = False
+        return view
     if isinstance(data, (list, tuple)):
-        return type(data)(_copy(d) for d in data)
+        return type(data)(_read_only(d) for d in data)
     return data
 
 
@@ -46,7 +51,7 @@ class LocalChannel(Channel):
         self.network = network
 
     def _send_raw(self, to, tag, data):
-        self.network.queues[(self.party, to)].put((tag, _copy(data)))
+        self.network.queues[(self.party, to)].put((tag, _read_only(data)))
 
     def _recv_raw(self, frm, tag):
         try:

@@ -230,7 +230,7 @@ def _tree_level(party: Party, g, p, nw: int, need_p: bool, tag: str):
     d = mine ^ theirs
     masks = np.concatenate([u, dealt])
     out = np.empty((2,) + shape, np.uint64)
-    tree_combine(d, masks, g, _GROUP, tree.low_index, tree.terms, party.index == P0, out)
+    tree_combine(d, masks, g, _GROUP, tree.low_index, tree.needed, tree.terms, party.index == P0, out)
     return out[0], (out[1] if need_p else None)
 
 
@@ -260,6 +260,9 @@ class _TreeArguments:
                     mask = index[subset[0]] if r == 1 else nv + self.products.index(subset)
                     terms.append((slot, rest, mask))
         self.terms = np.array(terms, np.int64)
+        # The variable subsets whose AND of d the terms use; every subset of a
+        # monomial is used, so the set is closed under dropping a bit.
+        self.needed = np.array(sorted({rest for _, rest, _ in terms} - {0}), np.int64)
 
 
 @lru_cache(maxsize=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pysmpc.kernels.bits import n_words, unpack_bits
+from pysmpc.kernels.finish import select_finish
 from pysmpc.parties.party import Party
 from pysmpc.protocols.cost import WORD, Cost
 from pysmpc.sharing.shares import AShare, BShare
@@ -42,10 +43,8 @@ def select(party: Party, x: AShare, b: BShare, tag: str = "select") -> AShare:
         return AShare(None, party.index, x.shape)
     mine = [b.words ^ rho, rows.value - a]
     theirs = party.channel.exchange(party.peer, mine, tag=tag)
-    beta = unpack_bits(mine[0] ^ theirs[0], n)[:, None]
-    e_open = mine[1] + theirs[1]
-    x_rho = e_open * rho_a[:, None] + a_rho
-    z = beta * rows.value + (_ONE - _TWO * beta) * x_rho
+    z = np.empty(rows.shape, np.uint64)
+    select_finish(mine[0], theirs[0], mine[1], theirs[1], rho_a, a_rho, np.ascontiguousarray(rows.value), z)
     return AShare(z.reshape(x.shape), party.index)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pysmpc.kernels.finish import truncate_finish as finish_kernel
 from pysmpc.parties.party import Party
 from pysmpc.protocols.cost import WORD, Cost
 from pysmpc.protocols.open import open_arith
@@ -75,11 +76,9 @@ def truncate_finish(party: Party, pending: PendingTruncation, c_open) -> AShare:
     """Steps 3-4 of `truncate` from the opened c = y + r: local."""
     if not party.computes:
         return AShare(None, party.index, pending.shape)
-    frac_bits = pending.frac_bits
-    not_c63 = _U64(1) - (c_open >> _U64(63))
-    z = (not_c63 << _U64(64 - frac_bits)) * pending.r_msb - pending.r_hi
-    if party.index == 0:
-        z += (c_open >> _U64(frac_bits)) - _U64(_OFFSET >> frac_bits)
+    z = np.empty(pending.shape, np.uint64)
+    finish_kernel(np.ascontiguousarray(c_open), pending.r_msb, pending.r_hi, pending.frac_bits, party.index == 0,
+                  _U64(_OFFSET >> pending.frac_bits), z)
     return AShare(z, party.index)
 
 

@@ -1,0 +1,39 @@
+"""Fused protocol finishing kernels against their NumPy formulas."""
+
+import numpy as np
+
+from pysmpc.kernels.bits import unpack_bits
+from pysmpc.kernels.finish import select_finish, truncate_finish
+
+_U64 = np.uint64
+
+
+def _words(rng, shape):
+    return rng.integers(0, 2**64, shape, dtype=np.uint64)
+
+
+def test_select_finish_is_beta_x_plus_one_minus_two_beta_x_rho():
+    rng = np.random.default_rng(0)
+    n, r = 130, 3
+    beta_mine, beta_theirs = _words(rng, 3), _words(rng, 3)
+    e_mine, e_theirs, a_rho, x = (_words(rng, (n, r)) for _ in range(4))
+    rho = rng.integers(0, 2, n).astype(np.uint64)
+    out = np.empty((n, r), np.uint64)
+    select_finish(beta_mine, beta_theirs, e_mine, e_theirs, rho, a_rho, x, out)
+    beta = unpack_bits(beta_mine ^ beta_theirs, n)[:, None]
+    x_rho = (e_mine + e_theirs) * rho[:, None] + a_rho
+    np.testing.assert_array_equal(out, beta * x + (_U64(1) - _U64(2) * beta) * x_rho)
+
+
+def test_truncate_finish_matches_the_formula_on_both_parties():
+    rng = np.random.default_rng(1)
+    c, r_hi = _words(rng, (4, 5)), _words(rng, (4, 5))
+    r_msb = rng.integers(0, 2, (4, 5)).astype(np.uint64)
+    f, offset = 16, _U64((1 << 62) >> 16)
+    for public_part in (True, False):
+        out = np.empty_like(c)
+        truncate_finish(c, r_msb, r_hi, f, public_part, offset, out)
+        expect = ((_U64(1) - (c >> _U64(63))) << _U64(64 - f)) * r_msb - r_hi
+        if public_part:
+            expect += (c >> _U64(f)) - offset
+        np.testing.assert_array_equal(out, expect)
