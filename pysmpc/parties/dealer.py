@@ -141,11 +141,21 @@ class Dealer:
             self.party.store[("dealer_mask", key)] = b
         return b
 
-    def fixed_triple(self, key, a_shape, c_shape, product: Callable, tag: str):
-        """[a], [c] with c = product(a, b) for the b dealt by `weight_mask(key)`."""
+    def fixed_triple(self, key, a_shape, c_shape, product: Callable, tag: str, fold: Callable | None = None):
+        """[a], [c] with c = product(a, b) for the b dealt by `weight_mask(key)`.
+
+        With `fold`, P0/P1 get fold([a], [c]) in place of [c]: a local step
+        on material alone (e.g. [a] (x) F + [c] for an opened F), which so
+        runs while the material is made ahead, not after the query comes.
+        """
         a = self.rand(a_shape)
         c = product(a, self.party.store[("dealer_mask", key)]) if self.index == DEALER else None
-        return a, self.give(c, c_shape, tag)
+        c = self.give(c, c_shape, tag)
+        if fold is not None and self.index != DEALER and self._replaying is None:
+            c = fold(a, c)
+            if self._recording is not None:
+                self._recording.replace_last(c)
+        return a, c
 
     def trunc_pair(self, shape, frac_bits: int, tag: str):
         """[r], [r >> F] (logical) and [r >> 63] for exact-enough truncation."""
@@ -225,6 +235,11 @@ class Bundle:
 
     def keep(self, item) -> None:
         self.items.append(item)
+
+    def replace_last(self, item) -> None:
+        if self.items[-1].shape != item.shape:
+            raise ValueError(f"replacing a share of shape {self.items[-1].shape} by one of shape {item.shape}")
+        self.items[-1] = item
 
     def rewind(self) -> None:
         self._next = 0

@@ -7,7 +7,7 @@ from functools import partial
 from pysmpc import ring
 from pysmpc.parties.party import Party
 from pysmpc.protocols.cost import WORD, Cost
-from pysmpc.protocols.matmul import _beaver_finish
+from pysmpc.protocols.matmul import _beaver_finish, _fixed_finish
 from pysmpc.protocols.open import open_arith
 from pysmpc.sharing.shares import AShare
 
@@ -49,15 +49,19 @@ def conv2d_fixed(party: Party, x: AShare, key, stride=1, padding="valid", tag: s
     """conv(x, W) for weights shared with `matmul.share_fixed_operand(key)`.
 
     Only E = X - A is opened: 1 round, 8*x.size bytes per computing party.
+    [A] (x) F + [C] needs no input, so it is folded into the material (made
+    ahead with it when the dealer's material is prepared): online, each
+    party does one convolution, E (x) ([B] + F on P0).
     """
     f_open, b, w_shape = party.store[("fixed", key)]
     out_shape = output_shape(x.shape, w_shape, stride, padding)
     conv = partial(ring.conv2d, stride=stride, padding=padding)
-    a, c = party.dealer.fixed_triple(key, x.shape, out_shape, conv, tag="dealer:" + tag)
+    a, ac = party.dealer.fixed_triple(key, x.shape, out_shape, conv, tag="dealer:" + tag,
+                                      fold=lambda a, c: c + conv(a, f_open))
     if not party.computes:
         return AShare(None, party.index, out_shape)
     (e_open,) = open_arith(party, [x.value - a], tag=tag)
-    return AShare(_beaver_finish(party.index, e_open, f_open, a, b, c, conv), party.index)
+    return AShare(_fixed_finish(party.index, e_open, f_open, b, ac, conv), party.index)
 
 
 def _size(shape) -> int:

@@ -61,11 +61,12 @@ def matmul_fixed(party: Party, x: AShare, key, tag: str = "matmul") -> AShare:
     f_open, b, w_shape = party.store[("fixed", key)]
     _check_matmul(x.shape, w_shape)
     out_shape = (x.shape[0], w_shape[1])
-    a, c = party.dealer.fixed_triple(key, x.shape, out_shape, ring.matmul, tag="dealer:" + tag)
+    a, ac = party.dealer.fixed_triple(key, x.shape, out_shape, ring.matmul, tag="dealer:" + tag,
+                                      fold=lambda a, c: c + ring.matmul(a, f_open))
     if not party.computes:
         return AShare(None, party.index, out_shape)
     (e_open,) = open_arith(party, [x.value - a], tag=tag)
-    return AShare(_beaver_finish(party.index, e_open, f_open, a, b, c, ring.matmul), party.index)
+    return AShare(_fixed_finish(party.index, e_open, f_open, b, ac, ring.matmul), party.index)
 
 
 def _beaver_finish(index, e_open, f_open, a, b, c, product):
@@ -74,6 +75,13 @@ def _beaver_finish(index, e_open, f_open, a, b, c, product):
     z = product(e_open, b_term)
     z += product(a, f_open)
     z += c
+    return z
+
+
+def _fixed_finish(index, e_open, f_open, b, ac, product):
+    # [Z] = E (x) ([B] + F on party 0, [B] on party 1) + ([A] (x) F + [C]), the last folded ahead
+    z = product(e_open, b + f_open if index == 0 else b)
+    z += ac
     return z
 
 
