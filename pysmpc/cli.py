@@ -271,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["worker"]:
+        # argparse.REMAINDER does not take arguments that start with "-" (--party ...): hand them over whole.
+        from pysmpc.runtime.worker import main as worker_main
+
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
