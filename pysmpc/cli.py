@@ -1,4 +1,4 @@
-"""The `pysmpc` command line: demo, inspect, serve, query, worker, fl-demo."""
+"""The `pysmpc` command line: demo, inspect, serve, query, worker, certs, fl-demo, bench."""
 
 from __future__ import annotations
 
@@ -182,6 +182,49 @@ def _bench(args) -> int:
     return 0
 
 
+def _certs(args) -> int:
+    from pysmpc.parties.party import CLIENT, DEALER, P0, P1
+    from pysmpc.parties.socket import parse_hosts
+    from pysmpc.runtime.certs import LOOPBACK_NAMES, cert_host, endpoint_files, fingerprint, make_cluster_certs
+
+    entries = [h for h in (args.hosts or "").split(",") if h.strip()]
+    if args.hosts is not None and len(entries) != 3:
+        raise ValueError(f"--hosts needs three hosts (P0, P1, P2), got {len(entries)}: {args.hosts!r}")
+    party_hosts = {i: [cert_host(h)] for i, h in zip((P0, P1, DEALER), entries)}
+    extra = [cert_host(h) for h in args.san or ()]
+    # The --hosts the other commands take; a host given without a port gets their default port.
+    hosts = ",".join(e.strip() if _has_port(e) else _host_port(party_hosts[i][0], 4000 + i)
+                     for i, e in enumerate(entries)) or "HOST0:PORT,HOST1:PORT,HOST2:PORT"
+    if entries:
+        parse_hosts(hosts)  # a bad port is an error, before anything is written
+    directory = make_cluster_certs(args.directory, hosts=[*extra, *LOOPBACK_NAMES], party_hosts=party_hosts,
+                                   days=args.days, overwrite=args.force)
+    where = {i: f" at {party_hosts[i][0]}" if i in party_hosts else "" for i in (P0, P1, DEALER)}
+    roles = [(P0, f"P0{where[P0]}"), (P1, f"P1{where[P1]}"), (DEALER, f"P2 (the dealer){where[DEALER]}"),
+             (CLIENT, "the model owner (pysmpc serve) and every client (pysmpc query)")]
+    print(f"Wrote a CA and certificates for P0, P1, P2 and the client to {directory}/ (valid {args.days} days).")
+    print(f"CA fingerprint (SHA-256): {fingerprint(directory / 'ca.pem')}")
+    print("\nCopy to each machine's TLS directory (its --tls-dir), over a channel you trust:")
+    for index, role in roles:
+        print(f"  {role}:\n      {' '.join(str(directory / f) for f in endpoint_files(index))}")
+    print(f"Keep {directory / 'ca.key'} off the workers (offline if you can): whoever has it can issue any "
+          "party's certificate. Each .key (mode 0600) goes to its own machine only.")
+    print("\nThen start each worker N (0, 1, 2) on its machine, serve, and query:")
+    print(f"  pysmpc worker --party N --hosts {hosts} --tls-dir DIR")
+    print(f"  pysmpc serve MODEL --manual --requests K --hosts {hosts} --tls-dir DIR")
+    print(f"  pysmpc query IMAGE.png --hosts {hosts} --tls-dir DIR")
+    return 0
+
+
+def _has_port(entry: str) -> bool:
+    text = entry.strip()
+    return "]:" in text if text.startswith("[") else text.count(":") == 1
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _worker(args) -> int:
     from pysmpc.runtime.worker import main as worker_main
 
@@ -262,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="also write the rows to this JSON file")
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     bench.set_defaults(fn=_bench)
+
+    certs = sub.add_parser("certs", help="make a CA and mutual-TLS certificates for P0, P1, P2 and the client",
+                           description="Write ca.pem/ca.key and p0, p1, p2, client .pem/.key into DIRECTORY "
+                                       "and print which files go to which machine.")
+    certs.add_argument("directory", help="where to write them (becomes the --tls-dir of the other commands)")
+    certs.add_argument("--hosts", help="host[:port] of P0,P1,P2: each goes into that party's certificate "
+                                       "(subject alternative name); the same --hosts as worker and serve")
+    certs.add_argument("--san", action="append", metavar="NAME",
+                       help="another host name or IP for every certificate (repeatable)")
+    certs.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    certs.add_argument("--force", action="store_true",
+                       help="replace a CA and certificates already in DIRECTORY (the old ones stop working)")
+    certs.set_defaults(fn=_certs)
 
     worker = sub.add_parser("worker", help="start one party of a TCP cluster (see --help of the worker)",
                             add_help=False)
