@@ -71,7 +71,8 @@ def _serve(args) -> int:
 
     model = load_model(args.model)
     hosts = args.hosts.split(",")
-    cluster = Cluster(*(Worker(h, auto_managed=not args.manual) for h in hosts), tls_dir=args.tls_dir)
+    cluster = Cluster(*(Worker(h, auto_managed=not args.manual) for h in hosts), tls_dir=args.tls_dir,
+                      allow_cleartext=args.allow_cleartext)
     print(f"starting the cluster on {', '.join(hosts)}" + (" (workers started by hand)" if args.manual else ""),
           flush=True)
     with cluster:
@@ -92,7 +93,8 @@ def _query(args) -> int:
     from pysmpc.models import load_samples
     from pysmpc.serve.images import load_image
 
-    cluster = Cluster(*(Worker(h, auto_managed=False) for h in args.hosts.split(",")), tls_dir=args.tls_dir)
+    cluster = Cluster(*(Worker(h, auto_managed=False) for h in args.hosts.split(",")), tls_dir=args.tls_dir,
+                      allow_cleartext=args.allow_cleartext)
     queries = [(path, load_image(path), None) for path in args.images]
     if args.sample:
         images, labels = load_samples()
@@ -264,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
     serve.add_argument("--manual", action="store_true",
                        help="connect to workers started by hand (pysmpc worker) instead of starting them")
-    serve.add_argument("--tls-dir", help="cluster certificates (ca.pem, p0.pem/.key, ...) for mutual TLS")
+    serve.add_argument("--tls-dir", help="cluster certificates (pysmpc certs) with ca.pem, client.pem/.key, "
+                                          "and pN.pem/.key for the workers it starts")
+    serve.add_argument("--allow-cleartext", action="store_true",
+                       help="no TLS although some hosts are not loopback (shares cross the network in the clear)")
     serve.add_argument("--max-batch", type=int, default=16, help="queries arriving together run as one batch")
     serve.set_defaults(fn=_serve)
 
@@ -272,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("images", nargs="*", help=".png or .npy images (MNIST style: white digit on black)")
     query.add_argument("--sample", type=int, action="append", help="query shipped MNIST test image K (repeatable)")
     query.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
-    query.add_argument("--tls-dir", help="cluster certificates with this client's client.pem/.key")
+    query.add_argument("--tls-dir", help="ca.pem and this client's client.pem/.key (pysmpc certs)")
+    query.add_argument("--allow-cleartext", action="store_true",
+                       help="no TLS although some hosts are not loopback (the input's shares cross the network "
+                            "in the clear)")
     query.add_argument("--reveal", choices=("logits", "argmax"), default="logits")
     query.add_argument("--classes", type=int, default=10, help="size of the model's output")
     query.add_argument("--show-logits", action="store_true")

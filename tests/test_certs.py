@@ -19,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import pysmpc as sy
 from pysmpc.cli import main
+from pysmpc.parties.socket import CleartextError
 from pysmpc.runtime.certs import cert_host, fingerprint, make_cluster_certs
 from pysmpc.runtime.cluster import ClusterError
 
@@ -181,3 +182,7 @@ def test_a_tls_cluster_serves_a_client_with_certificates_from_the_cli(tmp_path, 
     assert served == 1
     assert results["label"].tolist() == [int(model.predict(image[None])[0].argmax())]
 
+
+def test_clusters_off_loopback_point_to_pysmpc_certs():
+    with pytest.raises(CleartextError, match=r"pysmpc certs DIR --hosts 10.0.0.1:4000,10.0.0.2:4000,10.0.0.3:4000"):
+        sy.Cluster(*(sy.Worker(f"10.0.0.{i}:4000", auto_managed=False) for i in (1, 2, 3)))

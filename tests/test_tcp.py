@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import ipaddress
+import re
 import shutil
 import socket
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,16 +20,18 @@ import pytest
 import test_cluster
 from pysmpc import LocalCluster
 from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
-from pysmpc.parties.party import CLIENT, P0, P1
+from pysmpc.parties.party import CLIENT, DEALER, P0, P1
 from pysmpc.parties.socket import (
     MAGIC,
+    CleartextError,
     CleartextWarning,
     SocketChannel,
+    TlsConfig,
     accept_peer,
+    check_cleartext,
     connect_peer,
     parse_hosts,
     reply_hello,
-    warn_if_cleartext,
 )
 from pysmpc.runtime import wire
 from pysmpc.runtime.certs import make_cluster_certs
@@ -196,12 +201,87 @@ def test_busy_port_is_a_clear_error():
             TcpCluster(hosts=(f"127.0.0.1:{port}", "127.0.0.1:0", "127.0.0.1:0")).start()
 
 
-def test_cleartext_warning_only_off_loopback():
+def test_cleartext_is_refused_off_loopback_unless_forced(tmp_path):
+    loopback = parse_hosts("localhost:1,127.0.0.1:2,[::1]:3")
+    exposed = parse_hosts("localhost:1,192.0.2.7:2,localhost:3")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not warn_if_cleartext(parse_hosts("localhost:1,127.0.0.1:2,[::1]:3"), None, "test")
+        assert not check_cleartext(loopback, None, "test")
+        assert not check_cleartext(exposed, tmp_path, "test")  # TLS configured: nothing to refuse
+    with pytest.raises(CleartextError, match=r"test: refusing to connect without TLS: 192.0.2.7:2 is not loopback"
+                                             r".*pysmpc certs DIR --hosts localhost:1,192.0.2.7:2,localhost:3"
+                                             r".*allow_cleartext=True \(--allow-cleartext\)"):
+        check_cleartext(exposed, None, "test")
     with pytest.warns(CleartextWarning, match="IN THE CLEAR"):
-        assert warn_if_cleartext(parse_hosts("localhost:1,192.0.2.7:2,localhost:3"), None, "test")
+        assert check_cleartext(exposed, None, "test", allow_cleartext=True)
+
+
+def test_clusters_refuse_cleartext_off_loopback_unless_forced():
+    from pysmpc import Cluster, Worker
+
+    hosts = ("192.0.2.7:4000", "192.0.2.8:4001", "localhost:4002")
+    with pytest.raises(CleartextError, match=r"TcpCluster: .*192.0.2.7:4000, 192.0.2.8:4001 are not loopback"):
+        TcpCluster(hosts=hosts, spawn=False)
+    with pytest.raises(CleartextError, match=r"Cluster: .*--tls-dir"):
+        Cluster(*(Worker(h, auto_managed=False) for h in hosts))  # a query client: refused before connecting
+    with pytest.warns(CleartextWarning, match="IN THE CLEAR"):
+        Cluster(*(Worker(h, auto_managed=False) for h in hosts), allow_cleartext=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TcpCluster(spawn=False)  # loopback: no TLS needed, no warning
+
+
+def _worker_env():
+    import os
+
+    import pysmpc
+
+    root = str(Path(pysmpc.__file__).resolve().parent.parent)  # this checkout, not another installed copy
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
+def test_worker_refuses_cleartext_off_loopback():
+    cmd = [sys.executable, "-m", "pysmpc.runtime.worker", "--party", "0", "--hosts", "127.0.0.1:0,192.0.2.7:1,192.0.2.8:2",
+           "--startup-timeout", "0.5"]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_worker_env())
+    assert refused.returncode == 2, refused.stderr
+    assert "refusing to connect without TLS" in refused.stderr and "--allow-cleartext" in refused.stderr
+    assert "listening" not in refused.stderr
+    forced = subprocess.run([*cmd, "--allow-cleartext"], capture_output=True, text=True, timeout=60, env=_worker_env())
+    assert "TRAFFIC IS IN THE CLEAR" in forced.stderr and "listening on 127.0.0.1" in forced.stderr
+    assert forced.returncode == 1 and "timed out waiting for the client" in forced.stderr
+
+
+def _non_loopback_address() -> str | None:
+    """An address of this machine that is not loopback (no packet is sent), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    try:
+        with socket.create_server((address, 0)):
+            pass
+    except OSError:
+        return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+@pytest.mark.tcp
+def test_forced_cleartext_cluster_off_loopback_works():
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to listen on")
+    hosts = [f"{address}:0"] * 3
+    with pytest.raises(CleartextError):
+        TcpCluster(hosts=hosts, ephemeral_ports=True)
+    with pytest.warns(CleartextWarning):
+        cluster = TcpCluster(hosts=hosts, ephemeral_ports=True, allow_cleartext=True, timeout=20)
+    with cluster as c:  # the workers were told --allow-cleartext, or they would refuse to start
+        x = c.share(np.array([1.5, -2.0]))
+        np.testing.assert_allclose((x * x).reveal(), [2.25, 4.0], atol=TOL)
+        assert "TRAFFIC IS IN THE CLEAR" in c.worker_log(P0)
 
 
 # -- the channel itself, over a loopback connection ------------------------------------------
