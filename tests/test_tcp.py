@@ -284,6 +284,132 @@ def test_forced_cleartext_cluster_off_loopback_works():
         assert "TRAFFIC IS IN THE CLEAR" in c.worker_log(P0)
 
 
+# -- mutual TLS: only the expected party gets through -------------------------------------------
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("certs")
+    make_cluster_certs(directory)
+    return directory
+
+
+def _tls_as(certs, tmp_path, me: int, presents: str):
+    """TlsConfig of endpoint `me` that presents the (valid, CA-signed) certificate of `presents`."""
+    directory = tmp_path / f"{me}-as-{presents}"
+    directory.mkdir()
+    shutil.copy(certs / "ca.pem", directory / "ca.pem")
+    stem = {P0: "p0", P1: "p1", DEALER: "p2", CLIENT: "client"}[me]
+    for ext in ("pem", "key"):
+        shutil.copy(certs / f"{presents}.{ext}", directory / f"{stem}.{ext}")
+    return TlsConfig(directory, me)
+
+
+def _tls_connect(server_tls, server_me, client_tls, client_me, expect):
+    """Run accept_peer (as `server_me`) against connect_peer (as `client_me`, expecting `expect`).
+
+    Returns (what the server raised or None, what the client raised or None).
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    server_error = []
+
+    def accept():
+        sock, _ = listener.accept()
+        try:
+            peer, hello, stream = accept_peer(sock, server_me, tls=server_tls, timeout=5)
+            reply_hello(stream, server_me, hello["session"])
+            stream.close()
+        except (ChannelError, OSError) as exc:
+            server_error.append(exc)
+
+    t = threading.Thread(target=accept)
+    t.start()
+    client_error = None
+    try:
+        stream = connect_peer(listener.getsockname()[:2], client_me, expect, session="s", tls=client_tls, timeout=5)
+        stream.close()
+    except ChannelError as exc:
+        client_error = exc
+    t.join(10)
+    listener.close()
+    return (server_error[0] if server_error else None), client_error
+
+
+def test_tls_link_between_the_right_parties_is_accepted(certs, tmp_path):
+    server_error, client_error = _tls_connect(TlsConfig(certs, P0), P0, TlsConfig(certs, P1), P1, expect=P0)
+    assert server_error is None and client_error is None
+
+
+@pytest.mark.parametrize("me, presents", [(P1, "client"), (DEALER, "p1"), (CLIENT, "p2")])
+def test_a_certificate_of_another_endpoint_is_refused_by_the_listener(certs, tmp_path, me, presents):
+    """A client certificate presented as P1, P1's presented as P2, P2's presented as the client."""
+    impostor = _tls_as(certs, tmp_path, me, presents)
+    server_error, client_error = _tls_connect(TlsConfig(certs, P0), P0, impostor, me, expect=P0)
+    cn = {"client": "client", "p1": "P1", "p2": "P2"}[presents]
+    expected = {P1: "P1", DEALER: "P2", CLIENT: "client"}[me]
+    who = "the client" if me == CLIENT else f"party {me}"
+    message = rf"{who} presented a certificate for '{cn}', expected '{expected}': connection refused"
+    assert server_error is not None and re.search(message, str(server_error)), server_error
+    assert isinstance(client_error, ChannelError) and re.search(rf"refused the connection: {message}", str(client_error))
+
+
+@pytest.mark.parametrize("server_me, presents, client_me", [(P0, "p1", P1), (P0, "p1", CLIENT), (P1, "client", DEALER)])
+def test_a_listener_with_the_wrong_certificate_is_refused(certs, tmp_path, server_me, presents, client_me):
+    """P1's certificate on P0's port (seen by P1 and by the client), the client's on P1's port (seen by P2)."""
+    impostor = _tls_as(certs, tmp_path, server_me, presents)
+    _, client_error = _tls_connect(impostor, server_me, TlsConfig(certs, client_me), client_me, expect=server_me)
+    cn = {"client": "client", "p1": "P1"}[presents]
+    assert isinstance(client_error, ChannelError)
+    assert re.search(rf"presented a certificate for '{cn}', expected 'P{server_me}': refusing the connection",
+                     str(client_error)), client_error
+
+
+def test_a_peer_without_a_certificate_or_without_tls_is_refused(certs, tmp_path):
+    import ssl
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()[:2]
+    errors = []
+
+    def accept_twice():
+        for _ in range(2):
+            sock, _ = listener.accept()
+            try:
+                accept_peer(sock, P0, tls=TlsConfig(certs, P0), timeout=5)
+            except (ChannelError, OSError) as exc:
+                errors.append(exc)
+
+    t = threading.Thread(target=accept_twice)
+    t.start()
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts the CA but has no certificate of its own
+    anonymous.load_verify_locations(certs / "ca.pem")
+    anonymous.check_hostname = False
+    with pytest.raises((ssl.SSLError, OSError)):
+        with socket.create_connection(address, timeout=5) as raw, anonymous.wrap_socket(raw) as tls:
+            tls.sendall(b"x")
+            tls.recv(1)  # TLS 1.3: the server's refusal arrives after the handshake
+    with pytest.raises(PeerDisconnected):  # a cleartext peer never completes the handshake
+        connect_peer(address, P1, P0, session="s", tls=None, timeout=5)
+    t.join(10)
+    listener.close()
+    assert len(errors) == 2 and all("TLS handshake failed" in str(e) for e in errors), errors
+
+
+def test_tls_directory_problems_are_clear(certs, tmp_path, caplog):
+    with pytest.raises(FileNotFoundError, match=r"lacks ca.pem, p2.pem, p2.key: P2 needs ca.pem, p2.pem and p2.key "
+                                                 r"there \(make them with `pysmpc certs DIR`\)"):
+        TlsConfig(tmp_path, DEALER)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name, source in (("ca.pem", "ca.pem"), ("p0.pem", "p0.pem"), ("p0.key", "p1.key")):
+        shutil.copy(certs / source, mixed / name)
+    with pytest.raises(ValueError, match=r"cannot load the TLS files .*p0.pem.*does not match"):
+        TlsConfig(mixed, P0)
+    shutil.copy(certs / "p0.key", mixed / "p0.key")
+    (mixed / "p0.key").chmod(0o644)
+    with caplog.at_level("WARNING", logger="pysmpc.socket"):
+        TlsConfig(mixed, P0)
+    assert "p0.key is readable by other users (mode 644): chmod 600 it" in caplog.text
+
+
 # -- the channel itself, over a loopback connection ------------------------------------------
 def _pair(timeout=2.0, max_frame_bytes=1 << 30):
     """Two SocketChannels, P0 and P1, joined by one loopback connection."""
