@@ -9,6 +9,7 @@ import ipaddress
 import re
 import stat
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,12 +148,13 @@ def test_cert_host_takes_the_forms_of_hosts():
 
 
 @pytest.mark.tcp
-def test_a_tls_cluster_serves_a_client_with_certificates_from_the_cli(tmp_path, capsys):
+def test_a_tls_cluster_serves_a_client_with_certificates_from_the_cli(tmp_path, capsys, monkeypatch):
     from test_secure_graph import seed_cnn
 
-    directory = tmp_path / "certs"
+    monkeypatch.chdir(tmp_path)  # relative directories, as on the command line (workers run elsewhere)
+    directory = Path("certs")
     assert main(["certs", str(directory)]) == 0
-    client_dir = tmp_path / "client-machine"  # what the summary says a client gets, and nothing else
+    client_dir = Path("client-machine")  # what the summary says a client gets, and nothing else
     client_dir.mkdir()
     for name in ("ca.pem", "client.pem", "client.key"):
         (client_dir / name).write_bytes((directory / name).read_bytes())

@@ -70,7 +70,8 @@ class TcpCluster(BaseCluster):
         super().__init__(frac_bits=frac_bits, int_bits=int_bits, timeout=timeout)
         self.hosts = parse_hosts(hosts)
         self.spawn = spawn
-        self.tls_dir = None if tls_dir is None else Path(tls_dir)
+        # Absolute: spawned workers run in another directory.
+        self.tls_dir = None if tls_dir is None else Path(tls_dir).absolute()
         # Checked here, before anything connects: a query client builds a cluster it never starts.
         self.allow_cleartext = bool(allow_cleartext)
         check_cleartext(self.hosts, self.tls_dir, type(self).__name__, allow_cleartext=self.allow_cleartext)
