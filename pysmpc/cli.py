@@ -1,4 +1,4 @@
-"""The `pysmpc` command line: demo, inspect, serve, query, worker, fl-demo."""
+"""The `pysmpc` command line: demo, inspect, serve, query, worker, certs, fl-demo, bench."""
 
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def _serve(args) -> int:
 
     model = load_model(args.model)
     hosts = args.hosts.split(",")
-    cluster = Cluster(*(Worker(h, auto_managed=not args.manual) for h in hosts), tls_dir=args.tls_dir)
+    cluster = Cluster(*(Worker(h, auto_managed=not args.manual) for h in hosts), tls_dir=args.tls_dir,
+                      allow_cleartext=args.allow_cleartext)
     print(f"starting the cluster on {', '.join(hosts)}" + (" (workers started by hand)" if args.manual else ""),
           flush=True)
     with cluster:
@@ -92,7 +93,8 @@ def _query(args) -> int:
     from pysmpc.models import load_samples
     from pysmpc.serve.images import load_image
 
-    cluster = Cluster(*(Worker(h, auto_managed=False) for h in args.hosts.split(",")), tls_dir=args.tls_dir)
+    cluster = Cluster(*(Worker(h, auto_managed=False) for h in args.hosts.split(",")), tls_dir=args.tls_dir,
+                      allow_cleartext=args.allow_cleartext)
     queries = [(path, load_image(path), None) for path in args.images]
     if args.sample:
         images, labels = load_samples()
@@ -184,6 +186,49 @@ def _bench(args) -> int:
     return 0
 
 
+def _certs(args) -> int:
+    from pysmpc.parties.party import CLIENT, DEALER, P0, P1
+    from pysmpc.parties.socket import parse_hosts
+    from pysmpc.runtime.certs import LOOPBACK_NAMES, cert_host, endpoint_files, fingerprint, make_cluster_certs
+
+    entries = [h for h in (args.hosts or "").split(",") if h.strip()]
+    if args.hosts is not None and len(entries) != 3:
+        raise ValueError(f"--hosts needs three hosts (P0, P1, P2), got {len(entries)}: {args.hosts!r}")
+    party_hosts = {i: [cert_host(h)] for i, h in zip((P0, P1, DEALER), entries)}
+    extra = [cert_host(h) for h in args.san or ()]
+    # The --hosts the other commands take; a host given without a port gets their default port.
+    hosts = ",".join(e.strip() if _has_port(e) else _host_port(party_hosts[i][0], 4000 + i)
+                     for i, e in enumerate(entries)) or "HOST0:PORT,HOST1:PORT,HOST2:PORT"
+    if entries:
+        parse_hosts(hosts)  # a bad port is an error, before anything is written
+    directory = make_cluster_certs(args.directory, hosts=[*extra, *LOOPBACK_NAMES], party_hosts=party_hosts,
+                                   days=args.days, overwrite=args.force)
+    where = {i: f" at {party_hosts[i][0]}" if i in party_hosts else "" for i in (P0, P1, DEALER)}
+    roles = [(P0, f"P0{where[P0]}"), (P1, f"P1{where[P1]}"), (DEALER, f"P2 (the dealer){where[DEALER]}"),
+             (CLIENT, "the model owner (pysmpc serve) and every client (pysmpc query)")]
+    print(f"Wrote a CA and certificates for P0, P1, P2 and the client to {directory}/ (valid {args.days} days).")
+    print(f"CA fingerprint (SHA-256): {fingerprint(directory / 'ca.pem')}")
+    print("\nCopy to each machine's TLS directory (its --tls-dir), over a channel you trust:")
+    for index, role in roles:
+        print(f"  {role}:\n      {' '.join(str(directory / f) for f in endpoint_files(index))}")
+    print(f"Keep {directory / 'ca.key'} off the workers (offline if you can): whoever has it can issue any "
+          "party's certificate. Each .key (mode 0600) goes to its own machine only.")
+    print("\nThen start each worker N (0, 1, 2) on its machine, serve, and query:")
+    print(f"  pysmpc worker --party N --hosts {hosts} --tls-dir DIR")
+    print(f"  pysmpc serve MODEL --manual --requests K --hosts {hosts} --tls-dir DIR")
+    print(f"  pysmpc query IMAGE.png --hosts {hosts} --tls-dir DIR")
+    return 0
+
+
+def _has_port(entry: str) -> bool:
+    text = entry.strip()
+    return "]:" in text if text.startswith("[") else text.count(":") == 1
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _worker(args) -> int:
     from pysmpc.runtime.worker import main as worker_main
 
@@ -223,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
     serve.add_argument("--manual", action="store_true",
                        help="connect to workers started by hand (pysmpc worker) instead of starting them")
-    serve.add_argument("--tls-dir", help="cluster certificates (ca.pem, p0.pem/.key, ...) for mutual TLS")
+    serve.add_argument("--tls-dir", help="cluster certificates (pysmpc certs) with ca.pem, client.pem/.key, "
+                                          "and pN.pem/.key for the workers it starts")
+    serve.add_argument("--allow-cleartext", action="store_true",
+                       help="no TLS although some hosts are not loopback (shares cross the network in the clear)")
     serve.add_argument("--max-batch", type=int, default=16, help="queries arriving together run as one batch")
     serve.set_defaults(fn=_serve)
 
@@ -231,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("images", nargs="*", help=".png or .npy images (MNIST style: white digit on black)")
     query.add_argument("--sample", type=int, action="append", help="query shipped MNIST test image K (repeatable)")
     query.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
-    query.add_argument("--tls-dir", help="cluster certificates with this client's client.pem/.key")
+    query.add_argument("--tls-dir", help="ca.pem and this client's client.pem/.key (pysmpc certs)")
+    query.add_argument("--allow-cleartext", action="store_true",
+                       help="no TLS although some hosts are not loopback (the input's shares cross the network "
+                            "in the clear)")
     query.add_argument("--reveal", choices=("logits", "argmax"), default="logits")
     query.add_argument("--classes", type=int, default=10, help="size of the model's output")
     query.add_argument("--show-logits", action="store_true")
@@ -265,6 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     bench.set_defaults(fn=_bench)
 
+    certs = sub.add_parser("certs", help="make a CA and mutual-TLS certificates for P0, P1, P2 and the client",
+                           description="Write ca.pem/ca.key and p0, p1, p2, client .pem/.key into DIRECTORY "
+                                       "and print which files go to which machine.")
+    certs.add_argument("directory", help="where to write them (becomes the --tls-dir of the other commands)")
+    certs.add_argument("--hosts", help="host[:port] of P0,P1,P2: each goes into that party's certificate "
+                                       "(subject alternative name); the same --hosts as worker and serve")
+    certs.add_argument("--san", action="append", metavar="NAME",
+                       help="another host name or IP for every certificate (repeatable)")
+    certs.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    certs.add_argument("--force", action="store_true",
+                       help="replace a CA and certificates already in DIRECTORY (the old ones stop working)")
+    certs.set_defaults(fn=_certs)
+
     worker = sub.add_parser("worker", help="start one party of a TCP cluster (see --help of the worker)",
                             add_help=False)
     worker.add_argument("worker_args", nargs=argparse.REMAINDER)
@@ -273,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["worker"]:
+        # argparse.REMAINDER does not take arguments that start with "-" (--party ...): hand them over whole.
+        from pysmpc.runtime.worker import main as worker_main
+
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import ipaddress
+import re
 import shutil
 import socket
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,16 +20,18 @@ import pytest
 import test_cluster
 from pysmpc import LocalCluster
 from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
-from pysmpc.parties.party import CLIENT, P0, P1
+from pysmpc.parties.party import CLIENT, DEALER, P0, P1
 from pysmpc.parties.socket import (
     MAGIC,
+    CleartextError,
     CleartextWarning,
     SocketChannel,
+    TlsConfig,
     accept_peer,
+    check_cleartext,
     connect_peer,
     parse_hosts,
     reply_hello,
-    warn_if_cleartext,
 )
 from pysmpc.runtime import wire
 from pysmpc.runtime.certs import make_cluster_certs
@@ -196,12 +201,214 @@ def test_busy_port_is_a_clear_error():
             TcpCluster(hosts=(f"127.0.0.1:{port}", "127.0.0.1:0", "127.0.0.1:0")).start()
 
 
-def test_cleartext_warning_only_off_loopback():
+def test_cleartext_is_refused_off_loopback_unless_forced(tmp_path):
+    loopback = parse_hosts("localhost:1,127.0.0.1:2,[::1]:3")
+    exposed = parse_hosts("localhost:1,192.0.2.7:2,localhost:3")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not warn_if_cleartext(parse_hosts("localhost:1,127.0.0.1:2,[::1]:3"), None, "test")
+        assert not check_cleartext(loopback, None, "test")
+        assert not check_cleartext(exposed, tmp_path, "test")  # TLS configured: nothing to refuse
+    with pytest.raises(CleartextError, match=r"test: refusing to connect without TLS: 192.0.2.7:2 is not loopback"
+                                             r".*pysmpc certs DIR --hosts localhost:1,192.0.2.7:2,localhost:3"
+                                             r".*allow_cleartext=True \(--allow-cleartext\)"):
+        check_cleartext(exposed, None, "test")
     with pytest.warns(CleartextWarning, match="IN THE CLEAR"):
-        assert warn_if_cleartext(parse_hosts("localhost:1,192.0.2.7:2,localhost:3"), None, "test")
+        assert check_cleartext(exposed, None, "test", allow_cleartext=True)
+
+
+def test_clusters_refuse_cleartext_off_loopback_unless_forced():
+    from pysmpc import Cluster, Worker
+
+    hosts = ("192.0.2.7:4000", "192.0.2.8:4001", "localhost:4002")
+    with pytest.raises(CleartextError, match=r"TcpCluster: .*192.0.2.7:4000, 192.0.2.8:4001 are not loopback"):
+        TcpCluster(hosts=hosts, spawn=False)
+    with pytest.raises(CleartextError, match=r"Cluster: .*--tls-dir"):
+        Cluster(*(Worker(h, auto_managed=False) for h in hosts))  # a query client: refused before connecting
+    with pytest.warns(CleartextWarning, match="IN THE CLEAR"):
+        Cluster(*(Worker(h, auto_managed=False) for h in hosts), allow_cleartext=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TcpCluster(spawn=False)  # loopback: no TLS needed, no warning
+
+
+def _worker_env():
+    import os
+
+    import pysmpc
+
+    root = str(Path(pysmpc.__file__).resolve().parent.parent)  # this checkout, not another installed copy
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
+def test_worker_refuses_cleartext_off_loopback():
+    cmd = [sys.executable, "-m", "pysmpc.runtime.worker", "--party", "0",
+           "--hosts", "127.0.0.1:0,192.0.2.7:1,192.0.2.8:2", "--startup-timeout", "0.5"]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_worker_env())
+    assert refused.returncode == 2, refused.stderr
+    assert "refusing to connect without TLS" in refused.stderr and "--allow-cleartext" in refused.stderr
+    assert "listening" not in refused.stderr
+    forced = subprocess.run([*cmd, "--allow-cleartext"], capture_output=True, text=True, timeout=60, env=_worker_env())
+    assert "TRAFFIC IS IN THE CLEAR" in forced.stderr and "listening on 127.0.0.1" in forced.stderr
+    assert forced.returncode == 1 and "timed out waiting for the client" in forced.stderr
+
+
+def _non_loopback_address() -> str | None:
+    """An address of this machine that is not loopback (no packet is sent), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    try:
+        with socket.create_server((address, 0)):
+            pass
+    except OSError:
+        return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+@pytest.mark.tcp
+def test_forced_cleartext_cluster_off_loopback_works():
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to listen on")
+    hosts = [f"{address}:0"] * 3
+    with pytest.raises(CleartextError):
+        TcpCluster(hosts=hosts, ephemeral_ports=True)
+    with pytest.warns(CleartextWarning):
+        cluster = TcpCluster(hosts=hosts, ephemeral_ports=True, allow_cleartext=True, timeout=20)
+    with cluster as c:  # the workers were told --allow-cleartext, or they would refuse to start
+        x = c.share(np.array([1.5, -2.0]))
+        np.testing.assert_allclose((x * x).reveal(), [2.25, 4.0], atol=TOL)
+        assert "TRAFFIC IS IN THE CLEAR" in c.worker_log(P0)
+
+
+# -- mutual TLS: only the expected party gets through -------------------------------------------
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("certs")
+    make_cluster_certs(directory)
+    return directory
+
+
+def _tls_as(certs, tmp_path, me: int, presents: str):
+    """TlsConfig of endpoint `me` that presents the (valid, CA-signed) certificate of `presents`."""
+    directory = tmp_path / f"{me}-as-{presents}"
+    directory.mkdir()
+    shutil.copy(certs / "ca.pem", directory / "ca.pem")
+    stem = {P0: "p0", P1: "p1", DEALER: "p2", CLIENT: "client"}[me]
+    for ext in ("pem", "key"):
+        shutil.copy(certs / f"{presents}.{ext}", directory / f"{stem}.{ext}")
+    return TlsConfig(directory, me)
+
+
+def _tls_connect(server_tls, server_me, client_tls, client_me, expect):
+    """Run accept_peer (as `server_me`) against connect_peer (as `client_me`, expecting `expect`).
+
+    Returns (what the server raised or None, what the client raised or None).
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    server_error = []
+
+    def accept():
+        sock, _ = listener.accept()
+        try:
+            peer, hello, stream = accept_peer(sock, server_me, tls=server_tls, timeout=5)
+            reply_hello(stream, server_me, hello["session"])
+            stream.close()
+        except (ChannelError, OSError) as exc:
+            server_error.append(exc)
+
+    t = threading.Thread(target=accept)
+    t.start()
+    client_error = None
+    try:
+        stream = connect_peer(listener.getsockname()[:2], client_me, expect, session="s", tls=client_tls, timeout=5)
+        stream.close()
+    except ChannelError as exc:
+        client_error = exc
+    t.join(10)
+    listener.close()
+    return (server_error[0] if server_error else None), client_error
+
+
+def test_tls_link_between_the_right_parties_is_accepted(certs, tmp_path):
+    server_error, client_error = _tls_connect(TlsConfig(certs, P0), P0, TlsConfig(certs, P1), P1, expect=P0)
+    assert server_error is None and client_error is None
+
+
+@pytest.mark.parametrize("me, presents", [(P1, "client"), (DEALER, "p1"), (CLIENT, "p2")])
+def test_a_certificate_of_another_endpoint_is_refused_by_the_listener(certs, tmp_path, me, presents):
+    """A client certificate presented as P1, P1's presented as P2, P2's presented as the client."""
+    impostor = _tls_as(certs, tmp_path, me, presents)
+    server_error, client_error = _tls_connect(TlsConfig(certs, P0), P0, impostor, me, expect=P0)
+    cn = {"client": "client", "p1": "P1", "p2": "P2"}[presents]
+    expected = {P1: "P1", DEALER: "P2", CLIENT: "client"}[me]
+    who = "the client" if me == CLIENT else f"party {me}"
+    message = rf"{who} presented a certificate for '{cn}', expected '{expected}': connection refused"
+    assert server_error is not None and re.search(message, str(server_error)), server_error
+    assert isinstance(client_error, ChannelError)
+    assert re.search(rf"refused the connection: {message}", str(client_error)), client_error
+
+
+@pytest.mark.parametrize("server_me, presents, client_me", [(P0, "p1", P1), (P0, "p1", CLIENT), (P1, "client", DEALER)])
+def test_a_listener_with_the_wrong_certificate_is_refused(certs, tmp_path, server_me, presents, client_me):
+    """P1's certificate on P0's port (seen by P1 and by the client), the client's on P1's port (seen by P2)."""
+    impostor = _tls_as(certs, tmp_path, server_me, presents)
+    _, client_error = _tls_connect(impostor, server_me, TlsConfig(certs, client_me), client_me, expect=server_me)
+    cn = {"client": "client", "p1": "P1"}[presents]
+    assert isinstance(client_error, ChannelError)
+    assert re.search(rf"presented a certificate for '{cn}', expected 'P{server_me}': refusing the connection",
+                     str(client_error)), client_error
+
+
+def test_a_peer_without_a_certificate_or_without_tls_is_refused(certs, tmp_path):
+    import ssl
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()[:2]
+    errors = []
+
+    def accept_twice():
+        for _ in range(2):
+            sock, _ = listener.accept()
+            try:
+                accept_peer(sock, P0, tls=TlsConfig(certs, P0), timeout=5)
+            except (ChannelError, OSError) as exc:
+                errors.append(exc)
+
+    t = threading.Thread(target=accept_twice)
+    t.start()
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts the CA but has no certificate of its own
+    anonymous.load_verify_locations(certs / "ca.pem")
+    anonymous.check_hostname = False
+    with pytest.raises((ssl.SSLError, OSError)):
+        with socket.create_connection(address, timeout=5) as raw, anonymous.wrap_socket(raw) as tls:
+            tls.sendall(b"x")
+            tls.recv(1)  # TLS 1.3: the server's refusal arrives after the handshake
+    with pytest.raises(PeerDisconnected):  # a cleartext peer never completes the handshake
+        connect_peer(address, P1, P0, session="s", tls=None, timeout=5)
+    t.join(10)
+    listener.close()
+    assert len(errors) == 2 and all("TLS handshake failed" in str(e) for e in errors), errors
+
+
+def test_tls_directory_problems_are_clear(certs, tmp_path, caplog):
+    with pytest.raises(FileNotFoundError, match=r"lacks ca.pem, p2.pem, p2.key: P2 needs ca.pem, p2.pem and p2.key "
+                                                 r"there \(make them with `pysmpc certs DIR`\)"):
+        TlsConfig(tmp_path, DEALER)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name, source in (("ca.pem", "ca.pem"), ("p0.pem", "p0.pem"), ("p0.key", "p1.key")):
+        shutil.copy(certs / source, mixed / name)
+    with pytest.raises(ValueError, match=r"cannot load the TLS files .*p0.pem.*does not match"):
+        TlsConfig(mixed, P0)
+    shutil.copy(certs / "p0.key", mixed / "p0.key")
+    (mixed / "p0.key").chmod(0o644)
+    with caplog.at_level("WARNING", logger="pysmpc.socket"):
+        TlsConfig(mixed, P0)
+    assert "p0.key is readable by other users (mode 644): chmod 600 it" in caplog.text
 
 
 # -- the channel itself, over a loopback connection ------------------------------------------

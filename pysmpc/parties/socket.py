@@ -48,6 +48,7 @@ from pysmpc.parties.party import CLIENT, DEALER, P0, P1
 __all__ = [
     "SocketChannel",
     "TlsConfig",
+    "CleartextError",
     "CleartextWarning",
     "CERT_NAMES",
     "CERT_FILES",
@@ -62,7 +63,7 @@ __all__ = [
     "parse_hosts",
     "read_frame",
     "reply_hello",
-    "warn_if_cleartext",
+    "check_cleartext",
     "write_frame",
 ]
 
@@ -98,7 +99,11 @@ _BYTES = "bytes"
 
 
 class CleartextWarning(UserWarning):
-    """Parties talk over a non-loopback network without TLS."""
+    """Parties talk over a non-loopback network without TLS (forced with allow_cleartext)."""
+
+
+class CleartextError(ValueError):
+    """A connection off loopback would go without TLS, and cleartext was not forced."""
 
 
 def _name(index: int) -> str:
@@ -143,17 +148,36 @@ def is_loopback(host: str) -> bool:
     return bool(addrs) and all(ipaddress.ip_address(a).is_loopback for a in addrs)
 
 
-def warn_if_cleartext(hosts: list[tuple[str, int]], tls: "TlsConfig | None", who: str) -> bool:
-    """Warn (and log) when traffic would cross a real network unencrypted; True if it does."""
+def _fmt_host(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_cleartext(hosts: list[tuple[str, int]], tls, who: str, *, allow_cleartext: bool = False) -> bool:
+    """Refuse cleartext off loopback unless forced; when forced, warn loudly. True if traffic is exposed.
+
+    `tls` is the TLS configuration (or its directory); None means cleartext.
+    Without TLS, shares, PRG seeds and dealer corrections cross the network
+    readable and forgeable by anyone on the path: an eavesdropper who sees
+    both input shares, or the seeds P2 shares with P0 and P1, learns the
+    secrets, which breaks the one-corruption assumption without corrupting
+    any party. Loopback stays open without TLS (tests, demos, one machine).
+    """
     if tls is not None:
         return False
     exposed = [f"{h}:{p}" for h, p in hosts if not is_loopback(h)]
     if not exposed:
         return False
-    msg = (f"{who}: TRAFFIC IS IN THE CLEAR. Hosts {', '.join(exposed)} are not loopback and no TLS "
-           "directory is configured: shares, seeds and dealer material cross the network unencrypted "
-           "and unauthenticated. Create certificates with pysmpc.runtime.certs.make_cluster_certs and "
-           "pass tls_dir / --tls-dir.")
+    if not allow_cleartext:
+        raise CleartextError(
+            f"{who}: refusing to connect without TLS: {', '.join(exposed)} "
+            f"{'is' if len(exposed) == 1 else 'are'} not loopback, so shares, PRG seeds and dealer material "
+            "would cross the network unencrypted and unauthenticated. Make certificates with "
+            f"`pysmpc certs DIR --hosts {','.join(_fmt_host(h, p) for h, p in hosts)}`, copy them to the machines "
+            "(the command says which file goes where) and pass tls_dir=DIR (--tls-dir DIR); or, on a network "
+            "you trust with the secrets, force cleartext with allow_cleartext=True (--allow-cleartext).")
+    msg = (f"{who}: TRAFFIC IS IN THE CLEAR (forced with allow_cleartext). Hosts {', '.join(exposed)} are not "
+           "loopback and no TLS directory is configured: shares, seeds and dealer material cross the network "
+           "unencrypted and unauthenticated. Make certificates with `pysmpc certs` and pass tls_dir / --tls-dir.")
     log.warning(msg)
     warnings.warn(msg, CleartextWarning, stacklevel=3)
     return True
@@ -174,17 +198,25 @@ class TlsConfig:
         directory = Path(directory)
         stem = CERT_FILES[me]
         ca, cert, key = directory / "ca.pem", directory / f"{stem}.pem", directory / f"{stem}.key"
-        for f in (ca, cert, key):
-            if not f.is_file():
-                raise FileNotFoundError(f"TLS file {f} is missing (make them with pysmpc.runtime.certs.make_cluster_certs)")
+        missing = [f.name for f in (ca, cert, key) if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"TLS directory {directory} lacks {', '.join(missing)}: {CERT_NAMES[me]} needs "
+                                    f"ca.pem, {stem}.pem and {stem}.key there (make them with `pysmpc certs DIR`)")
+        if key.stat().st_mode & 0o077:
+            log.warning("private key %s is readable by other users (mode %o): chmod 600 it", key,
+                        key.stat().st_mode & 0o777)
         self.directory = directory
         self.me = me
         self.server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         for ctx in (self.server, self.client):
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(cert, key)
-            ctx.load_verify_locations(ca)
+            try:
+                ctx.load_cert_chain(cert, key)
+                ctx.load_verify_locations(ca)
+            except ssl.SSLError as exc:
+                raise ValueError(f"cannot load the TLS files {cert}, {key} and {ca}: {exc.reason or exc} "
+                                 "(a key that does not match its certificate, or a file that is not PEM)") from None
             ctx.verify_mode = ssl.CERT_REQUIRED
         # Peers are identified by the common name checked after the handshake,
         # not by host name: parties may sit behind any address.
@@ -268,7 +300,8 @@ class _TlsStream:
                 idle()
                 continue
             if not data:
-                raise PeerDisconnected("connection closed during the TLS handshake")
+                raise PeerDisconnected("connection closed during the TLS handshake (the peer refused our "
+                                       "certificate, or it runs without TLS)")
             with self._ssl_lock:
                 self._in.write(data)
             return
@@ -729,7 +762,13 @@ def connect_peer(address: tuple[str, int], me: int, peer: int, *, session: str, 
                 raise ChannelError(f"{where} presented a certificate for {cn!r}, expected {CERT_NAMES[peer]!r}: "
                                    "refusing the connection")
         write_frame(stream, HELLO_TAG, 0, session, _hello_payload(**(extra or {}), party=me, session=session, version=VERSION), idle)
-        header, payload = read_frame(stream, max_frame_bytes, idle)
+        try:
+            header, payload = read_frame(stream, max_frame_bytes, idle)
+        except PeerDisconnected as exc:
+            if tls is not None:
+                raise
+            raise PeerDisconnected(f"{exc} before answering our hello (if the cluster uses TLS, give this side its "
+                                   "certificates: tls_dir / --tls-dir)") from None
         hello = _parse_hello(header, payload)
         if "error" in hello:
             raise ChannelError(f"{where} refused the connection: {hello['error']}")

@@ -23,9 +23,9 @@ from pysmpc.parties.socket import (
     DEFAULT_MAX_FRAME,
     SocketChannel,
     TlsConfig,
+    check_cleartext,
     connect_peer,
     parse_hosts,
-    warn_if_cleartext,
 )
 from pysmpc.runtime import wire
 from pysmpc.runtime.cluster import BaseCluster, ClusterError
@@ -47,8 +47,9 @@ class TcpCluster(BaseCluster):
     does interpreter exit or garbage collection; with `spawn=False` it
     connects to workers started by hand on `hosts` (one session per worker
     process). With `tls_dir` every connection is mutual TLS with the
-    certificates made by `pysmpc.runtime.certs.make_cluster_certs`; without
-    it, non-loopback hosts draw a CleartextWarning.
+    certificates made by `pysmpc certs` (`pysmpc.runtime.certs`); without
+    it, non-loopback hosts are refused with a CleartextError, unless
+    `allow_cleartext=True` forces cleartext (then a CleartextWarning).
 
     The caller's endpoint (`client_channel`, party index CLIENT) is
     connected to all three workers: inputs go to P0 and P1 and outputs come
@@ -65,11 +66,15 @@ class TcpCluster(BaseCluster):
 
     def __init__(self, hosts=DEFAULT_HOSTS, spawn: bool = True, tls_dir=None, frac_bits: int = 16,
                  int_bits: int = 15, timeout: float = 30.0, *, ephemeral_ports: bool = False,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME, worker_args: tuple = ()):
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME, worker_args: tuple = (), allow_cleartext: bool = False):
         super().__init__(frac_bits=frac_bits, int_bits=int_bits, timeout=timeout)
         self.hosts = parse_hosts(hosts)
         self.spawn = spawn
-        self.tls_dir = None if tls_dir is None else Path(tls_dir)
+        # Absolute: spawned workers run in another directory.
+        self.tls_dir = None if tls_dir is None else Path(tls_dir).absolute()
+        # Checked here, before anything connects: a query client builds a cluster it never starts.
+        self.allow_cleartext = bool(allow_cleartext)
+        check_cleartext(self.hosts, self.tls_dir, type(self).__name__, allow_cleartext=self.allow_cleartext)
         if ephemeral_ports and not spawn:
             raise ValueError("ephemeral_ports needs spawn=True: hand-started workers choose their own ports")
         self.ephemeral_ports = ephemeral_ports
@@ -109,7 +114,6 @@ class TcpCluster(BaseCluster):
         if self._state["channel"] is not None:
             return self
         tls = TlsConfig(self.tls_dir, CLIENT) if self.tls_dir is not None else None
-        warn_if_cleartext(self.hosts, tls, "TcpCluster")
         self.session = secrets.token_hex(8)
         self._broken = None
         try:
@@ -175,6 +179,8 @@ class TcpCluster(BaseCluster):
                        "--listen-fd", str(listeners[i].fileno()), *self.worker_args]
                 if self.tls_dir is not None:
                     cmd += ["--tls-dir", str(self.tls_dir)]
+                if self.allow_cleartext:
+                    cmd += ["--allow-cleartext"]
                 try:
                     self._state["processes"][i] = subprocess.Popen(
                         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fd,

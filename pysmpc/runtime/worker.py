@@ -1,7 +1,10 @@
 """A party as an OS process, driven over TCP by a TcpCluster.
 
     python -m pysmpc.runtime.worker --party N \\
-        --hosts localhost:4000,localhost:4001,localhost:4002 [--tls-dir DIR]
+        --hosts localhost:4000,localhost:4001,localhost:4002 [--tls-dir DIR] [--allow-cleartext]
+
+Hosts off loopback need --tls-dir (certificates from `pysmpc certs`);
+without it the worker refuses to start unless --allow-cleartext forces it.
 
 1. Listen on hosts[N]; accept the client (the controller), whose hello
    names the session.
@@ -37,12 +40,13 @@ from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party, exchange_seeds
 from pysmpc.parties.socket import (
     DEFAULT_MAX_FRAME,
     SocketChannel,
+    CleartextError,
     TlsConfig,
     accept_peer,
+    check_cleartext,
     connect_peer,
     parse_hosts,
     reply_hello,
-    warn_if_cleartext,
 )
 from pysmpc.runtime import wire
 from pysmpc.runtime.ops import run_op
@@ -64,7 +68,10 @@ def main(argv=None) -> int:
     parser.add_argument("--party", type=int, required=True, choices=PARTIES)
     parser.add_argument("--hosts", default="localhost:4000,localhost:4001,localhost:4002",
                         help="host:port of P0,P1,P2 (comma separated)")
-    parser.add_argument("--tls-dir", default=None, help="directory with ca.pem and pN.pem/pN.key")
+    parser.add_argument("--tls-dir", default=None, help="directory with ca.pem and pN.pem/pN.key (pysmpc certs)")
+    parser.add_argument("--allow-cleartext", action="store_true",
+                        help="run without TLS even though some hosts are not loopback (shares cross the network "
+                             "in the clear)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a peer's message")
     parser.add_argument("--startup-timeout", type=float, default=None,
                         help="seconds to wait for the client (default: for ever)")
@@ -75,9 +82,12 @@ def main(argv=None) -> int:
 
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format=f"%(asctime)s pysmpc-worker P{args.party} %(levelname)s %(message)s")
-    hosts = parse_hosts(args.hosts)
-    tls = TlsConfig(args.tls_dir, args.party) if args.tls_dir else None
-    warn_if_cleartext(hosts, tls, f"worker P{args.party}")
+    try:
+        hosts = parse_hosts(args.hosts)
+        tls = TlsConfig(args.tls_dir, args.party) if args.tls_dir else None
+    except (ValueError, OSError) as exc:  # a bad --hosts, missing or unreadable TLS files
+        log.error("%s", exc)
+        return 2
     if args.listen_fd is not None:
         listener = socket.socket(fileno=args.listen_fd)
     else:
@@ -87,10 +97,13 @@ def main(argv=None) -> int:
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s (is the port busy?)", host, port, exc)
             return 2
-    log.info("listening on %s (TLS %s)", _address(listener), "on" if tls else "off")
     try:
         return serve(args.party, listener, hosts, tls=tls, timeout=args.timeout,
-                     startup_timeout=args.startup_timeout, max_frame_bytes=args.max_frame_bytes)
+                     startup_timeout=args.startup_timeout, max_frame_bytes=args.max_frame_bytes,
+                     allow_cleartext=args.allow_cleartext)
+    except CleartextError as exc:
+        log.error("%s", exc)
+        return 2
     except SetupError as exc:
         log.error("%s", exc)
         return 1
@@ -106,8 +119,16 @@ def _address(sock: socket.socket) -> str:
 
 
 def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None = None, timeout: float = 30.0,
-          startup_timeout: float | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME) -> int:
-    """Join one session as party `index` on `listener` and serve it; return the exit code."""
+          startup_timeout: float | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME,
+          allow_cleartext: bool = False) -> int:
+    """Join one session as party `index` on `listener` and serve it; return the exit code.
+
+    Raises CleartextError if some host is not loopback and `tls` is None,
+    unless `allow_cleartext` forces cleartext.
+    """
+    hosts = parse_hosts(hosts)
+    check_cleartext(hosts, tls, f"worker P{index}", allow_cleartext=allow_cleartext)
+    log.info("listening on %s (TLS %s)", _address(listener), "on" if tls else "off")
     channel = _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes)
     stop = threading.Event()
     inbox = QueryInbox()

@@ -30,10 +30,15 @@ class Cluster(TcpCluster):
 
     A client process builds the same Cluster (without starting it) to query
     the served model: `Client().connect_to_model(..., cluster=cluster)`.
+
+    Workers off loopback need `tls_dir` (certificates from `pysmpc certs`:
+    the model owner and each client use ca.pem and client.pem/.key); without
+    it the Cluster raises a CleartextError, unless `allow_cleartext=True`
+    forces cleartext on a network trusted with the secrets.
     """
 
     def __init__(self, *workers: Worker, tls_dir=None, frac_bits: int = 16, int_bits: int = 15,
-                 timeout: float = 30.0, **kwargs):
+                 timeout: float = 30.0, allow_cleartext: bool = False, **kwargs):
         if len(workers) != 3:
             raise ValueError(f"a cluster has exactly three workers (P0, P1, P2), got {len(workers)}")
         for w in workers:
@@ -44,4 +49,5 @@ class Cluster(TcpCluster):
             raise ValueError("either all workers are auto_managed or none is (mixed clusters are not supported)")
         self.workers = tuple(workers)
         super().__init__(hosts=[w.host for w in workers], spawn=managed.pop(), tls_dir=tls_dir,
-                         frac_bits=frac_bits, int_bits=int_bits, timeout=timeout, **kwargs)
+                         frac_bits=frac_bits, int_bits=int_bits, timeout=timeout,
+                         allow_cleartext=allow_cleartext, **kwargs)
