@@ -96,14 +96,14 @@ def _fuse_kernel(w: np.ndarray, k: int) -> np.ndarray:
 
 
 def _fuse_stored_weights(party: Party, key, k: int) -> None:
-    """Replace the opened mask F and this party's [B] by their fused kernels (local)."""
-    f_open, b, w_shape = party.store[("fixed", key)]
+    """Replace the opened mask F and this party's [B] (+ F on P0) by their fused kernels (local)."""
+    f_open, b_term, w_shape = party.store[("fixed", key)]
     fused_shape = (w_shape[0] + k - 1, w_shape[1] + k - 1) + tuple(w_shape[2:])
     if party.is_dealer:
         party.store[("dealer_mask", key)] = _fuse_kernel(party.store[("dealer_mask", key)], k)
         party.store[("fixed", key)] = (None, None, fused_shape)
     else:
-        party.store[("fixed", key)] = (_fuse_kernel(f_open, k), _fuse_kernel(b, k), fused_shape)
+        party.store[("fixed", key)] = (_fuse_kernel(f_open, k), _fuse_kernel(b_term, k), fused_shape)
 
 
 def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,

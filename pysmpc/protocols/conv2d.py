@@ -53,7 +53,7 @@ def conv2d_fixed(party: Party, x: AShare, key, stride=1, padding="valid", tag: s
     ahead with it when the dealer's material is prepared): online, each
     party does one convolution, E (x) ([B] + F on P0).
     """
-    f_open, b, w_shape = party.store[("fixed", key)]
+    f_open, b_term, w_shape = party.store[("fixed", key)]
     out_shape = output_shape(x.shape, w_shape, stride, padding)
     conv = partial(ring.conv2d, stride=stride, padding=padding)
     a, ac = party.dealer.fixed_triple(key, x.shape, out_shape, conv, tag="dealer:" + tag,
@@ -61,7 +61,7 @@ def conv2d_fixed(party: Party, x: AShare, key, stride=1, padding="valid", tag: s
     if not party.computes:
         return AShare(None, party.index, out_shape)
     (e_open,) = open_arith(party, [x.value - a], tag=tag)
-    return AShare(_fixed_finish(party.index, e_open, f_open, b, ac, conv), party.index)
+    return AShare(_fixed_finish(e_open, b_term, ac, conv), party.index)
 
 
 def _size(shape) -> int:

@@ -50,7 +50,9 @@ def share_fixed_operand(party: Party, w: AShare, key, product_tag: str = "weight
         party.store[("fixed", key)] = (None, None, w.shape)
         return
     (f_open,) = open_arith(party, [w.value - b], tag=product_tag)
-    party.store[("fixed", key)] = (f_open, b, w.shape)
+    # What each product multiplies E by: [B] + F on P0, [B] on P1 (W = F + B).
+    b_term = b + f_open if party.index == 0 else b
+    party.store[("fixed", key)] = (f_open, b_term, w.shape)
 
 
 def matmul_fixed(party: Party, x: AShare, key, tag: str = "matmul") -> AShare:
@@ -58,7 +60,7 @@ def matmul_fixed(party: Party, x: AShare, key, tag: str = "matmul") -> AShare:
 
     Cost: 1 round; 8*m*k bytes per computing party online; P2 sends 8*m*n.
     """
-    f_open, b, w_shape = party.store[("fixed", key)]
+    f_open, b_term, w_shape = party.store[("fixed", key)]
     _check_matmul(x.shape, w_shape)
     out_shape = (x.shape[0], w_shape[1])
     a, ac = party.dealer.fixed_triple(key, x.shape, out_shape, ring.matmul, tag="dealer:" + tag,
@@ -66,7 +68,7 @@ def matmul_fixed(party: Party, x: AShare, key, tag: str = "matmul") -> AShare:
     if not party.computes:
         return AShare(None, party.index, out_shape)
     (e_open,) = open_arith(party, [x.value - a], tag=tag)
-    return AShare(_fixed_finish(party.index, e_open, f_open, b, ac, ring.matmul), party.index)
+    return AShare(_fixed_finish(e_open, b_term, ac, ring.matmul), party.index)
 
 
 def _beaver_finish(index, e_open, f_open, a, b, c, product):
@@ -78,9 +80,9 @@ def _beaver_finish(index, e_open, f_open, a, b, c, product):
     return z
 
 
-def _fixed_finish(index, e_open, f_open, b, ac, product):
+def _fixed_finish(e_open, b_term, ac, product):
     # [Z] = E (x) ([B] + F on party 0, [B] on party 1) + ([A] (x) F + [C]), the last folded ahead
-    z = product(e_open, b + f_open if index == 0 else b)
+    z = product(e_open, b_term)
     z += ac
     return z
 
