@@ -42,7 +42,7 @@ from pysmpc.protocols.truncate import cost as truncate_cost
 from pysmpc.protocols.truncate import truncate
 from pysmpc.sharing.shares import AShare
 
-__all__ = ["load_plan", "run_plan", "plan_cost", "PLAN_KINDS"]
+__all__ = ["load_plan", "run_plan", "plan_cost", "input_maskable", "PLAN_KINDS"]
 
 PLAN_KINDS = ("conv2d", "dense", "avg_pool2d", "max_pool2d", "relu", "flatten")
 
@@ -106,9 +106,27 @@ def _fuse_stored_weights(party: Party, key, k: int) -> None:
         party.store[("fixed", key)] = (_fuse_kernel(f_open, k), _fuse_kernel(b_term, k), fused_shape)
 
 
+def input_maskable(plan: list[dict]) -> bool:
+    """Whether the input's owner can mask it for the first product (run_plan's input_open).
+
+    True when the first layer other than flatten is a dense layer or an
+    unpadded convolution: its Beaver opening E = x - A then needs no round.
+    """
+    for layer in plan:
+        if layer["kind"] == "flatten":
+            continue
+        return layer["kind"] == "dense" or (layer["kind"] == "conv2d" and not any(layer.get("pads", (0, 0, 0, 0))))
+    return False
+
+
 def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
-             profile: list | None = None, truncate_output: bool = True) -> tuple[AShare, int]:
+             profile: list | None = None, truncate_output: bool = True,
+             input_open: bool = False) -> tuple[AShare, int]:
     """Run the plan on input shares x (F fractional bits).
+
+    input_open: x.value is E = x - A on both P0 and P1, masked by the
+    input's owner with the A that P2 reveals to it for the first product
+    (input_maskable); that product then opens nothing (one round fewer).
 
     Returns (output shares, their fractional bits): F, or with
     truncate_output=False the higher scale the last layer left (its
@@ -117,6 +135,8 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
     rounds online on this party.
     """
     plan = party.store[("plan", model_key)]
+    if input_open and not input_maskable(plan):
+        raise ValueError("this model's first layer cannot take a masked input (needs dense or an unpadded conv2d)")
     pending = 0  # bits of truncation owed since the last product
 
     def settle(x):
@@ -146,11 +166,13 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
                     x = x.pad_spatial(*pads)
                 fused = _fused_pool(plan, i)
                 stride = tuple(layer["stride"]) if fused is None else (fused[1], fused[1])
-                x = conv2d_fixed(party, x, (model_key, name), stride, "valid", tag=f"conv2d:{name}")
+                x = conv2d_fixed(party, x, (model_key, name), stride, "valid", tag=f"conv2d:{name}",
+                                 input_open=input_open)
                 if fused is not None:
                     window, skip = fused[0] * fused[0], True
             else:
-                x = matmul_fixed(party, x, (model_key, name), tag=f"dense:{name}")
+                x = matmul_fixed(party, x, (model_key, name), tag=f"dense:{name}", input_open=input_open)
+            input_open = False
             if layer.get("bias") is not None:
                 # At the product's scale 2F (times the pooled window), so the
                 # later truncation keeps it exact.
@@ -189,7 +211,8 @@ def _square(pair, name) -> int:
     return int(a)
 
 
-def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output: bool = True) -> list[tuple[str, Cost]]:
+def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output: bool = True,
+              input_open: bool = False) -> list[tuple[str, Cost]]:
     """Online cost of `run_plan` per layer, from the protocols' cost formulas.
 
     `shapes` is [input shape, each layer's output shape...] without the batch
@@ -224,16 +247,18 @@ def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output
             kernel = _kernel_shape(padded, y_shape, layer["stride"])
             fused = _fused_pool(plan, i)
             if fused is None:
-                cost = cost + conv_cost_fixed(padded, kernel, tuple(layer["stride"]))
+                cost = cost + conv_cost_fixed(padded, kernel, tuple(layer["stride"]), input_open=input_open)
             else:
                 k, stride = fused
                 kernel = (kernel[0] + k - 1, kernel[1] + k - 1, kernel[2], kernel[3])
-                cost = cost + conv_cost_fixed(padded, kernel, (stride, stride))
+                cost = cost + conv_cost_fixed(padded, kernel, (stride, stride), input_open=input_open)
                 skip = True
             pending = y_shape
+            input_open = False
         elif kind == "dense":
-            cost = cost + matmul_cost_fixed(x_shape, (in_shape[0], out_shape[0]))
+            cost = cost + matmul_cost_fixed(x_shape, (in_shape[0], out_shape[0]), input_open=input_open)
             pending = y_shape
+            input_open = False
         elif kind == "avg_pool2d" and settle:
             cost = cost + truncate_cost(y_shape)
         elif kind == "relu":

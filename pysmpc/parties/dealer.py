@@ -10,9 +10,11 @@ import numpy as np
 from pysmpc.kernels.bits import unpack_bits
 from pysmpc.parties.party import DEALER, P0, P1, Party
 
-__all__ = ["Dealer", "Bundle", "MaterialMismatch"]
+__all__ = ["Dealer", "Bundle", "MaterialMismatch", "INPUT_MASK_TAG"]
 
 _U64 = np.uint64
+# P2's message that gives an input's owner the mask of its first product.
+INPUT_MASK_TAG = "dealer:input-mask"
 _ONE = np.uint64(1)
 
 
@@ -141,14 +143,20 @@ class Dealer:
             self.party.store[("dealer_mask", key)] = b
         return b
 
-    def fixed_triple(self, key, a_shape, c_shape, product: Callable, tag: str, fold: Callable | None = None):
+    def fixed_triple(self, key, a_shape, c_shape, product: Callable, tag: str, fold: Callable | None = None,
+                     reveal_mask_to: int | None = None):
         """[a], [c] with c = product(a, b) for the b dealt by `weight_mask(key)`.
 
         With `fold`, P0/P1 get fold([a], [c]) in place of [c]: a local step
         on material alone (e.g. [a] (x) F + [c] for an opened F), which so
         runs while the material is made ahead, not after the query comes.
+        With `reveal_mask_to`, P2 also sends a itself to that party (the
+        owner of the input x, tag "dealer:input-mask"), who can then send
+        x - a in the clear: the opening of x - a costs no round.
         """
         a = self.rand(a_shape)
+        if reveal_mask_to is not None and self.index == DEALER:
+            self.channel.send(reveal_mask_to, a, tag=INPUT_MASK_TAG)
         c = product(a, self.party.store[("dealer_mask", key)]) if self.index == DEALER else None
         c = self.give(c, c_shape, tag)
         if fold is not None and self.index != DEALER and self._replaying is None:

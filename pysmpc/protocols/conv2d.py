@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from pysmpc import ring
-from pysmpc.parties.party import Party
+from pysmpc.parties.party import CLIENT, Party
 from pysmpc.protocols.cost import WORD, Cost
 from pysmpc.protocols.matmul import _beaver_finish, _fixed_finish
 from pysmpc.protocols.open import open_arith
@@ -45,22 +45,30 @@ def conv2d(party: Party, x: AShare, w: AShare, stride=1, padding="valid", tag: s
     return AShare(_beaver_finish(party.index, e_open, f_open, a, b, c, conv), party.index)
 
 
-def conv2d_fixed(party: Party, x: AShare, key, stride=1, padding="valid", tag: str = "conv2d") -> AShare:
+def conv2d_fixed(party: Party, x: AShare, key, stride=1, padding="valid", tag: str = "conv2d",
+                 input_open: bool = False) -> AShare:
     """conv(x, W) for weights shared with `matmul.share_fixed_operand(key)`.
 
     Only E = X - A is opened: 1 round, 8*x.size bytes per computing party.
     [A] (x) F + [C] needs no input, so it is folded into the material (made
     ahead with it when the dealer's material is prepared): online, each
     party does one convolution, E (x) ([B] + F on P0).
+    input_open: x.value already is E on both P0 and P1, sent by the input's
+    owner, to whom P2 revealed A (the client; see Dealer.fixed_triple):
+    no round.
     """
     f_open, b_term, w_shape = party.store[("fixed", key)]
     out_shape = output_shape(x.shape, w_shape, stride, padding)
     conv = partial(ring.conv2d, stride=stride, padding=padding)
     a, ac = party.dealer.fixed_triple(key, x.shape, out_shape, conv, tag="dealer:" + tag,
-                                      fold=lambda a, c: c + conv(a, f_open))
+                                      fold=lambda a, c: c + conv(a, f_open),
+                                      reveal_mask_to=CLIENT if input_open else None)
     if not party.computes:
         return AShare(None, party.index, out_shape)
-    (e_open,) = open_arith(party, [x.value - a], tag=tag)
+    if input_open:
+        e_open = x.value
+    else:
+        (e_open,) = open_arith(party, [x.value - a], tag=tag)
     return AShare(_fixed_finish(e_open, b_term, ac, conv), party.index)
 
 
@@ -76,6 +84,8 @@ def cost(x_shape, w_shape, stride=1, padding="valid") -> Cost:
     return Cost(rounds=1, bytes_sent=WORD * (_size(x_shape) + _size(w_shape)), dealer_bytes=WORD * _size(out))
 
 
-def cost_fixed(x_shape, w_shape, stride=1, padding="valid") -> Cost:
+def cost_fixed(x_shape, w_shape, stride=1, padding="valid", input_open: bool = False) -> Cost:
     out = output_shape(x_shape, w_shape, stride, padding)
+    if input_open:  # P2 sends A to the input's owner instead of an opening
+        return Cost(rounds=0, bytes_sent=0, dealer_bytes=WORD * (_size(out) + _size(x_shape)))
     return Cost(rounds=1, bytes_sent=WORD * _size(x_shape), dealer_bytes=WORD * _size(out))

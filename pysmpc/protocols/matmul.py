@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pysmpc import ring
-from pysmpc.parties.party import Party
+from pysmpc.parties.party import CLIENT, Party
 from pysmpc.protocols.cost import WORD, Cost
 from pysmpc.protocols.open import open_arith
 from pysmpc.sharing.shares import AShare
@@ -55,19 +55,25 @@ def share_fixed_operand(party: Party, w: AShare, key, product_tag: str = "weight
     party.store[("fixed", key)] = (f_open, b_term, w.shape)
 
 
-def matmul_fixed(party: Party, x: AShare, key, tag: str = "matmul") -> AShare:
+def matmul_fixed(party: Party, x: AShare, key, tag: str = "matmul", input_open: bool = False) -> AShare:
     """X @ W for a W shared with `share_fixed_operand(key)`: only E = X - A is opened.
 
+    [A] @ F + [C] is folded into the material as in conv2d.conv2d_fixed;
+    input_open as there (E sent by the input's owner: no round).
     Cost: 1 round; 8*m*k bytes per computing party online; P2 sends 8*m*n.
     """
     f_open, b_term, w_shape = party.store[("fixed", key)]
     _check_matmul(x.shape, w_shape)
     out_shape = (x.shape[0], w_shape[1])
     a, ac = party.dealer.fixed_triple(key, x.shape, out_shape, ring.matmul, tag="dealer:" + tag,
-                                      fold=lambda a, c: c + ring.matmul(a, f_open))
+                                      fold=lambda a, c: c + ring.matmul(a, f_open),
+                                      reveal_mask_to=CLIENT if input_open else None)
     if not party.computes:
         return AShare(None, party.index, out_shape)
-    (e_open,) = open_arith(party, [x.value - a], tag=tag)
+    if input_open:
+        e_open = x.value
+    else:
+        (e_open,) = open_arith(party, [x.value - a], tag=tag)
     return AShare(_fixed_finish(e_open, b_term, ac, ring.matmul), party.index)
 
 
@@ -98,8 +104,10 @@ def cost(x_shape, y_shape) -> Cost:
     return Cost(rounds=1, bytes_sent=WORD * (m * k + k * n), dealer_bytes=WORD * m * n)
 
 
-def cost_fixed(x_shape, w_shape) -> Cost:
+def cost_fixed(x_shape, w_shape, input_open: bool = False) -> Cost:
     m, k = x_shape
+    if input_open:  # P2 sends A to the input's owner instead of an opening
+        return Cost(rounds=0, bytes_sent=0, dealer_bytes=WORD * (m * w_shape[1] + m * k))
     return Cost(rounds=1, bytes_sent=WORD * m * k, dealer_bytes=WORD * m * w_shape[1])
 
 

@@ -129,6 +129,16 @@ class BaseCluster:
 
         return self.call(name, *args, client=client, **kwargs)
 
+    def call_on_masked_input(self, name: str, masked: np.ndarray, *args, **kwargs):
+        """As call_on_input, but P0 and P1 both get `masked` = x - A (A: a mask P2 gave this caller)."""
+
+        def client():
+            self.client_channel.send(P0, masked, tag="input")
+            self.client_channel.send(P1, masked, tag="input")
+            return self.client_channel.recv(P0, tag="output") + self.client_channel.recv(P1, tag="output")
+
+        return self.call(name, *args, client=client, **kwargs)
+
     def reveal_ring(self, tensor) -> np.ndarray:
         """Reveal to this caller alone: P0 and P1 send their shares here."""
 

@@ -227,47 +227,80 @@ def op_infer(party: Party, out: int, model_key: str, x: int, frac_bits: int, tru
     return {"shape": list(y.shape), "frac_bits": out_bits, "profile": profile, "prepared": prepared}
 
 
-def op_predict(party: Party, model_key: str, shape: list, frac_bits: int) -> dict:
-    """Receive a client's input shares, run the model and send the output shares back (one call).
+def op_predict(party: Party, model_key: str, shape: list, frac_bits: int, mask_id: str | None = None) -> dict:
+    """Receive a client's input, run the model and send the output shares back (one call).
 
-    The output keeps the scale the last layer left (the client divides).
+    The input is two additive shares, or, with `mask_id`, E = x - A sent
+    to both P0 and P1 by a client holding that prepared run's input mask
+    A (op_prepare with input_mask_ids): the first product then opens
+    nothing. The output keeps the scale the last layer left (the client
+    divides).
     """
-    x = _receive_input(party, tuple(shape))
+    shape = tuple(shape)
     profile: list = []
-    prepared = bool(_stock(party, model_key, x.shape, False))
-    y, out_bits = _run_model(party, model_key, x, frac_bits, False, profile)
+    if mask_id is None:
+        x = _receive_input(party, shape)
+        prepared = bool(_stock(party, model_key, x.shape, False))
+        y, out_bits = _run_model(party, model_key, x, frac_bits, False, profile)
+    else:
+        bundle = party.store.get(("masked", model_key), {}).pop(mask_id, None)
+        if bundle is None:
+            raise KeyError(f"{party.name}: no prepared run {mask_id!r} for this model (used already, or never made)")
+        x = _receive_input(party, shape)
+        prepared = True
+        if not party.computes:
+            y, out_bits = AShare(None, party.index, bundle.output[0]), bundle.output[1]
+        else:
+            plan = party.store[("plan", model_key)]
+            with party.dealer.replaying(bundle):
+                y, out_bits = run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), profile,
+                                       truncate_output=False, input_open=True)
     reveal_to(party, y.value, CLIENT, tag="output")
     return {"shape": list(y.shape), "frac_bits": out_bits, "profile": profile, "prepared": prepared}
 
 
 def op_prepare(party: Party, model_key: str, shape: list, frac_bits: int, truncate_output: bool = False,
-               count: int = 1, keep_shapes: int = 4) -> dict:
+               count: int = 1, keep_shapes: int = 4, input_mask_ids: list | None = None) -> dict:
     """Make the dealer material for `count` runs of a model on inputs of `shape`, ahead of the queries.
 
     Offline work (graph.secure.run_plan with Dealer.recording): P2 sends
     its corrections now and P0/P1 keep their shares, so a later `infer` on
     an input of this shape neither waits on P2 nor draws from the streams.
     Material for at most `keep_shapes` input shapes is kept (the oldest
-    shape's is dropped). Returns the time taken and what this party holds.
+    shape's is dropped). With `input_mask_ids`, one run per id is made for
+    a masked input instead (run_plan's input_open): P2 sends the run's
+    input mask to the client, and `predict(mask_id=...)` uses the run
+    once. Returns the time taken and what this party holds.
     """
     shape = tuple(int(s) for s in shape)
     plan = party.store[("plan", model_key)]
     tensors = _plan_tensors(party, plan)
-    stocks = party.store.setdefault(("prepared", model_key), {})
-    key = (shape, bool(truncate_output))
-    stock = stocks.pop(key, deque())
-    stocks[key] = stock  # now the newest shape
-    while len(stocks) > keep_shapes:
-        stocks.pop(next(iter(stocks)))
     start = time.perf_counter()
-    for _ in range(int(count)):
+
+    def record(input_open):
         with party.dealer.recording() as bundle:
             y, out_bits = run_plan(party, model_key, AShare(None, party.index, shape), frac_bits, tensors,
-                                   truncate_output=truncate_output)
+                                   truncate_output=truncate_output, input_open=input_open)
         bundle.output = (y.shape, out_bits)
-        stock.append(bundle)
-    return {"seconds": time.perf_counter() - start, "prepared": len(stock),
-            "stored_bytes": sum(b.nbytes for s in stocks.values() for b in s)}
+        return bundle
+
+    stocks = party.store.setdefault(("prepared", model_key), {})
+    masked = party.store.setdefault(("masked", model_key), {})
+    if input_mask_ids is not None:
+        for mask_id in input_mask_ids:
+            if mask_id in masked:
+                raise ValueError(f"{party.name}: a prepared run {mask_id!r} exists already")
+            masked[mask_id] = record(True)
+    else:
+        key = (shape, bool(truncate_output))
+        stock = stocks.pop(key, deque())
+        stocks[key] = stock  # now the newest shape
+        while len(stocks) > keep_shapes:
+            stocks.pop(next(iter(stocks)))
+        for _ in range(int(count)):
+            stock.append(record(False))
+    held = [b for s in stocks.values() for b in s] + list(masked.values())
+    return {"seconds": time.perf_counter() - start, "stored_bytes": sum(b.nbytes for b in held)}
 
 
 def _stock(party: Party, model_key: str, shape: tuple, truncate_output: bool):
@@ -294,6 +327,7 @@ def _run_model(party: Party, model_key: str, x: AShare, frac_bits: int, truncate
 def op_unload_model(party: Party, model_key: str) -> None:
     plan = party.store.pop(("plan", model_key), [])
     party.store.pop(("prepared", model_key), None)
+    party.store.pop(("masked", model_key), None)
     for layer in plan:
         party.store.pop(("fixed", (model_key, layer["name"])), None)
         party.store.pop(("dealer_mask", (model_key, layer["name"])), None)

@@ -72,7 +72,7 @@ def measure_inference(model, images: np.ndarray, batches=(1, 64, 256), clusters=
                 row.update(traffic)
                 if kind == "tcp":
                     row["worker_peak_rss_mb"] = max(_peak_rss_mb(p.pid) for p in cluster.processes.values())
-                row["rounds"] = sum(c.rounds for _, c in shared.cost(batch))
+                row["rounds"] = sum(c.rounds for _, c in shared.cost(batch, prepared=True))
                 rows.append(row)
                 _tick(progress)
             shared.stop()

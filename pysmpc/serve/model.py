@@ -9,7 +9,9 @@ import time
 import numpy as np
 
 from pysmpc.graph import Graph, conv_padding, run_fixed_point, run_float
-from pysmpc.graph.secure import plan_cost
+from pysmpc.graph.secure import input_maskable, plan_cost
+from pysmpc.parties.dealer import INPUT_MASK_TAG
+from pysmpc.parties.party import DEALER
 from pysmpc.protocols.cost import Cost
 from pysmpc.sharing.fixedpoint import FixedPoint
 from pysmpc.serve._coerce import whole_number
@@ -50,9 +52,15 @@ class Model:
         """Plaintext logits computed with the secure backend's fixed-point arithmetic."""
         return run_fixed_point(self.graph, x, frac_bits=frac_bits)
 
-    def cost(self, batch: int = 1) -> list[tuple[str, Cost]]:
-        """Per-layer online cost of one private prediction of `batch` inputs (no sharing needed)."""
-        return plan_cost(make_plan(self.graph), self.graph.shapes(), batch, truncate_output=False)
+    def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
+        """Per-layer online cost of one private prediction of `batch` inputs (no sharing needed).
+
+        prepared: on material made by SharedModel.prepare, whose input mask
+        saves the first product's round when the first layer allows.
+        """
+        plan = make_plan(self.graph)
+        return plan_cost(plan, self.graph.shapes(), batch, truncate_output=False,
+                         input_open=prepared and input_maskable(plan))
 
     def share(self, cluster) -> "SharedModel":
         """Secret-share the weights to `cluster` (they leave this process as shares only)."""
@@ -112,6 +120,8 @@ class SharedModel:
         self.profile: list = []
         self._tensors = []
         self._stopped = False
+        self._run_ids = itertools.count()
+        self._input_masks: dict[int, list] = {}  # batch size -> [(prepared run id, input mask A)]
 
         def share_weight(array):
             tensor = cluster.share(array)
@@ -122,9 +132,13 @@ class SharedModel:
         self.plan = plan
         cluster.call("load_model", self.key, plan)
 
-    def cost(self, batch: int = 1) -> list[tuple[str, Cost]]:
-        """Per-layer online cost of one private prediction of `batch` inputs (logits)."""
-        return plan_cost(self.plan, self.graph.shapes(), batch, truncate_output=False)
+    def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
+        """Per-layer online cost of one private prediction of `batch` inputs (logits).
+
+        prepared: on material made by prepare(), as Model.cost.
+        """
+        return plan_cost(self.plan, self.graph.shapes(), batch, truncate_output=False,
+                         input_open=prepared and input_maskable(self.plan))
 
     def _check_input(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -140,15 +154,29 @@ class SharedModel:
 
         Offline work: P2 deals everything those runs need, and P0 and P1
         keep their shares. A later predict() of a batch of that size runs on
-        it, so P2 has nothing to do online and nobody waits on it. Returns
-        the wall time and the bytes each party holds for prepared runs.
+        it, so P2 has nothing to do online and nobody waits on it. When the
+        first layer allows (graph.secure.input_maskable), P2 also sends
+        this caller each run's input mask A: predict() then sends x - A
+        to P0 and P1, and the first layer opens nothing (one round fewer).
+        Returns the wall time and the bytes each party holds.
         """
         batch, count = whole_number(batch, "batch"), whole_number(count, "count")
         if batch < 1 or count < 1:
             raise ValueError(f"batch and count must be positive, got {batch} and {count}")
         shape = [batch, *self.graph.input_shape]
         start = time.perf_counter()
-        results, _ = self.cluster.call("prepare", self.key, shape, self.frac_bits, False, count)
+        if not input_maskable(self.plan):
+            results, _ = self.cluster.call("prepare", self.key, shape, self.frac_bits, False, count)
+        else:
+            ids = [f"{batch}:{next(self._run_ids)}" for _ in range(count)]
+            channel = self.cluster.client_channel
+
+            def receive_masks():
+                return [channel.recv(DEALER, tag=INPUT_MASK_TAG) for _ in ids]
+
+            results, masks = self.cluster.call("prepare", self.key, shape, self.frac_bits, False, count,
+                                               input_mask_ids=ids, client=receive_masks)
+            self._input_masks.setdefault(batch, []).extend(zip(ids, masks))
         return {"seconds": time.perf_counter() - start, "stored_bytes": [r["stored_bytes"] for r in results]}
 
     def predict(self, x, reveal: str = "logits") -> np.ndarray:
@@ -165,7 +193,14 @@ class SharedModel:
         x = self._check_input(x)
         if reveal == "logits":
             encoded = self.cluster.encode(x, self.frac_bits)
-            results, y_ring = self.cluster.call_on_input("predict", encoded, self.key, list(x.shape), self.frac_bits)
+            masks = self._input_masks.get(x.shape[0])
+            if masks:
+                mask_id, mask = masks.pop(0)
+                results, y_ring = self.cluster.call_on_masked_input("predict", encoded - mask, self.key,
+                                                                    list(x.shape), self.frac_bits, mask_id=mask_id)
+            else:
+                results, y_ring = self.cluster.call_on_input("predict", encoded, self.key, list(x.shape),
+                                                             self.frac_bits)
             self.profile = results[0]["profile"]
             fmt = FixedPoint(frac_bits=results[0]["frac_bits"], int_bits=self.cluster.fixed_point.int_bits)
             return fmt.decode(y_ring.reshape(results[0]["shape"]))
