@@ -85,3 +85,36 @@ def test_dealer_corrections_do_not_depend_on_the_data():
     for m1, m2 in zip(dealer_traffic(a), dealer_traffic(b)):
         for u, v in zip(m1 if isinstance(m1, list) else [m1], m2 if isinstance(m2, list) else [m2]):
             np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared-masked-input"])
+def test_served_model_views_are_uniform(prepared):
+    """The CNN served on prepared material, with the input masked by the querier (x - A to P0 and P1)."""
+    from pysmpc import LocalCluster, load_model
+    from pysmpc.models import load_samples, shipped_model_path
+    from pysmpc.sharing.fixedpoint import FixedPoint
+
+    model = load_model(shipped_model_path())
+    images, _ = load_samples()
+    x = images[:8]
+    with LocalCluster() as cluster:
+        shared = model.share(cluster)
+        if prepared:
+            shared.prepare(len(x))
+        channels = cluster.party_channels()
+        recorders = {i: channels[i].start_recording() for i in (0, 1, 2)}
+        logits = shared.predict(x)
+        for ch in channels.values():
+            ch.recorder = None
+    secrets = [FixedPoint(frac_bits=16).encode(x).reshape(-1)]
+    secrets += [FixedPoint(frac_bits=f).encode(np.round(logits, 3)).reshape(-1) for f in (16, 32, 34)]
+    nonzero = np.unique(np.concatenate(secrets))
+    nonzero = nonzero[nonzero != 0]  # zero pixels: a uniform word is 0 with probability 2^-64, still checked below
+    for i in (0, 1):
+        words = np.concatenate([np.asarray(a).reshape(-1).view(np.uint64)
+                                for _, _, data in recorders[i].messages
+                                for a in (data if isinstance(data, (list, tuple)) else [data])])
+        assert not np.isin(words, nonzero).any(), f"P{i} received a plaintext word"
+        assert _chi_square_top_byte(words) < CHI2_LIMIT, f"P{i}: received words are not uniform"
+    p2_online = [(tag, frm) for frm, tag, _ in recorders[2].messages]
+    assert p2_online == [], "P2 received something during the query"
