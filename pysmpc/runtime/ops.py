@@ -338,7 +338,8 @@ OPS.update(load_model=op_load_model, infer=op_infer, predict=op_predict, prepare
 
 
 def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, input_shape: list,
-             max_batch: int = 16, max_rows: int = 256, idle_timeout: float | None = None) -> dict:
+             max_batch: int = 16, max_rows: int = 256, idle_timeout: float | None = None,
+             prepare_ahead: bool = True) -> dict:
     """Serve client queries that arrive at the workers (TCP), `num_requests` of them.
 
     1. P0 takes the oldest queued query and those that batch with it, and
@@ -352,6 +353,9 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
        and P0 and P1 send each client its rows of the output shares and
        their fractional bits (the client does the last division).
 
+    With prepare_ahead, the dealer's material for a batch of one is made
+    before the first query and, after each batch, for the next batch of
+    the same size (offline, while waiting for queries; op_prepare).
     Query traffic is added to the party's stats under "query:<tag>".
     Returns {"served": ok, "failed": bad}.
     """
@@ -360,6 +364,8 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
         raise RuntimeError("this cluster takes no client queries: serving needs workers over TCP")
     input_shape = tuple(input_shape)
     served = failed = 0
+    if prepare_ahead:
+        op_prepare(party, model_key, [1, *input_shape], frac_bits)
     while served + failed < num_requests:
         batch = _agree_on_batch(party, inbox, min(max_batch, num_requests - served - failed), max_rows, idle_timeout)
         if batch is None:
@@ -383,6 +389,13 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
                 query.channel.close()
         served += len(good_queries)
         failed += len(batch) - len(good_queries)
+        rows = sum(s.shape[0] for _, s in good_queries)
+        if prepare_ahead and rows and served + failed < num_requests:
+            # Idle until the next query: make its material now (offline), for
+            # the batch size just seen, so it runs without waiting on P2.
+            shape = (rows, *input_shape)
+            if not _stock(party, model_key, shape, False):
+                op_prepare(party, model_key, list(shape), frac_bits)
     return {"served": served, "failed": failed}
 
 
