@@ -18,7 +18,8 @@ class LocalNetwork:
 
     def __init__(self, n: int):
         self.n = n
-        self.queues = {(i, j): queue.Queue() for i in range(n) for j in range(n) if i != j}
+        # SimpleQueue: a C queue, several times cheaper per message than queue.Queue.
+        self.queues = {(i, j): queue.SimpleQueue() for i in range(n) for j in range(n) if i != j}
 
     def channel(self, party: int, timeout: float = 30.0) -> "LocalChannel":
         return LocalChannel(self, party, timeout)

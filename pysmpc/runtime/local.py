@@ -78,8 +78,8 @@ class LocalCluster(BaseCluster):
         self._seeds = seeds
         self._network: LocalNetwork | None = None
         self._threads: list[threading.Thread] = []
-        self._tasks = {i: queue.Queue() for i in PARTIES}
-        self._results = {i: queue.Queue() for i in PARTIES}
+        self._tasks = {i: queue.SimpleQueue() for i in PARTIES}
+        self._results = {i: queue.SimpleQueue() for i in PARTIES}
         self.parties: dict[int, Party] = {}
         self._queries: queue.Queue = queue.Queue()
 
