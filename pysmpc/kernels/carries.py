@@ -104,39 +104,51 @@ def tree_gather(g, p, var_is_p, var_child, fan_in, u, out):
                 row[w] = plane[w] ^ m[w]
 
 
+_BLOCK = 128  # words per block: the block's AND table stays in L1/L2, and inner loops vectorize
+
+
 @njit(cache=True, nogil=True)
 def tree_combine(d, masks, g, fan_in, low_index, needed, terms, first, out):
     """One fan-in node per (n, word): XOR shares of the node's G (out[0]) and P (out[1]).
 
     d: opened (variables, nodes, nw); table[X] = AND of d over the variable
-    subset X, built per word for the subsets in `needed` (ascending, closed
-    under dropping the lowest bit). Each term (slot, rest, mask) adds
-    table[rest] & masks[mask] to out[slot], or table[rest] alone when mask
-    is -1 (the public part, P0 only). out[0] starts from the node's top
-    child G, which each party already holds a share of.
+    subset X, built for the subsets in `needed` (ascending, closed under
+    dropping the lowest bit), a block of words at a time. Each term
+    (slot, rest, mask) adds table[rest] & masks[mask] to out[slot], or
+    table[rest] alone when mask is -1 (the public part, P0 only). out[0]
+    starts from the node's top child G, which each party already holds a
+    share of.
     """
     nv, nodes, nw = d.shape
-    table = np.empty(1 << nv, np.uint64)
-    table[0] = _ALL_ONES
+    table = np.empty((1 << nv, _BLOCK), np.uint64)
     for n in range(nodes):
         top = g[fan_in * n + fan_in - 1]
-        for w in range(nw):
+        for start in range(0, nw, _BLOCK):
+            size = min(_BLOCK, nw - start)
+            for w in range(size):
+                table[0, w] = _ALL_ONES
             for j in range(needed.shape[0]):
                 x = needed[j]
-                table[x] = table[x & (x - 1)] & d[low_index[x], n, w]
-            acc_g = top[w]
-            acc_p = np.uint64(0)
+                prev = table[x & (x - 1)]
+                row = d[low_index[x], n]
+                dst = table[x]
+                for w in range(size):
+                    dst[w] = prev[w] & row[start + w]
+            out_g = out[0, n]
+            out_p = out[1, n]
+            for w in range(size):
+                out_g[start + w] = top[start + w]
+                out_p[start + w] = 0
             for t in range(terms.shape[0]):
                 mask = terms[t, 2]
+                if mask < 0 and not first:
+                    continue
+                src = table[terms[t, 1]]
+                dst = out_g if terms[t, 0] == 0 else out_p
                 if mask < 0:
-                    if not first:
-                        continue
-                    value = table[terms[t, 1]]
+                    for w in range(size):
+                        dst[start + w] ^= src[w]
                 else:
-                    value = table[terms[t, 1]] & masks[mask, n, w]
-                if terms[t, 0] == 0:
-                    acc_g ^= value
-                else:
-                    acc_p ^= value
-            out[0, n, w] = acc_g
-            out[1, n, w] = acc_p
+                    m = masks[mask, n]
+                    for w in range(size):
+                        dst[start + w] ^= src[w] & m[start + w]
