@@ -28,7 +28,12 @@ def test_private_argmax_equals_plaintext_argmax_on_1000_images(mnist_test):
     reference = model.predict(images)
     with sy.LocalCluster() as cluster:
         shared = model.share(cluster)
-        private = np.concatenate([shared.predict(images[i : i + 250]) for i in range(0, COUNT, 250)])
+        chunks = []
+        for i in range(0, COUNT, 250):
+            if i // 250 % 2:  # every other chunk on material made ahead (its input masked by the caller)
+                shared.prepare(250)
+            chunks.append(shared.predict(images[i : i + 250]))
+        private = np.concatenate(chunks)
     error = np.abs(private - reference).max()
     top2 = np.sort(reference, axis=1)[:, -2:]
     near_tie = (top2[:, 1] - top2[:, 0]) < 2 * error
