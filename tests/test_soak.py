@@ -65,6 +65,9 @@ def soak(tmp_path, queries_each: int, warm_up: int) -> dict:
     errors: list = []
     wrong: list = []
     rss: dict = {}
+    series: list = []  # (queries answered, worker VmRSS MiB) every tenth of the run
+    checkpoint = max(1, CLIENTS * queries_each // 10)
+    lock = threading.Lock()
     cluster = sy.Cluster(*(sy.Worker("localhost:0") for _ in range(3)), tls_dir=tmp_path, ephemeral_ports=True)
     with cluster:
         model.share(cluster)
@@ -84,9 +87,13 @@ def soak(tmp_path, queries_each: int, warm_up: int) -> dict:
                     continue
                 if logits[0].argmax() != reference[j].argmax() or not np.allclose(logits[0], reference[j], atol=5e-2):
                     wrong.append((k, j, logits[0], reference[j]))
-                done.append(1)
-                if len(done) == warm_up:
+                with lock:
+                    done.append(1)
+                    count = len(done)
+                if count == warm_up:
                     rss["warm"] = {i: _rss_mib(pid) for i, pid in pids.items()}
+                if count % checkpoint == 0:
+                    series.append((count, {i: round(_rss_mib(pid), 1) for i, pid in pids.items()}))
 
         served = {}
         serving = threading.Thread(target=lambda: served.setdefault("n", model.serve(num_requests=total,
@@ -109,10 +116,12 @@ def soak(tmp_path, queries_each: int, warm_up: int) -> dict:
     assert last_serve == {"served": total, "failed": 0, "restarts": 0}
     growth = {i: rss["end"][i] - rss["warm"][i] for i in pids}
     figures = {"queries": total, "seconds": elapsed, "queries_per_second": total / elapsed,
-               "rss_warm_mib": rss["warm"], "rss_end_mib": rss["end"], "rss_growth_mib": growth}
+               "rss_warm_mib": rss["warm"], "rss_end_mib": rss["end"], "rss_growth_mib": growth,
+               "rss_series_mib": series}
     print(f"\nsoak: {total} queries from {CLIENTS} TLS clients in {elapsed:.1f} s ({total / elapsed:.1f} queries/s); "
           "worker VmRSS MiB after warm-up -> end: "
-          + ", ".join(f"P{i} {rss['warm'][i]:.1f} -> {rss['end'][i]:.1f}" for i in sorted(pids)))
+          + ", ".join(f"P{i} {rss['warm'][i]:.1f} -> {rss['end'][i]:.1f}" for i in sorted(pids))
+          + "\nVmRSS MiB by queries answered: " + "; ".join(f"{n}: {m}" for n, m in series))
     return figures
 
 
