@@ -24,7 +24,7 @@ from pysmpc.models import load_samples
 from pysmpc.parties.channel import PeerDisconnected
 from pysmpc.parties.faults import parse_fault
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1
-from pysmpc.parties.socket import SocketChannel, connect_peer
+from pysmpc.parties.socket import SocketChannel, connect_peer, write_frame
 from pysmpc.runtime.queries import Query, QueryInbox, check_request
 
 pytestmark = pytest.mark.tcp
@@ -184,16 +184,21 @@ def test_worker_killed_mid_inference_while_serving(model, images):
 
 
 # -- the serving loop against bad clients ----------------------------------------------------------
-def _query_hello(cluster, reveal="logits", shape=(1, 28, 28, 1), parties=(P0, P1, DEALER), request=None):
-    """Connect to the workers as a query client, by hand; returns (channel, streams)."""
+def _query_hello(cluster, reveal="logits", shape=(1, 28, 28, 1), parties=(P0, P1, DEALER), request=None,
+                 attach=True):
+    """Connect to the workers as a query client, by hand; returns (channel, streams, query id).
+
+    attach=False leaves the streams bare (no reader threads), for writing raw frames.
+    """
     query_id = secrets.token_hex(16)
     request = request or {"shape": list(shape), "reveal": reveal, "frac_bits": cluster.frac_bits}
     channel = SocketChannel(CLIENT, 10.0, session=query_id)
     streams = {}
     for i in parties:
         streams[i] = connect_peer(cluster.hosts[i], CLIENT, i, session=query_id, timeout=10, extra={"query": request})
-        channel.attach(i, streams[i])
-    return channel, streams
+        if attach:
+            channel.attach(i, streams[i])
+    return channel, streams, query_id
 
 
 def test_serving_survives_bad_clients_and_answers_the_next_one(model, images):
@@ -203,23 +208,23 @@ def test_serving_survives_bad_clients_and_answers_the_next_one(model, images):
         share_0 = np.zeros((1, 28, 28, 1), np.uint64)
 
         # Hangs up (reset) after sending its input shares, before its answer.
-        gone, streams = _query_hello(cluster)
-        gone.send(P0, share_0, tag="input")
-        gone.send(P1, share_0, tag="input")
-        for stream in streams.values():
+        _, streams, query_id = _query_hello(cluster, attach=False)
+        for i in (P0, P1):
+            write_frame(streams[i], "input", 1, query_id, share_0, lambda: None)
+        for stream in streams.values():  # a reset, not a graceful close: the answer cannot be delivered
             stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        gone.close()
+            stream.sock.close()
 
         # Sends garbage after its hello instead of an input frame.
-        garbage, streams = _query_hello(cluster)
+        garbage, streams, _ = _query_hello(cluster)
         for i in (P0, P1):
             streams[i].sock.sendall(b"\x00garbage, not a frame" * 10)
 
         # Says hello and then nothing: the workers give up after query_timeout.
-        silent, _ = _query_hello(cluster)
+        silent, _, _ = _query_hello(cluster)
 
         # Reaches P0 only: P1 and P2 wait query_timeout for it, then all refuse it.
-        partial, _ = _query_hello(cluster, parties=(P0,))
+        partial, _, _ = _query_hello(cluster, parties=(P0,))
         partial.send(P0, share_0, tag="input")
 
         # A malformed request is refused at the hello and never reaches the serving loop.
@@ -360,3 +365,33 @@ def test_workers_end_when_the_caller_vanishes_mid_operation(model):
             assert proc.wait(timeout=4 * TIMEOUT + 5) is not None
     finally:
         cluster.stop()
+
+
+def test_a_query_that_arrives_before_the_session_waits_for_it(model, images, tmp_path):
+    import subprocess
+    import sys
+
+    ports = []
+    for _ in range(3):
+        with socket.create_server(("127.0.0.1", 0)) as s:
+            ports.append(s.getsockname()[1])
+    hosts = [f"127.0.0.1:{p}" for p in ports]
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(sy.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    workers = [subprocess.Popen([sys.executable, "-m", "pysmpc.runtime.worker", "--party", str(i),
+                                 "--hosts", ",".join(hosts), "--timeout", str(TIMEOUT)],
+                                stderr=subprocess.DEVNULL, cwd=tmp_path, env=env) for i in (P0, P1, DEALER)]
+    try:
+        handle = sy.Cluster(*(sy.Worker(h, auto_managed=False) for h in hosts))
+        client = sy.Client(timeout=60).connect_to_model((1, 28, 28, 1), (1, 10), handle)
+        early = _Background(lambda: client.query_model(images[6], reveal="argmax"), limit=60)
+        time.sleep(3.0)  # the workers listen by then, and the query reached them before the owner
+        with sy.Cluster(*(sy.Worker(h, auto_managed=False) for h in hosts), timeout=TIMEOUT) as cluster:
+            model.share(cluster)
+            assert model.serve(num_requests=1) == 1
+            assert early.result()[0] == model.predict(images[6:7]).argmax()
+            model.stop_sharing()
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
