@@ -84,7 +84,7 @@ def test_concurrent_queries_are_batched_and_a_bad_one_is_refused(served):
     served_count = model.serve(num_requests=4, idle_timeout=60)
     for t in threads:
         t.join()
-    assert served_count == 3 and cluster.last_serve == {"served": 3, "failed": 1}
+    assert served_count == 3 and cluster.last_serve == {"served": 3, "failed": 1, "restarts": 0}
     assert "does not fit" in str(errors.pop("bad"))
     assert not errors, errors
     reference = model.predict(images)

@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "HELLO_TAG",
     "ABORT_TAG",
+    "HEARTBEAT_TAG",
     "MAGIC",
     "VERSION",
     "accept_peer",
@@ -90,6 +91,7 @@ CERT_FILES = {P0: "p0", P1: "p1", DEALER: "p2", CLIENT: "client"}
 # Tags that the channel itself uses; protocol tags never start with "ctl:".
 HELLO_TAG = "hello"
 ABORT_TAG = "ctl:abort"
+HEARTBEAT_TAG = "ctl:alive"  # a worker running an op tells its client it lives; protocol receives skip it
 
 _DTYPES = {
     np.dtype(t).str: np.dtype(t)
@@ -659,6 +661,8 @@ class SocketChannel(Channel):
 
     def _recv_raw(self, frm, tag):
         got_tag, data = self._link(frm).get(tag, self.timeout)
+        while got_tag == HEARTBEAT_TAG:  # it may come before an op's output, on the same connection
+            got_tag, data = self._link(frm).get(tag, self.timeout)
         if got_tag == ABORT_TAG:
             raise PeerDisconnected(f"{_name(self.party)}: {_name(frm)} aborted the operation "
                                    f"({_abort_reason(data)}) while we waited for '{tag}'")
@@ -682,6 +686,10 @@ class SocketChannel(Channel):
                 self._links[peer].send(ABORT_TAG, reason.encode()[:2000])
             except (ChannelError, KeyError):
                 pass
+
+    def disconnect(self, peer: int) -> None:
+        """Close the connection to one peer (fault injection): it sees the connection drop."""
+        self._link(peer).close()
 
     def close(self) -> None:
         for link in self._links.values():

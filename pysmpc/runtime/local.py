@@ -146,7 +146,9 @@ class LocalCluster(BaseCluster):
         for i in PARTIES:
             self._tasks[i].put((name, args, kwargs))
 
-    def _collect(self, name: str, wait: float) -> list:
+    def _collect(self, name: str, wait: float | None) -> list:
+        if wait is None:
+            wait = self.timeout + 5
         outcomes = {}
         for i in PARTIES:
             try:

@@ -9,13 +9,16 @@ strings, public arrays): a worker never runs code it was sent.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 
 import numpy as np
 
 from pysmpc import ring
+from pysmpc.parties.channel import ChannelError, PeerDisconnected
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party
+from pysmpc.parties.socket import ABORT_TAG
 from pysmpc.protocols import argmax as argmax_protocol
 from pysmpc.protocols import compare, conv2d, matmul, mul, pool, relu, select, truncate
 from pysmpc.graph.secure import load_plan, run_plan
@@ -23,6 +26,8 @@ from pysmpc.protocols.open import open_arith, reveal_to
 from pysmpc.sharing.shares import AShare
 
 __all__ = ["OPS", "run_op"]
+
+_log = logging.getLogger("pysmpc.ops")
 
 
 def _get(party: Party, tid: int) -> AShare:
@@ -208,7 +213,15 @@ def _plan_tensors(party: Party, plan: list) -> dict:
 
 
 def op_load_model(party: Party, model_key: str, plan: list) -> None:
-    """Keep a model's plan and open its weight masks once (graph.secure.load_plan)."""
+    """Keep a model's plan and open its weight masks once (graph.secure.load_plan).
+
+    A worker first finishes loading its Numba kernels (runtime.worker): the
+    first use of a kernel takes seconds, and within an inference its peers
+    would wait that long for this party, close to their timeout.
+    """
+    kernels_ready = party.store.get("kernels_ready")
+    if kernels_ready is not None:
+        kernels_ready.wait()
     load_plan(party, model_key, plan, _plan_tensors(party, plan))
 
 
@@ -339,12 +352,14 @@ OPS.update(load_model=op_load_model, infer=op_infer, predict=op_predict, prepare
 
 def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, input_shape: list,
              max_batch: int = 16, max_rows: int = 256, idle_timeout: float | None = None,
-             prepare_ahead: bool = True) -> dict:
+             prepare_ahead: bool = True, query_timeout: float | None = None) -> dict:
     """Serve client queries that arrive at the workers (TCP), `num_requests` of them.
 
     1. P0 takes the oldest queued query and those that batch with it, and
        tells P1 and P2 their ids (control messages); P1 and P2 wait for the
-       same queries to reach them.
+       same queries to reach them. P0 tells the caller how far it got
+       before and after each batch (a "ctl:progress" control message:
+       served, failed, in flight).
     2. P0 and P1 read each query's input share from the client; all three
        check what they got and agree (control messages) on which queries
        are well-formed. A bad query is answered with an error; the loop
@@ -356,6 +371,14 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
     With prepare_ahead, the dealer's material for a batch of one is made
     before the first query and, after each batch, for the next batch of
     the same size (offline, while waiting for queries; op_prepare).
+
+    A client only ever costs its own query: one that sends nothing is given
+    up after `query_timeout` seconds (default: the channel's timeout), one
+    that hangs up or sends garbage gets no answer. If the serving itself
+    fails (a peer is lost), the batch's clients and every queued one are
+    told why before the error propagates, and this worker takes no more
+    queries.
+
     Query traffic is added to the party's stats under "query:<tag>".
     Returns {"served": ok, "failed": bad}.
     """
@@ -363,33 +386,34 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
     if inbox is None or not hasattr(party.channel, "send_control"):
         raise RuntimeError("this cluster takes no client queries: serving needs workers over TCP")
     input_shape = tuple(input_shape)
+    query_timeout = party.channel.timeout if query_timeout is None else float(query_timeout)
     served = failed = 0
     if prepare_ahead:
         op_prepare(party, model_key, [1, *input_shape], frac_bits)
     while served + failed < num_requests:
-        batch = _agree_on_batch(party, inbox, min(max_batch, num_requests - served - failed), max_rows, idle_timeout)
-        if batch is None:
-            break
-        shares, problems = [], []
-        for query in batch:
-            share, problem = _read_query(party, query, frac_bits, input_shape)
-            shares.append(share)
-            problems.append(problem)
-        ok = _agree_on_flags(party, [p is None for p in problems])
-        for query, good, problem in zip(batch, ok, problems):
-            if not good and query is not None and party.index in (P0, P1):
-                reason = problem or "another party rejected this query"
-                query.channel.send_control(CLIENT, "query:error", reason.encode())
-        good_queries = [(q, s) for q, s, g in zip(batch, shares, ok) if g]
-        if good_queries:
-            _answer(party, model_key, good_queries, frac_bits)
-        for query in batch:
-            if query is not None:
-                party.channel.absorb(query.channel, "query")
-                query.channel.close()
-        served += len(good_queries)
-        failed += len(batch) - len(good_queries)
-        rows = sum(s.shape[0] for _, s in good_queries)
+        batch: list = []
+        try:
+            batch = _agree_on_batch(party, inbox, min(max_batch, num_requests - served - failed), max_rows,
+                                    idle_timeout, query_timeout) or []
+            if not batch:
+                break
+            _report_progress(party, served, failed, in_flight=len(batch))
+            answered, rows = _serve_batch(party, model_key, batch, frac_bits, input_shape, query_timeout)
+        except BaseException as exc:
+            reason = f"party {party.index} stopped serving: {type(exc).__name__}: {exc}"
+            for query in batch:
+                if query is not None and party.index in (P0, P1):
+                    query.fail(f"the cluster failed while answering this query ({reason})")
+            inbox.close(f"this worker no longer serves ({reason})")
+            raise
+        finally:
+            for query in batch:
+                if query is not None:
+                    party.channel.absorb(query.channel, "query")
+                    query.channel.close()
+        served += answered
+        failed += len(batch) - answered
+        _report_progress(party, served, failed, in_flight=0)
         if prepare_ahead and rows and served + failed < num_requests:
             # Idle until the next query: make its material now (offline), for
             # the batch size just seen, so it runs without waiting on P2.
@@ -399,23 +423,63 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
     return {"served": served, "failed": failed}
 
 
-def _agree_on_batch(party, inbox, max_batch, max_rows, idle_timeout):
+def _report_progress(party, served: int, failed: int, in_flight: int) -> None:
+    """P0 tells the caller how far serving got, so it can count what a lost worker cut short."""
+    if party.index == P0:
+        progress = {"served": served, "failed": failed, "in_flight": in_flight}
+        party.channel.send_control(CLIENT, "ctl:progress", json.dumps(progress).encode())
+
+
+def _serve_batch(party, model_key, batch, frac_bits, input_shape, query_timeout) -> tuple[int, int]:
+    """Steps 2-3 for one agreed batch; returns how many of its queries were answered, and the rows run.
+
+    The rows run are the same on every party (they follow the agreed
+    flags); the answered count may differ (a client gone before its answer).
+    """
+    shares, problems = [], []
+    for query in batch:
+        share, problem = _read_query(party, query, frac_bits, input_shape, query_timeout)
+        shares.append(share)
+        problems.append(problem)
+    rejected_by = _agree_on_flags(party, [p is None for p in problems])
+    for query, rejecters, problem in zip(batch, rejected_by, problems):
+        if rejecters and query is not None and party.index in (P0, P1):
+            query.fail(problem or f"party {', '.join(map(str, rejecters))} could not use this query (it did not "
+                                  "reach that party, or its input share was missing or malformed there)")
+    good_queries = [(q, s) for q, s, r in zip(batch, shares, rejected_by) if not r]
+    if not good_queries:
+        return 0, 0
+    return _answer(party, model_key, good_queries, frac_bits), sum(s.shape[0] for _, s in good_queries)
+
+
+def _recv_from_party(party, frm: int, expected: str, timeout):
+    """The next control message from party `frm`, which must be tagged `expected`."""
+    tag, payload = party.channel.recv_control(frm, timeout=timeout)
+    if tag == ABORT_TAG:
+        raise PeerDisconnected(f"{party.name}: party {frm} gave up ({bytes(payload).decode(errors='replace')}) "
+                               f"while we waited for '{expected}'")
+    if tag != expected:
+        raise RuntimeError(f"{party.name}: expected '{expected}' from party {frm}, got '{tag}'")
+    return payload
+
+
+def _agree_on_batch(party, inbox, max_batch, max_rows, idle_timeout, query_timeout):
     """Step 1: the same batch of queries on all three parties (None: stop serving)."""
     if party.index == P0:
         batch = inbox.next_batch(max_batch, max_rows, timeout=idle_timeout)
         for j in (P1, DEALER):
             party.channel.send_control(j, "serve:next", json.dumps([q.id for q in batch]).encode())
         return batch or None
-    tag, payload = party.channel.recv_control(P0, timeout=None)
-    if tag != "serve:next":
-        raise RuntimeError(f"{party.name}: expected the next queries from P0, got '{tag}'")
-    ids = json.loads(bytes(payload))
+    # Waiting for P0 has no time limit: serving may idle for hours. If P0
+    # dies the connection drops; if it stalls, the caller's liveness check
+    # (heartbeats) notices and ends the session.
+    ids = json.loads(bytes(_recv_from_party(party, P0, "serve:next", timeout=None)))
     if not ids:
         return None
-    return [inbox.take(qid, timeout=party.channel.timeout) for qid in ids]
+    return [inbox.take(qid, timeout=query_timeout) for qid in ids]
 
 
-def _read_query(party, query, frac_bits, input_shape):
+def _read_query(party, query, frac_bits, input_shape, query_timeout):
     """Step 2: this party's input share of a query (None on P2), or a problem."""
     if query is None:
         return None, "the query did not reach every party"
@@ -432,6 +496,7 @@ def _read_query(party, query, frac_bits, input_shape):
         return None, f"reveal must be 'logits' or 'argmax', got {request.get('reveal')!r}"
     if party.index == DEALER:
         return AShare(None, party.index, shape), None
+    query.channel.timeout = query_timeout
     try:
         value = query.channel.recv(CLIENT, tag="input")
     except Exception as exc:  # noqa: BLE001 - a bad client must not stop the server
@@ -441,23 +506,28 @@ def _read_query(party, query, frac_bits, input_shape):
     return AShare(value, party.index), None
 
 
-def _agree_on_flags(party, mine: list[bool]) -> list[bool]:
-    """All three parties learn which queries every party found well-formed (control messages)."""
+def _agree_on_flags(party, mine: list[bool]) -> list[list[int]]:
+    """All three parties learn which queries every party found well-formed (control messages).
+
+    Returns, per query, the parties that rejected it (empty: answer it).
+    """
     flags = np.array(mine, dtype=np.uint8).tobytes()
     others = [j for j in (P0, P1, DEALER) if j != party.index]
     for j in others:
         party.channel.send_control(j, "serve:ok", flags)
-    agreed = np.array(mine, dtype=bool)
+    rejected_by = [[] if ok else [party.index] for ok in mine]
     for j in others:
-        tag, payload = party.channel.recv_control(j, timeout=party.channel.timeout)
-        if tag != "serve:ok":
-            raise RuntimeError(f"{party.name}: expected query flags from party {j}, got '{tag}'")
-        agreed &= np.frombuffer(bytes(payload), dtype=np.uint8).astype(bool)
-    return agreed.tolist()
+        payload = _recv_from_party(party, j, "serve:ok", timeout=party.channel.timeout)
+        theirs = np.frombuffer(bytes(payload), dtype=np.uint8).astype(bool)
+        if theirs.shape != (len(mine),):
+            raise RuntimeError(f"{party.name}: party {j} sent {theirs.size} query flags for a batch of {len(mine)}")
+        for k in np.flatnonzero(~theirs):
+            rejected_by[k].append(j)
+    return [sorted(r) for r in rejected_by]
 
 
-def _answer(party, model_key, good_queries, frac_bits) -> None:
-    """Step 3: one run of the model for the batch; each client gets its rows."""
+def _answer(party, model_key, good_queries, frac_bits) -> int:
+    """Step 3: one run of the model for the batch; each client gets its rows. Returns how many got them."""
     from pysmpc.sharing.shares import concat_shares
 
     x = concat_shares([s for _, s in good_queries], axis=0)
@@ -466,13 +536,18 @@ def _answer(party, model_key, good_queries, frac_bits) -> None:
     if reveal == "argmax":
         y = argmax_protocol.argmax(party, y)
     if party.index == DEALER:
-        return
-    row = 0
+        return len(good_queries)
+    row, delivered = 0, 0
     for query, share in good_queries:
         n = share.shape[0]
         scale = np.array([0 if reveal == "argmax" else out_bits], dtype=np.uint64)
-        query.channel.send(CLIENT, [np.ascontiguousarray(y.value[row : row + n]), scale], tag="output")
+        try:
+            query.channel.send(CLIENT, [np.ascontiguousarray(y.value[row : row + n]), scale], tag="output")
+            delivered += 1
+        except ChannelError as exc:  # the client hung up: its loss, not the other clients'
+            _log.warning("%s: could not send query %s its answer: %s", party.name, query.id, exc)
         row += n
+    return delivered
 
 
 OPS.update(serve=op_serve)

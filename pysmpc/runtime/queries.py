@@ -9,11 +9,41 @@ ids, so all three serve the same queries in the same order.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 
-__all__ = ["QueryInbox", "Query"]
+from pysmpc.parties.channel import ChannelError
+from pysmpc.parties.party import CLIENT
+
+__all__ = ["QueryInbox", "Query", "DEFAULT_MAX_AGE", "check_request"]
+
+log = logging.getLogger("pysmpc.queries")
+
+# A query that waited this long was never named by P0 (its client reached
+# only some workers) or its client gave up long ago (Client's default
+# timeout is 60 s): drop it, so such queries cannot fill the inbox for good.
+DEFAULT_MAX_AGE = 120.0
+
+
+_MAX_RANK = 8
+
+
+def check_request(request) -> str | None:
+    """What is malformed in a query's request (None: well-formed; whether it fits the model is checked later)."""
+    if not isinstance(request, dict):
+        return "the query request is not a JSON object"
+    shape = request.get("shape")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= _MAX_RANK
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
+        return f"the query shape must be a list of 1 to {_MAX_RANK} positive ints, got {str(shape)[:80]}"
+    if request.get("reveal") not in ("logits", "argmax"):
+        return f"reveal must be 'logits' or 'argmax', got {str(request.get('reveal'))[:40]!r}"
+    frac_bits = request.get("frac_bits")
+    if not isinstance(frac_bits, int) or isinstance(frac_bits, bool):
+        return "frac_bits must be an int"
+    return None
 
 
 class Query:
@@ -23,28 +53,68 @@ class Query:
         self.id = query_id
         self.request = request
         self.channel = channel
+        self.arrived = time.monotonic()
 
     def key(self) -> tuple:
         """Queries with equal keys can be batched together."""
         return (tuple(self.request.get("shape", ())[1:]), self.request.get("reveal"), self.request.get("frac_bits"))
 
+    def fail(self, reason: str) -> None:
+        """Tell the client why its query gets no answer (if it still listens), then hang up."""
+        try:
+            self.channel.send_control(CLIENT, "query:error", reason.encode()[:2000])
+        except ChannelError as exc:
+            log.info("query %s: could not tell the client (%s) that: %s", self.id, exc, reason)
+        self.channel.close()
+
 
 class QueryInbox:
-    """Thread-safe queue of arrived queries, bounded; oldest first."""
+    """Thread-safe queue of arrived queries, bounded in size and age; oldest first.
 
-    def __init__(self, capacity: int = 1024):
+    `close(reason)` (the serving loop failed: the cluster is going down)
+    fails every queued query with `reason` and refuses later ones with it.
+    """
+
+    def __init__(self, capacity: int = 1024, max_age: float = DEFAULT_MAX_AGE):
         self.capacity = capacity
+        self.max_age = max_age
         self._queries: OrderedDict[str, Query] = OrderedDict()
         self._cond = threading.Condition()
+        self._closed: str | None = None
 
-    def add(self, query: Query) -> bool:
-        """Queue a query; False if the inbox is full or the id is already here."""
+    def add(self, query: Query) -> str | None:
+        """Queue a query; return why it was refused, or None when it is queued."""
         with self._cond:
-            if len(self._queries) >= self.capacity or query.id in self._queries:
-                return False
-            self._queries[query.id] = query
-            self._cond.notify_all()
-            return True
+            expired = self._expire()
+            if self._closed is not None:
+                reason = self._closed
+            elif len(self._queries) >= self.capacity:
+                reason = f"the worker's query queue is full ({self.capacity} queries)"
+            elif query.id in self._queries:
+                reason = "a query with this id is already queued"
+            else:
+                reason = None
+                self._queries[query.id] = query
+                self._cond.notify_all()
+        _fail_expired(expired, self.max_age)
+        return reason
+
+    def close(self, reason: str) -> None:
+        """Fail the queued queries with `reason` and refuse new ones with it."""
+        with self._cond:
+            self._closed = reason
+            queued = list(self._queries.values())
+            self._queries.clear()
+        for query in queued:
+            query.fail(reason)
+
+    def _expire(self) -> list[Query]:
+        """Take out the queries older than max_age (the lock is held)."""
+        limit = time.monotonic() - self.max_age
+        old = [q for q in self._queries.values() if q.arrived < limit]
+        for query in old:
+            del self._queries[query.id]
+        return old
 
     def next_batch(self, max_batch: int, max_rows: int, timeout: float | None = None) -> list[Query]:
         """Wait for a query, then take it and the queued ones that batch with it.
@@ -55,29 +125,42 @@ class QueryInbox:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            expired = self._expire()
             while not self._queries:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    return []
+                    break
                 self._cond.wait(left)
-            first = next(iter(self._queries.values()))
+                expired += self._expire()
             batch, rows = [], 0
-            for query in list(self._queries.values()):
-                n = int(query.request["shape"][0])
-                if query.key() != first.key() or len(batch) >= max_batch or (batch and rows + n > max_rows):
-                    continue
-                batch.append(query)
-                rows += n
-                del self._queries[query.id]
-            return batch
+            if self._queries:
+                first = next(iter(self._queries.values()))
+                for query in list(self._queries.values()):
+                    n = int(query.request["shape"][0])
+                    if query.key() != first.key() or len(batch) >= max_batch or (batch and rows + n > max_rows):
+                        continue
+                    batch.append(query)
+                    rows += n
+                    del self._queries[query.id]
+        _fail_expired(expired, self.max_age)
+        return batch
 
     def take(self, query_id: str, timeout: float) -> Query | None:
         """Wait up to `timeout` for the query with this id (P1, P2); None if it never came."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            expired = self._expire()
             while query_id not in self._queries:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return None
+                    break
                 self._cond.wait(left)
-            return self._queries.pop(query_id)
+            query = self._queries.pop(query_id, None)
+        _fail_expired(expired, self.max_age)
+        return query
+
+
+def _fail_expired(queries: list[Query], max_age: float) -> None:
+    for query in queries:
+        log.warning("query %s expired in the queue", query.id)
+        query.fail(f"the query waited {max_age:g} s without being served (did it reach every worker?)")

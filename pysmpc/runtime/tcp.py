@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import secrets
@@ -21,6 +23,7 @@ from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1
 from pysmpc.parties.socket import (
     DEFAULT_MAX_FRAME,
+    HEARTBEAT_TAG,
     SocketChannel,
     TlsConfig,
     check_cleartext,
@@ -28,15 +31,16 @@ from pysmpc.parties.socket import (
     parse_hosts,
 )
 from pysmpc.runtime import wire
-from pysmpc.runtime.cluster import BaseCluster, ClusterError
+from pysmpc.runtime.cluster import DEFAULT_TIMEOUT, BaseCluster, ClusterError
 from pysmpc.sharing.shares import share
 
-__all__ = ["TcpCluster", "DEFAULT_HOSTS"]
+__all__ = ["TcpCluster", "DEFAULT_HOSTS", "DEFAULT_TIMEOUT"]
 
 PARTIES = (P0, P1, DEALER)
 DEFAULT_HOSTS = ("localhost:4000", "localhost:4001", "localhost:4002")
 _POLL = 0.25
 _TAIL = 3000
+log = logging.getLogger("pysmpc.cluster")
 
 
 class TcpCluster(BaseCluster):
@@ -56,8 +60,21 @@ class TcpCluster(BaseCluster):
     back from them there, counted as in the in-process cluster; operation
     calls and results also use these connections but are not counted.
 
+    Faults: `timeout` (seconds) is how long a party waits for a peer's
+    message, and how long this caller waits for a sign of life from a
+    worker running an op (workers send a heartbeat every timeout/4 s). A
+    worker that exits, drops a connection or falls silent that long is
+    *lost*: the call fails with a ClusterError naming it and the op (its
+    `lost` lists such parties), within about `timeout` seconds and never
+    later. `startup_timeout` bounds `start()` (spawning, loading kernels,
+    connecting). `restart()` replaces spawned workers after a failure.
+
     `ephemeral_ports=True` (tests) binds free ports instead of the ones in
-    `hosts`; `ports` then tells which.
+    `hosts`; `ports` then tells which. A spawning cluster keeps its
+    listening sockets while it runs (each worker inherits its own), so a
+    restarted worker listens on the same port and clients that connect
+    while it starts wait for it. `worker_args` are extra worker command-line
+    arguments: a tuple for every worker, or a dict {party: tuple}.
 
     >>> with TcpCluster() as cluster:
     ...     x = cluster.share(np.array([1.5, -2.0]))
@@ -65,8 +82,9 @@ class TcpCluster(BaseCluster):
     """
 
     def __init__(self, hosts=DEFAULT_HOSTS, spawn: bool = True, tls_dir=None, frac_bits: int = 16,
-                 int_bits: int = 15, timeout: float = 30.0, *, ephemeral_ports: bool = False,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME, worker_args: tuple = (), allow_cleartext: bool = False):
+                 int_bits: int = 15, timeout: float = DEFAULT_TIMEOUT, *, ephemeral_ports: bool = False,
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME, worker_args: tuple | dict = (),
+                 startup_timeout: float = 60.0, allow_cleartext: bool = False):
         super().__init__(frac_bits=frac_bits, int_bits=int_bits, timeout=timeout)
         self.hosts = parse_hosts(hosts)
         self.spawn = spawn
@@ -79,12 +97,20 @@ class TcpCluster(BaseCluster):
             raise ValueError("ephemeral_ports needs spawn=True: hand-started workers choose their own ports")
         self.ephemeral_ports = ephemeral_ports
         self.max_frame_bytes = max_frame_bytes
-        self.worker_args = tuple(worker_args)
+        if isinstance(worker_args, dict):
+            self.worker_args = {int(i): tuple(a) for i, a in worker_args.items()}
+        else:
+            self.worker_args = {i: tuple(worker_args) for i in PARTIES}
+        self.startup_timeout = startup_timeout
+        self._tls: TlsConfig | None = None
         self.session: str | None = None
+        self.restarts = 0  # completed restarts
         # Everything the finalizer needs, outside `self` so it can run without it.
-        self._state = {"processes": {}, "logs": {}, "channel": None}
+        self._state = {"processes": {}, "logs": {}, "channel": None, "listeners": {}}
         self._finalizer = weakref.finalize(self, _cleanup, self._state)
         self._failed_dispatch: dict[int, BaseException] = {}
+        self._restart_hooks: list = []
+        self.progress: dict[int, dict] = {}  # the latest "ctl:progress" of each worker (serving)
 
     @property
     def processes(self) -> dict[int, subprocess.Popen]:
@@ -113,7 +139,7 @@ class TcpCluster(BaseCluster):
     def start(self) -> "TcpCluster":
         if self._state["channel"] is not None:
             return self
-        tls = TlsConfig(self.tls_dir, CLIENT) if self.tls_dir is not None else None
+        tls = self._client_tls()
         self.session = secrets.token_hex(8)
         self._broken = None
         try:
@@ -121,13 +147,14 @@ class TcpCluster(BaseCluster):
                 self._spawn()
             channel = SocketChannel(CLIENT, self.timeout, session=self.session, max_frame_bytes=self.max_frame_bytes)
             self._state["channel"] = channel
-            deadline = time.monotonic() + self.timeout
+            deadline = time.monotonic() + self.startup_timeout
             for i in PARTIES:
                 try:
                     stream = connect_peer(self.hosts[i], CLIENT, i, session=self.session, tls=tls,
                                           timeout=max(0.1, deadline - time.monotonic()),
                                           max_frame_bytes=self.max_frame_bytes,
-                                          check=lambda i=i: self._check_alive(i))
+                                          check=lambda i=i: self._check_alive(i),
+                                          extra={"heartbeat": self.timeout / 4})
                 except ChannelError as exc:
                     raise ClusterError(f"cannot connect to P{i} at {_fmt(self.hosts[i])}: {exc}"
                                        f"{self._exit_report(i)}") from None
@@ -148,10 +175,17 @@ class TcpCluster(BaseCluster):
         return self
 
     def _spawn(self) -> None:
-        """Bind the three listening sockets here (so a busy port fails now), then start the workers."""
-        listeners = {}
+        """Bind the three listening sockets here (so a busy port fails now), then start the workers.
+
+        The sockets stay open here until stop(): a restarted worker gets the
+        same one, so its port cannot be taken meanwhile and clients that
+        connect while it starts wait in the socket's backlog.
+        """
+        listeners = self._state["listeners"]
         try:
             for i in PARTIES:
+                if i in listeners:
+                    continue
                 host, port = self.hosts[i]
                 try:
                     listeners[i] = socket.create_server((host, 0 if self.ephemeral_ports else port))
@@ -174,9 +208,9 @@ class TcpCluster(BaseCluster):
                 fd, log_path = tempfile.mkstemp(prefix=f"pysmpc-P{i}-", suffix=".log")
                 self._state["logs"][i] = log_path
                 cmd = [sys.executable, "-m", "pysmpc.runtime.worker", "--party", str(i), "--hosts", hosts,
-                       "--timeout", str(self.timeout), "--startup-timeout", str(self.timeout + 5),
+                       "--timeout", str(self.timeout), "--startup-timeout", str(self.startup_timeout + 5),
                        "--max-frame-bytes", str(self.max_frame_bytes),
-                       "--listen-fd", str(listeners[i].fileno()), *self.worker_args]
+                       "--listen-fd", str(listeners[i].fileno()), *self.worker_args.get(i, ())]
                 if self.tls_dir is not None:
                     cmd += ["--tls-dir", str(self.tls_dir)]
                 if self.allow_cleartext:
@@ -187,31 +221,101 @@ class TcpCluster(BaseCluster):
                         pass_fds=(listeners[i].fileno(),), cwd=package_root, env=env)
                 finally:
                     os.close(fd)
-        finally:
-            for s in listeners.values():
-                s.close()
+        except BaseException:
+            _close_listeners(self._state)
+            raise
 
     def stop(self) -> None:
         """Say goodbye to the workers, close the connections, end spawned workers."""
         _cleanup(self._state)
 
+    def restart(self) -> "TcpCluster":
+        """Replace the spawned workers with fresh ones, then let shared models load again.
+
+        For a cluster that lost a worker (see ClusterError.lost): the old
+        workers are ended (their session and shares are of no more use),
+        three new ones start on the same listening sockets in a new session
+        with new seeds, and each callback registered with `on_restart` runs
+        (a SharedModel re-shares its weights from the owner's plaintext
+        copy: they reach the new workers as fresh shares, never in the
+        clear). Tensors shared before are gone. Needs spawn=True: workers
+        started by hand serve one session and must be restarted by hand.
+        """
+        if not self.spawn:
+            raise ClusterError("restart() needs workers spawned by the cluster (auto_managed); "
+                               "restart hand-started workers by hand, then call start()")
+        _stop_workers(self._state, patience=0.0)
+        _remove_logs(self._state)  # what they said is in the error that led here
+        self.start()
+        for hook in list(self._restart_hooks):
+            callback = hook()
+            if callback is None:
+                self._restart_hooks.remove(hook)
+            else:
+                callback()
+        self.restarts += 1
+        return self
+
+    def on_restart(self, callback) -> None:
+        """Call `callback()` after each restart(); a bound method is held weakly (its object may go)."""
+        if hasattr(callback, "__self__"):
+            self._restart_hooks.append(weakref.WeakMethod(callback))
+        else:
+            self._restart_hooks.append(lambda: callback)
+
+    def forget_restart(self, callback) -> None:
+        """Stop calling `callback` after restarts."""
+        self._restart_hooks = [h for h in self._restart_hooks if h() not in (None, callback)]
+
     # -- serving client queries ----------------------------------------------------------
     def serve_model(self, shared_model, num_requests: int, max_batch: int = 16, max_rows: int = 256,
-                    idle_timeout: float | None = None) -> int:
+                    idle_timeout: float | None = None, query_timeout: float | None = None,
+                    max_restarts: int = 3) -> int:
         """Have the workers answer `num_requests` client queries; block until they have.
 
         Clients connect to the workers directly (`submit_query`, from any
         process), so their inputs and outputs never pass through here. Queries
-        that arrive together are batched. Returns how many were answered
-        with a result (malformed queries get an error and count as failed).
+        that arrive together are batched. A client that sends nothing is
+        given up after `query_timeout` s (default: the timeout). Returns how
+        many were answered with a result (malformed queries get an error and
+        count as failed); `last_serve` has the counts and restarts.
+
+        If a worker is lost while serving (its process died or it stalled)
+        and the cluster spawned its workers, the queries in flight fail with
+        an error their clients see, the workers are restarted (`restart`:
+        the model is re-shared) and serving goes on with the requests left,
+        up to `max_restarts` times; the queries lost in flight count as
+        failed (queued ones were not started: their clients get an error and
+        do not count). Any other error, or one restart too many, is raised.
         """
         if num_requests is None or int(num_requests) < 1:
             raise ValueError(f"num_requests must be a positive int over TCP, got {num_requests!r}")
-        results, _ = self.call("serve", shared_model.key, int(num_requests), shared_model.frac_bits,
-                               list(shared_model.graph.input_shape), max_batch, max_rows, idle_timeout,
-                               wait=math.inf)
-        self.last_serve = results[0]
-        return results[0]["served"]
+        served = failed = restarts = 0
+        while served + failed < int(num_requests):
+            self.progress = {}
+            try:
+                results, _ = self.call("serve", shared_model.key, int(num_requests) - served - failed,
+                                       shared_model.frac_bits, list(shared_model.graph.input_shape), max_batch,
+                                       max_rows, idle_timeout, query_timeout, wait=math.inf)
+            except ClusterError as exc:
+                if not exc.lost or not self.spawn or restarts >= max_restarts:
+                    self.last_serve = {"served": served, "failed": failed, "restarts": restarts}
+                    raise
+                done = self.progress.get(P0, {})
+                served += done.get("served", 0)
+                failed += done.get("failed", 0) + done.get("in_flight", 0)
+                restarts += 1
+                log.warning("serving lost P%s (%s); restarting the workers (%d of at most %d)",
+                            ", P".join(map(str, exc.lost)), exc, restarts, max_restarts)
+                self.restart()
+                continue
+            left = int(num_requests) - served - failed
+            served += results[0]["served"]
+            failed += results[0]["failed"]
+            if results[0]["served"] + results[0]["failed"] < left:
+                break  # idle_timeout passed with no query
+        self.last_serve = {"served": served, "failed": failed, "restarts": restarts}
+        return served
 
     def submit_query(self, x, reveal: str = "logits", timeout: float = 60.0) -> np.ndarray:
         """Query the model the workers serve: share x to P0 and P1, reconstruct the answer here.
@@ -227,7 +331,7 @@ class TcpCluster(BaseCluster):
         share_0, share_1 = share(encoded, self._client_prg)
         query_id = secrets.token_hex(16)
         request = {"shape": list(encoded.shape), "reveal": reveal, "frac_bits": self.frac_bits}
-        tls = TlsConfig(self.tls_dir, CLIENT) if self.tls_dir is not None else None
+        tls = self._client_tls()
         channel = SocketChannel(CLIENT, timeout, session=query_id, max_frame_bytes=self.max_frame_bytes)
         try:
             for i in PARTIES:
@@ -244,7 +348,8 @@ class TcpCluster(BaseCluster):
                 tag, payload = channel.recv_control(i, timeout=timeout)
                 channel._count_received(i, "query:" + tag, payload, rounds=1)
                 if tag == "query:error":
-                    raise ClusterError(f"the cluster rejected the query: {bytes(payload).decode(errors='replace')}")
+                    raise ClusterError(f"the cluster could not answer the query: "
+                                       f"{bytes(payload).decode(errors='replace')}")
                 if (tag != "output" or not isinstance(payload, list) or len(payload) != 2
                         or any(not isinstance(a, np.ndarray) or a.dtype != np.uint64 for a in payload)
                         or payload[1].shape != (1,)):
@@ -252,6 +357,8 @@ class TcpCluster(BaseCluster):
                 outputs.append(payload)
         except PeerTimeout:
             raise ClusterError(f"no answer to the query within {timeout:g} s (is the model being served?)") from None
+        except ChannelError as exc:  # a worker hung up or sent garbage: say so, not a transport error
+            raise ClusterError(f"the query failed: {exc}") from exc
         finally:
             self.last_query_stats = channel.stats()
             channel.close()
@@ -263,6 +370,14 @@ class TcpCluster(BaseCluster):
         if reveal == "argmax":
             return ring_value.view(np.int64).argmax(axis=1)
         return ring_value.view(np.int64) / float(1 << int(bits_0[0]))
+
+    def _client_tls(self) -> TlsConfig | None:
+        """This endpoint's TLS contexts, loaded once (reading keys and certificates takes ~6 ms a query)."""
+        if self.tls_dir is None:
+            return None
+        if self._tls is None:
+            self._tls = TlsConfig(self.tls_dir, CLIENT)
+        return self._tls
 
     # -- liveness of spawned workers --------------------------------------------------
     def _check_alive(self, i: int) -> None:
@@ -314,37 +429,91 @@ class TcpCluster(BaseCluster):
                 self._failed_dispatch[i] = PeerDisconnected(f"P{i}: cannot send '{name}': {exc}"
                                                             f"{self._exit_report(i, wait=1.0)}")
 
-    def _collect(self, name: str, wait: float) -> list:
-        deadline = time.monotonic() + wait
+    def _collect(self, name: str, wait: float | None) -> list:
+        """Wait for the three replies to `name` at once; raise a ClusterError naming who failed.
+
+        A party is lost when its process exits, its connection drops, or it
+        sends nothing, not even a heartbeat, for `timeout` seconds (it is
+        stopped or hung). Once one party failed, the others get `grace`
+        seconds to report (their own peer timeouts fire on a stalled party at
+        most a heartbeat period after ours). `wait` (None: no limit) bounds
+        the whole op.
+        """
+        start = time.monotonic()
+        deadline = math.inf if wait is None else start + wait
+        grace = 1.0 + self.timeout / 4
         outcomes: dict[int, tuple[bool, object]] = {}
         lost: list[int] = []  # parties this side saw vanish: they are the root cause
-        for i in PARTIES:
-            if i in self._failed_dispatch:
-                outcomes[i] = (False, self._failed_dispatch[i])
-                lost.append(i)
-                continue
-            try:
-                tag, payload = self._wait(i, deadline, f"'{name}'")
-                if tag != "ctl:result":
-                    raise ChannelError(f"P{i} answered '{name}' with a '{tag}' message")
-            except ChannelError as exc:
-                outcomes[i] = (False, exc)
-                lost.append(i)
-                continue
-            try:
-                outcomes[i] = (True, wire.decode_reply(payload))
-            except wire.WireError as exc:
-                outcomes[i] = (False, ChannelError(f"P{i} sent an unreadable reply to '{name}': {exc}"))
-                lost.append(i)
-            except Exception as exc:  # noqa: BLE001 - the error the party raised, rebuilt
-                outcomes[i] = (False, exc)
+        for i, exc in self._failed_dispatch.items():
+            outcomes[i] = (False, exc)
+            lost.append(i)
+        first_failed = lost[0] if lost else None
+        pending = [i for i in PARTIES if i not in outcomes]
+        heard = dict.fromkeys(pending, start)
+        give_up = start + grace if outcomes else math.inf
+        while pending:
+            now = time.monotonic()
+            if now > min(deadline, give_up):
+                for i in pending:
+                    why = (f"within {wait:g} s" if now > deadline else f"within {grace:g} s of P{first_failed} failing")
+                    outcomes[i] = (False, PeerTimeout(f"P{i} did not answer '{name}' {why}"))
+                break
+            for i in list(pending):
+                outcome = self._poll(i, name, heard, _POLL / len(pending))
+                if outcome is None:
+                    continue
+                ok, value, vanished = outcome
+                outcomes[i] = (ok, value)
+                pending.remove(i)
+                if vanished:
+                    lost.append(i)
+                if not ok and first_failed is None:
+                    first_failed, give_up = i, time.monotonic() + grace
         errors = {i: out for i, (ok, out) in outcomes.items() if not ok}
         if errors:
             root = errors[lost[0]] if lost else _root_error(errors)
+            others = "; ".join(f"P{i}: {str(e)[:300]}" for i, e in sorted(errors.items()) if e is not root)
             self._broken = f"'{name}' failed: {root}"
-            raise ClusterError(f"operation '{name}' failed on party "
-                               f"{', '.join(str(i) for i in errors)}: {root}") from root
+            raise ClusterError(f"operation '{name}' failed on party {', '.join(str(i) for i in sorted(errors))}: "
+                               f"{root}" + (f" (also {others})" if others else ""), lost=lost) from root
         return [outcomes[i][1] for i in PARTIES]
+
+    def _poll(self, i: int, name: str, heard: dict, slice_: float):
+        """One look at P{i}'s link: None (still running), or (ok, result or error, whether P{i} is lost)."""
+        channel = self._state["channel"]
+        try:
+            tag, payload = channel.recv_control(i, timeout=slice_)
+        except PeerTimeout:
+            proc = self._state["processes"].get(i)
+            if proc is not None and proc.poll() is not None:
+                return False, PeerDisconnected(f"P{i} is gone while running '{name}'{self._exit_report(i)}"), True
+            if time.monotonic() - heard[i] > self.timeout:
+                return False, PeerTimeout(f"P{i} stopped responding while running '{name}': nothing from it, "
+                                          f"not even a heartbeat, for {self.timeout:g} s (the process is stopped, "
+                                          f"hung or starved of CPU){self._exit_report(i)}"), True
+            return None
+        except PeerDisconnected:
+            return False, PeerDisconnected(f"P{i} disconnected while running '{name}'"
+                                           f"{self._exit_report(i, wait=1.0)}"), True
+        except ChannelError as exc:
+            return False, ChannelError(f"P{i} failed while running '{name}': {exc}{self._exit_report(i)}"), True
+        heard[i] = time.monotonic()
+        if tag == HEARTBEAT_TAG:
+            return None
+        if tag == "ctl:progress":
+            try:
+                self.progress[i] = json.loads(bytes(payload))
+            except (TypeError, ValueError):
+                pass
+            return None
+        if tag != "ctl:result":
+            return False, ChannelError(f"P{i} answered '{name}' with a '{tag}' message"), True
+        try:
+            return True, wire.decode_reply(payload), False
+        except wire.WireError as exc:
+            return False, ChannelError(f"P{i} sent an unreadable reply to '{name}': {exc}"), True
+        except Exception as exc:  # noqa: BLE001 - the error the party raised, rebuilt
+            return False, exc, False
 
 
 def _root_error(errors: dict[int, BaseException]) -> BaseException:
@@ -361,7 +530,33 @@ def _fmt(address: tuple[str, int]) -> str:
 
 
 def _cleanup(state: dict) -> None:
-    """Stop a cluster: goodbye, close, then wait for, terminate or kill each spawned worker."""
+    """Stop a cluster: end the workers, close the listening sockets, remove the logs."""
+    _stop_workers(state)
+    _close_listeners(state)
+    _remove_logs(state)
+
+
+def _remove_logs(state: dict) -> None:
+    for path in state.get("logs", {}).values():
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    state.get("logs", {}).clear()
+
+
+def _close_listeners(state: dict) -> None:
+    for listener in state.get("listeners", {}).values():
+        listener.close()
+    state.get("listeners", {}).clear()
+
+
+def _stop_workers(state: dict, patience: float = 3.0) -> None:
+    """Goodbye, close, then wait for, terminate or kill each spawned worker.
+
+    `patience`: seconds a worker that joined gets to exit by itself after the
+    goodbye (0: a failed session, terminate at once).
+    """
     channel = state.get("channel")
     state["channel"] = None
     joined = set(channel.peers) if channel is not None else set()
@@ -374,9 +569,9 @@ def _cleanup(state: dict) -> None:
         channel.close()
     processes = state.get("processes", {})
     for i, proc in processes.items():
-        if i not in joined:  # still waiting for us to connect: nothing to finish cleanly
+        if i not in joined or patience <= 0:  # nothing to finish cleanly
             proc.terminate()
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + patience
     for proc in processes.values():
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -389,9 +584,3 @@ def _cleanup(state: dict) -> None:
             proc.kill()
             proc.wait()
     processes.clear()
-    for path in state.get("logs", {}).values():
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-    state.get("logs", {}).clear()

@@ -12,15 +12,25 @@ without it the worker refuses to start unless --allow-cleartext forces it.
    the timeout) and accept each higher one; every hello must name the same
    session, and with TLS every certificate the expected party.
 3. Agree PRG seeds with the other parties (exchange_seeds, offline), tell
-   the client "ready".
+   the client "ready". Meanwhile a thread loads the Numba kernels
+   (kernels.warm); loading a model waits for it, so that no inference
+   compiles a kernel mid-protocol while its peers wait.
 4. Loop: receive an operation call from the client, run it with run_op,
-   send back the result, or an error naming this party and the op. After an
-   error the worker tells the other parties to stop waiting on it and stays
-   up, answering further calls with that error, until the client leaves.
+   send back the result, or an error naming this party and the op. While
+   an op runs, send the client a heartbeat every few seconds (the period
+   its hello asks for), so it can tell a busy worker from a stalled one.
+   After an error the worker tells the other parties to stop waiting on it
+   and stays up, answering further calls with that error, until the client
+   leaves.
 
-During a session, a connection whose hello carries a `query` is a client
-query for the model being served (runtime/queries.py, op "serve"); anyone
-else is refused as busy.
+A connection whose hello carries a `query` is a client query for the model
+being served (runtime/queries.py, op "serve"); one that comes before the
+session exists waits for it (a worker restarted by its cluster takes up
+the queries that reached it while it started). Anyone else is refused as
+busy during a session.
+
+`--fault SPEC` (fault tests only; parties/faults.py) delays or drops this
+worker's protocol frames.
 
 One session per process: the worker exits when the client says goodbye or
 disconnects. Logs go to stderr. Nothing received is unpickled (see wire.py).
@@ -30,15 +40,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from pysmpc.parties.channel import ChannelError, PeerDisconnected
+from pysmpc.parties.faults import inject_fault, parse_fault
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party, exchange_seeds
 from pysmpc.parties.socket import (
     DEFAULT_MAX_FRAME,
+    HEARTBEAT_TAG,
     SocketChannel,
     CleartextError,
     TlsConfig,
@@ -49,13 +64,17 @@ from pysmpc.parties.socket import (
     reply_hello,
 )
 from pysmpc.runtime import wire
+from pysmpc.runtime.cluster import DEFAULT_TIMEOUT
 from pysmpc.runtime.ops import run_op
-from pysmpc.runtime.queries import Query, QueryInbox
+from pysmpc.runtime.queries import Query, QueryInbox, check_request
 
 __all__ = ["main", "serve"]
 
 PARTIES = (P0, P1, DEALER)
 log = logging.getLogger("pysmpc.worker")
+
+# Queries that arrive before the session exists wait for it, up to this many.
+_MAX_EARLY_QUERIES = 64
 
 
 class SetupError(RuntimeError):
@@ -72,13 +91,19 @@ def main(argv=None) -> int:
     parser.add_argument("--allow-cleartext", action="store_true",
                         help="run without TLS even though some hosts are not loopback (shares cross the network "
                              "in the clear)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a peer's message")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for a peer's message")
     parser.add_argument("--startup-timeout", type=float, default=None,
                         help="seconds to wait for the client (default: for ever)")
     parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME)
     parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # socket bound by TcpCluster
+    parser.add_argument("--fault", action="append", default=[], help=argparse.SUPPRESS)  # fault tests only
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    for spec in args.fault:
+        try:
+            parse_fault(spec)
+        except ValueError as exc:
+            parser.error(str(exc))
 
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format=f"%(asctime)s pysmpc-worker P{args.party} %(levelname)s %(message)s")
@@ -100,7 +125,7 @@ def main(argv=None) -> int:
     try:
         return serve(args.party, listener, hosts, tls=tls, timeout=args.timeout,
                      startup_timeout=args.startup_timeout, max_frame_bytes=args.max_frame_bytes,
-                     allow_cleartext=args.allow_cleartext)
+                     allow_cleartext=args.allow_cleartext, faults=args.fault)
     except CleartextError as exc:
         log.error("%s", exc)
         return 2
@@ -118,9 +143,9 @@ def _address(sock: socket.socket) -> str:
     return f"{host}:{port}"
 
 
-def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None = None, timeout: float = 30.0,
-          startup_timeout: float | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME,
-          allow_cleartext: bool = False) -> int:
+def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None = None,
+          timeout: float = DEFAULT_TIMEOUT, startup_timeout: float | None = None,
+          max_frame_bytes: int = DEFAULT_MAX_FRAME, allow_cleartext: bool = False, faults=()) -> int:
     """Join one session as party `index` on `listener` and serve it; return the exit code.
 
     Raises CleartextError if some host is not loopback and `tls` is None,
@@ -129,31 +154,104 @@ def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None =
     hosts = parse_hosts(hosts)
     check_cleartext(hosts, tls, f"worker P{index}", allow_cleartext=allow_cleartext)
     log.info("listening on %s (TLS %s)", _address(listener), "on" if tls else "off")
-    channel = _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes)
+    kernels_ready = threading.Event()
+    threading.Thread(target=_warm_up, args=(kernels_ready,), daemon=True, name="pysmpc-warm-up").start()
+    session = _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes)
+    channel = session.channel
+    for spec in faults:
+        inject_fault(channel, spec)
+        log.warning("fault injected: %s", spec)
     stop = threading.Event()
     inbox = QueryInbox()
+    for hello, stream in session.early_queries:
+        _queue_query(index, hello["session"], hello["query"], stream, inbox, timeout, max_frame_bytes)
     threading.Thread(target=_accept_extra,
                      args=(index, listener, tls, channel.session, stop, inbox, timeout, max_frame_bytes),
                      daemon=True, name="pysmpc-accept").start()
+    heartbeat = _Heartbeat(channel, session.heartbeat)
     try:
         try:
             party = Party(index, channel, exchange_seeds(index, channel))
             party.store["query_inbox"] = inbox
+            party.store["kernels_ready"] = kernels_ready
         except ChannelError as exc:
             channel.send_control(CLIENT, "ctl:error", f"party {index}: seed exchange failed: {exc}".encode())
             raise SetupError(f"seed exchange failed: {exc}") from None
         channel.send_control(CLIENT, "ctl:ready", b"")
         log.info("session %s ready", channel.session)
-        return _loop(party, channel)
+        return _loop(party, channel, heartbeat)
     finally:
+        heartbeat.stop()
         stop.set()
+        inbox.close(f"worker P{index} is shutting down")
         channel.close()
 
 
-def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes) -> SocketChannel:
+def _warm_up(done: threading.Event) -> None:
+    from pysmpc.kernels.warm import warm_up
+
+    try:
+        log.info("Numba kernels loaded in %.1f s", warm_up())
+    except Exception:  # noqa: BLE001 - the first protocol step that needs them will say what is wrong
+        log.exception("loading the Numba kernels failed")
+    finally:
+        done.set()
+
+
+class _Heartbeat:
+    """While an op runs, tell the client every `interval` seconds that this worker is alive.
+
+    A stopped or hung worker falls silent, and the client calls it lost
+    after its timeout, even when no peer waits on it (a local op, an idle
+    serving loop). Between ops nothing is sent: an idle session costs nothing.
+    """
+
+    def __init__(self, channel: SocketChannel, interval: float):
+        self.channel = channel
+        self.interval = interval
+        self._busy = threading.Event()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._run, daemon=True, name="pysmpc-heartbeat").start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            if self._busy.is_set():
+                try:
+                    self.channel.send_control(CLIENT, HEARTBEAT_TAG, b"")
+                except ChannelError as exc:
+                    # The client is gone. Between ops the loop sees that and
+                    # ends the session; an op may wait on something only the
+                    # client could end (an idle serving loop), so end it here.
+                    if not self._stopped.wait(self.interval) and self._busy.is_set():
+                        log.error("the client is gone (%s) while an operation runs; exiting", exc)
+                        logging.shutdown()
+                        os._exit(3)
+                    return
+
+    @contextmanager
+    def running(self):
+        self._busy.set()
+        try:
+            yield
+        finally:
+            self._busy.clear()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+@dataclass
+class _Session:
+    channel: SocketChannel
+    heartbeat: float
+    early_queries: list = field(default_factory=list)  # (hello, stream) of queries that came first
+
+
+def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes) -> _Session:
     """Steps 1-2: the client, then the mesh. Returns the channel with every connection attached."""
     listener.settimeout(0.25)
     waiting: dict[int, tuple] = {}  # peer -> (hello, stream), answered once the session is known
+    early: list = []  # queries, answered once the session is known
 
     def accept_until(done, deadline, what):
         while not done():
@@ -170,8 +268,11 @@ def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes
                 log.warning("refused a connection from %s:%s: %s", addr[0], addr[1], exc)
                 continue
             if "query" in hello:
+                if peer == CLIENT and len(early) < _MAX_EARLY_QUERIES:
+                    early.append((hello, stream))
+                    continue
                 reply_hello(stream, index, hello["session"], error=f"P{index} has no session yet (the cluster is "
-                            "starting): no model is served")
+                            "starting) and enough queries waiting for it")
                 log.warning("refused a query: no session yet")
                 continue
             if peer != CLIENT and peer < index:
@@ -183,9 +284,16 @@ def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes
             waiting[peer] = (hello, stream)
 
     start = time.monotonic()
-    accept_until(lambda: CLIENT in waiting, None if startup_timeout is None else start + startup_timeout,
-                 "the client")
+    try:
+        accept_until(lambda: CLIENT in waiting, None if startup_timeout is None else start + startup_timeout,
+                     "the client")
+    except BaseException:
+        _refuse_all(index, early, "the worker did not join a session")
+        raise
     session = waiting[CLIENT][0]["session"]
+    heartbeat = waiting[CLIENT][0].get("heartbeat")
+    if not isinstance(heartbeat, (int, float)) or isinstance(heartbeat, bool) or not 0.01 <= heartbeat <= 3600:
+        heartbeat = timeout / 4
     log.info("client joined, session %s", session)
     channel = SocketChannel(index, timeout, session=session, max_frame_bytes=max_frame_bytes)
     try:
@@ -217,11 +325,21 @@ def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes
     except SetupError as exc:
         channel.send_control(CLIENT, "ctl:error", f"party {index}: {exc}".encode())
         channel.close()
+        _refuse_all(index, early, f"the worker could not join the session: {exc}")
         raise
     except BaseException:
         channel.close()
+        _refuse_all(index, early, "the worker could not join the session")
         raise
-    return channel
+    return _Session(channel, float(heartbeat), early)
+
+
+def _refuse_all(index: int, queries: list, reason: str) -> None:
+    for hello, stream in queries:
+        try:
+            reply_hello(stream, index, hello["session"], error=reason)
+        except (ChannelError, OSError):
+            stream.close()
 
 
 def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: QueryInbox, timeout: float,
@@ -253,21 +371,30 @@ def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: Q
 
 
 def _queue_query(index, query_id, request, stream, inbox: QueryInbox, timeout, max_frame_bytes) -> None:
-    if len(query_id) > 64:
-        reply_hello(stream, index, query_id[:64], error="query id too long")
+    """Answer a query's hello and queue it, or refuse it with the reason (the client hears why)."""
+    problem = "query id too long" if len(query_id) > 64 else check_request(request)
+    try:
+        if problem is not None:
+            reply_hello(stream, index, query_id[:64], error=problem)
+            log.warning("refused a query: %s", problem)
+            return
+        channel = SocketChannel(index, timeout, session=query_id, max_frame_bytes=max_frame_bytes)
+        reply_hello(stream, index, query_id)
+    except (ChannelError, OSError) as exc:  # the client left already
+        stream.close()
+        log.info("query %s: client gone before it was queued (%s)", query_id, exc)
         return
-    channel = SocketChannel(index, timeout, session=query_id, max_frame_bytes=max_frame_bytes)
-    reply_hello(stream, index, query_id)
     channel.attach(CLIENT, stream)
-    if not inbox.add(Query(query_id, request, channel)):
-        channel.send_control(CLIENT, "query:error", b"the worker's query queue is full (or the id is in use)")
-        channel.close()
-        log.warning("refused query %s: queue full or duplicate id", query_id)
+    query = Query(query_id, request, channel)
+    refused = inbox.add(query)
+    if refused is not None:
+        query.fail(refused)
+        log.warning("refused query %s: %s", query_id, refused)
         return
     log.info("query %s queued", query_id)
 
 
-def _loop(party: Party, channel: SocketChannel) -> int:
+def _loop(party: Party, channel: SocketChannel, heartbeat: _Heartbeat) -> int:
     """Step 4: serve operation calls until the client leaves."""
     failed: str | None = None
     while True:
@@ -289,7 +416,8 @@ def _loop(party: Party, channel: SocketChannel) -> int:
             name, args, kwargs = wire.decode_call(payload)
             if failed:
                 raise RuntimeError(f"party {party.index} stopped after an earlier error ({failed})")
-            reply = wire.encode_result(run_op(party, name, args, kwargs))
+            with heartbeat.running():
+                reply = wire.encode_result(run_op(party, name, args, kwargs))
         except Exception as exc:  # noqa: BLE001 - reported to the client, which raises it
             if not failed:
                 log.error("op %r failed: %s: %s", name, type(exc).__name__, exc,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pysmpc.runtime.tcp import TcpCluster
+from pysmpc.runtime.tcp import DEFAULT_TIMEOUT, TcpCluster
 
 __all__ = ["Worker", "Cluster"]
 
@@ -13,7 +13,8 @@ __all__ = ["Worker", "Cluster"]
 class Worker:
     """One party of a cluster: where it listens, and whether the cluster starts it.
 
-    auto_managed=True: `Cluster.start()` launches the worker process itself.
+    auto_managed=True: `Cluster.start()` launches the worker process itself,
+    and restarts it (with the other two) when it is lost while serving.
     auto_managed=False: the worker was started by hand
     (`pysmpc worker --party N --hosts ...`) and the cluster connects to it.
     """
@@ -35,10 +36,15 @@ class Cluster(TcpCluster):
     the model owner and each client use ca.pem and client.pem/.key); without
     it the Cluster raises a CleartextError, unless `allow_cleartext=True`
     forces cleartext on a network trusted with the secrets.
+
+    `timeout`: seconds after which a silent worker counts as lost (see
+    TcpCluster). With auto_managed workers, `model.serve(...)` survives a
+    lost worker: the queries in flight fail, the workers restart, the model
+    is re-shared and the next query is answered.
     """
 
     def __init__(self, *workers: Worker, tls_dir=None, frac_bits: int = 16, int_bits: int = 15,
-                 timeout: float = 30.0, allow_cleartext: bool = False, **kwargs):
+                 timeout: float = DEFAULT_TIMEOUT, allow_cleartext: bool = False, **kwargs):
         if len(workers) != 3:
             raise ValueError(f"a cluster has exactly three workers (P0, P1, P2), got {len(workers)}")
         for w in workers:

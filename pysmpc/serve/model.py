@@ -110,6 +110,11 @@ class SharedModel:
 
     Sharing opens each weight's Beaver mask once (docs/PROTOCOL.md, fixed
     weights), so each query opens only the masked input of each layer.
+
+    The owner keeps the plaintext graph: when a cluster that spawns its
+    workers restarts them (TcpCluster.restart, e.g. after a worker died
+    while serving), the weights are shared again, freshly, to the new
+    workers under the same key.
     """
 
     def __init__(self, graph: Graph, cluster):
@@ -122,15 +127,22 @@ class SharedModel:
         self._stopped = False
         self._run_ids = itertools.count()
         self._input_masks: dict[int, list] = {}  # batch size -> [(prepared run id, input mask A)]
+        self._load()
+        if hasattr(cluster, "on_restart"):
+            cluster.on_restart(self._load)
+
+    def _load(self) -> None:
+        """Share each weight (fresh shares) and have the parties load the plan."""
+        self._tensors = []
+        self._input_masks = {}  # the parties of a restarted cluster hold no prepared runs
 
         def share_weight(array):
-            tensor = cluster.share(array)
+            tensor = self.cluster.share(array)
             self._tensors.append(tensor)
             return tensor.tid
 
-        plan = make_plan(graph, share_weight)
-        self.plan = plan
-        cluster.call("load_model", self.key, plan)
+        self.plan = make_plan(self.graph, share_weight)
+        self.cluster.call("load_model", self.key, self.plan)
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs (logits).
@@ -233,6 +245,8 @@ class SharedModel:
         if self._stopped:
             return
         self._stopped = True
+        if hasattr(self.cluster, "forget_restart"):
+            self.cluster.forget_restart(self._load)
         if not self.cluster.running:
             return
         self.cluster.call("unload_model", self.key)
