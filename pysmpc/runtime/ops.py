@@ -441,7 +441,7 @@ def _serve_batch(party, model_key, batch, frac_bits, input_shape, query_timeout)
         share, problem = _read_query(party, query, frac_bits, input_shape, query_timeout)
         shares.append(share)
         problems.append(problem)
-    rejected_by = _agree_on_flags(party, [p is None for p in problems])
+    rejected_by = _agree_on_flags(party, [p is None for p in problems], query_timeout)
     for query, rejecters, problem in zip(batch, rejected_by, problems):
         if rejecters and query is not None and party.index in (P0, P1):
             query.fail(problem or f"party {', '.join(map(str, rejecters))} could not use this query (it did not "
@@ -506,7 +506,7 @@ def _read_query(party, query, frac_bits, input_shape, query_timeout):
     return AShare(value, party.index), None
 
 
-def _agree_on_flags(party, mine: list[bool]) -> list[list[int]]:
+def _agree_on_flags(party, mine: list[bool], query_timeout: float = 0.0) -> list[list[int]]:
     """All three parties learn which queries every party found well-formed (control messages).
 
     Returns, per query, the parties that rejected it (empty: answer it).
@@ -517,7 +517,8 @@ def _agree_on_flags(party, mine: list[bool]) -> list[list[int]]:
         party.channel.send_control(j, "serve:ok", flags)
     rejected_by = [[] if ok else [party.index] for ok in mine]
     for j in others:
-        payload = _recv_from_party(party, j, "serve:ok", timeout=party.channel.timeout)
+        # A peer may still be waiting up to query_timeout for a client's input.
+        payload = _recv_from_party(party, j, "serve:ok", timeout=party.channel.timeout + query_timeout)
         theirs = np.frombuffer(bytes(payload), dtype=np.uint8).astype(bool)
         if theirs.shape != (len(mine),):
             raise RuntimeError(f"{party.name}: party {j} sent {theirs.size} query flags for a batch of {len(mine)}")
