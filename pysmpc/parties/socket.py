@@ -75,6 +75,7 @@ DEFAULT_MAX_FRAME = 1 << 30  # 1 GiB: header + body of one frame
 _MAX_HEADER = 1 << 20
 _MAX_DEPTH = 16
 _MAX_NDIM = 32
+_MAX_ELEMENTS = 1 << 48  # no array, even an empty one, spans more (nonzero) elements
 # A blocking socket call waits at most this long before it checks whether the
 # connection was closed or a deadline passed, then waits again.
 _SLICE = 0.25
@@ -349,7 +350,8 @@ def _wire_array(a: np.ndarray) -> np.ndarray:
         if swapped.str not in _DTYPES:
             raise TypeError(f"cannot send an array of dtype {a.dtype}: allowed are {sorted(_DTYPES)}")
         a = a.astype(swapped)
-    return np.ascontiguousarray(a)
+    # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def _flatten(data, buffers: list, descr: list, depth: int = 0):
@@ -422,7 +424,13 @@ def _read_exact(stream, view: memoryview, idle, what: str, at_start: bool = Fals
 
 
 def read_frame(stream, max_frame: int, idle: Callable[[], None]) -> tuple[dict, object]:
-    """Read one frame: (header, payload). Raises ChannelError for anything malformed."""
+    """Read one frame: (header, payload). Raises ChannelError for anything malformed.
+
+    Sizes are checked against `max_frame` before anything is allocated, and
+    each buffer is allocated only when its turn to be read comes, so a frame
+    that declares more than it sends costs at most the bytes it sent plus
+    one buffer (np.empty: pages are committed as the bytes arrive).
+    """
     fixed = bytearray(_FIXED.size)
     _read_exact(stream, memoryview(fixed), idle, "fixed header", at_start=True)
     magic, version, flags, hlen, blen = _FIXED.unpack(fixed)
@@ -439,13 +447,13 @@ def read_frame(stream, max_frame: int, idle: Callable[[], None]) -> tuple[dict, 
     _read_exact(stream, memoryview(raw), idle, "JSON header")
     try:
         header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ChannelError(f"frame header is not valid JSON: {exc}") from None
-    parts = _allocate(header, blen)
-    for part in parts:
-        view = memoryview(part) if isinstance(part, bytearray) else memoryview(part.reshape(-1).view(np.uint8))
-        _read_exact(stream, view, idle, f"buffer for '{header['tag']}'")
-    parts = [bytes(p) if isinstance(p, bytearray) else p for p in parts]
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
+        raise ChannelError(f"frame header is not valid JSON: {str(exc)[:200]}") from None
+    parts = []
+    for kind, shape in _plan_buffers(header, blen):
+        part = np.empty(shape, dtype=np.uint8 if kind == _BYTES else _DTYPES[kind])
+        _read_exact(stream, memoryview(part.reshape(-1).view(np.uint8)), idle, f"buffer for '{header['tag']}'")
+        parts.append(part.tobytes() if kind == _BYTES else part)
     return header, _unflatten(header["layout"], parts)
 
 
@@ -453,8 +461,8 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _allocate(header, blen: int) -> list:
-    """Check a decoded header and allocate the buffers its body fills."""
+def _plan_buffers(header, blen: int) -> list:
+    """Check a decoded header; return (kind, shape) of each buffer its body fills."""
     if not isinstance(header, dict) or set(header) != {"tag", "seq", "session", "layout", "buffers"}:
         raise ChannelError(f"malformed frame header {str(header)[:120]!r}")
     if not isinstance(header["tag"], str) or not isinstance(header["session"], str) or not _is_int(header["seq"]):
@@ -471,18 +479,20 @@ def _allocate(header, blen: int) -> list:
         if kind == _BYTES:
             if len(shape) != 1:
                 raise ChannelError(f"malformed buffer description {d!r}")
-            size = shape[0]
-        elif kind in _DTYPES:
-            size = _DTYPES[kind].itemsize * int(np.prod(shape, dtype=object))
-        else:
+        elif kind not in _DTYPES:
             raise ChannelError(f"frame '{header['tag']}' carries dtype {kind!r}; allowed are {sorted(_DTYPES)}")
-        total += size
+        # An empty array may still name absurd sizes, e.g. (0, 2**70), which numpy cannot build.
+        if np.prod([s for s in shape if s], dtype=object) > _MAX_ELEMENTS:
+            raise ChannelError(f"frame '{header['tag']}': buffer of shape {str(shape)[:80]} names more than "
+                               f"2**48 elements")
+        itemsize = 1 if kind == _BYTES else _DTYPES[kind].itemsize
+        total += itemsize * int(np.prod(shape, dtype=object))
         if total > blen:
             break
-        plan.append((kind, shape))
+        plan.append((kind, tuple(shape)))
     if total != blen:
         raise ChannelError(f"frame '{header['tag']}': buffers describe {total} bytes but the body has {blen}")
-    return [bytearray(shape[0]) if kind == _BYTES else np.empty(shape, dtype=_DTYPES[kind]) for kind, shape in plan]
+    return plan
 
 
 # -- the channel ------------------------------------------------------------------------
@@ -763,8 +773,9 @@ def accept_peer(sock: socket.socket, me: int, *, tls: TlsConfig | None = None, t
         header, payload = read_frame(stream, min(max_frame_bytes, _MAX_HEADER), idle)
         hello = _parse_hello(header, payload)
         peer = hello.get("party")
-        if peer not in CERT_NAMES or peer == me or not isinstance(hello.get("session"), str):
-            raise ChannelError(f"hello names party {peer!r} of session {hello.get('session')!r}")
+        # _is_int first: a list is unhashable, and true would pass for party 1.
+        if not _is_int(peer) or peer not in CERT_NAMES or peer == me or not isinstance(hello.get("session"), str):
+            raise ChannelError(f"hello names party {str(peer)[:40]} of session {str(hello.get('session'))[:80]!r}")
         if tls is not None:
             cn = stream.peer_common_name()
             if cn != CERT_NAMES[peer]:
