@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+import zlib
 
 import numpy as np
 
 from pysmpc.graph.graph import Graph
+from pysmpc.models._errors import ModelFormatError
 
 __all__ = ["from_keras", "from_torch", "load_graph"]
 
 _FORMATS = ".h5/.hdf5 (Keras 2 or 3 HDF5), .keras (Keras 3 archive), .onnx"
+# What a parser library may raise on a malformed file that a reader did not
+# turn into a clear error itself; load_graph reports these as ModelFormatError.
+_MALFORMED = (OSError, RuntimeError, KeyError, IndexError, TypeError, AttributeError, OverflowError, EOFError,
+              RecursionError, NotImplementedError, struct.error, zlib.error)
 
 
 def load_graph(path: str | os.PathLike) -> Graph:
@@ -23,33 +30,32 @@ def load_graph(path: str | os.PathLike) -> Graph:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown extension, a corrupt or truncated file, or an
-            unsupported layer (the message names it).
+        ModelFormatError (a ValueError): a corrupt, truncated or malformed
+            file; the message names the file (and the layer, where known).
+        ValueError: unknown extension, or an unsupported layer (the message
+            names it); GraphError (a ValueError): the layers' shapes do not fit.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
     if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: the file is empty")
+        raise ModelFormatError(f"{path}: the file is empty")
     if ext in (".h5", ".hdf5"):
-        from pysmpc.models.keras_h5 import load_keras_h5
-
-        try:
-            return load_keras_h5(path)
-        except OSError as exc:  # h5py reports bad or truncated files as OSError
-            raise ValueError(f"{path}: cannot read as HDF5, the file is corrupt or truncated ({exc})") from None
-        except KeyError as exc:
-            raise ValueError(f"{path}: incomplete Keras HDF5 file, missing {exc}") from None
-    if ext == ".keras":
-        from pysmpc.models.keras_v3 import load_keras_v3
-
-        return load_keras_v3(path)
-    if ext == ".onnx":
-        from pysmpc.models.onnx_import import load_onnx
-
-        return load_onnx(path)
-    raise ValueError(f"{path}: unknown model format {ext!r}; supported: {_FORMATS}")
+        from pysmpc.models.keras_h5 import load_keras_h5 as reader
+    elif ext == ".keras":
+        from pysmpc.models.keras_v3 import load_keras_v3 as reader
+    elif ext == ".onnx":
+        from pysmpc.models.onnx_import import load_onnx as reader
+    else:
+        raise ValueError(f"{path}: unknown model format {ext!r}; supported: {_FORMATS}")
+    try:
+        return reader(path)
+    except PermissionError:
+        raise
+    except _MALFORMED as exc:
+        raise ModelFormatError(f"{path}: cannot read the model, the file is corrupt or malformed: "
+                               f"{type(exc).__name__}: {str(exc)[:300]}") from None
 
 
 def from_keras(model) -> Graph:
