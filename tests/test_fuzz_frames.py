@@ -238,7 +238,7 @@ def test_buffers_are_allocated_only_as_their_bytes_arrive():
     ({"tag": "t", "seq": 1, "session": "s", "layout": {"b": 0}, "buffers": [["<u8", [1]]]}, "wrong kind"),
     ({"tag": "t", "seq": 1, "session": "s", "layout": {"a": 1}, "buffers": [["<u8", [1]]]}, "malformed frame layout"),
     ({"tag": "t", "seq": 1, "session": "s", "layout": None, "buffers": [["<u8", [2]]]}, "describe 16 bytes"),
-])
+], ids=["deep-json", "empty-but-huge", "empty-but-huge-3d", "object-dtype", "kind", "index", "size"])
 def test_malformed_frames_name_the_problem(header, message):
     body = b"\x00" * 8 if not isinstance(header, bytes) and header["buffers"][0][1] == [1] else b""
     got = decode(raw_frame(header, body))
@@ -406,7 +406,7 @@ def test_wire_random_bytes_and_buffers(doc, buffers):
     (b"[" * 100_000, "not valid JSON"),  # was a RecursionError
     (b'{"np": ["<f8", 1' + b"0" * 400 + b"]}", "bad numpy scalar"),  # was an OverflowError
     (b'{"np": ["<f4", 1e300]}', "out of range for float32"),  # was a silent inf
-])
+], ids=["deep-json", "huge-int-float", "float32-overflow"])
 def test_wire_regressions(doc, message):
     with pytest.raises(wire.WireError, match=message):
         wire.decode([doc])
