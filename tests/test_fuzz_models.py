@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pysmpc import load_model
-from pysmpc.graph import Graph
+from pysmpc.graph import Graph, GraphError
 from pysmpc.models import ModelFormatError, load_graph, shipped_model_path
 from pysmpc.serve.images import MAX_PIXELS, load_image
 from test_images import _png
@@ -261,6 +261,24 @@ def test_corrupt_files_that_leaked_raw_errors(workdir, name, edits, was):
     with pytest.raises(ValueError) as info:
         load_model(_with(name, edits, workdir))
     assert isinstance(info.value, ModelFormatError) or "unsupported" in str(info.value), (was, info.value)
+
+
+def test_folded_weights_that_overflow_are_refused(workdir):
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(FILES["tiny_torch.onnx"])
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    next(a for a in gemm.attribute if a.name == "alpha").f = float("inf")
+    path = workdir / "alpha.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(GraphError, match="weight 'kernel' contains NaN or infinity"):  # was loaded as is
+        load_graph(path)
+    path = workdir / "variance.hdf5"
+    path.write_bytes(FILES["tiny_keras2.hdf5"].read_bytes())
+    with h5py.File(path, "r+") as f:  # var + eps = 0: the folded batch norm divides by zero
+        variance = f["model_weights/batch_normalization/batch_normalization/moving_variance:0"]
+        variance[...] = -1e-3
+    with pytest.raises(GraphError, match="contains NaN or infinity"):
+        load_graph(path)
 
 
 @pytest.mark.parametrize("config, message", [
