@@ -689,6 +689,15 @@ def _parse_hello(header: dict, payload) -> dict:
     return hello
 
 
+def _hello_peer(hello: dict, me: int) -> int:
+    """The endpoint a hello comes from; ChannelError unless it names another known endpoint and a session."""
+    peer = hello.get("party")
+    # _is_int first: a list is unhashable, and true would pass for party 1.
+    if not _is_int(peer) or peer not in CERT_NAMES or peer == me or not isinstance(hello.get("session"), str):
+        raise ChannelError(f"hello names party {str(peer)[:40]} of session {str(hello.get('session'))[:80]!r}")
+    return peer
+
+
 def _wrap(sock: socket.socket, tls: TlsConfig | None, server_side: bool, idle):
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls is None:
@@ -772,10 +781,7 @@ def accept_peer(sock: socket.socket, me: int, *, tls: TlsConfig | None = None, t
         stream = _wrap(sock, tls, server_side=True, idle=idle)
         header, payload = read_frame(stream, min(max_frame_bytes, _MAX_HEADER), idle)
         hello = _parse_hello(header, payload)
-        peer = hello.get("party")
-        # _is_int first: a list is unhashable, and true would pass for party 1.
-        if not _is_int(peer) or peer not in CERT_NAMES or peer == me or not isinstance(hello.get("session"), str):
-            raise ChannelError(f"hello names party {str(peer)[:40]} of session {str(hello.get('session'))[:80]!r}")
+        peer = _hello_peer(hello, me)
         if tls is not None:
             cn = stream.peer_common_name()
             if cn != CERT_NAMES[peer]:
