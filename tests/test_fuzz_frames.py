@@ -375,7 +375,8 @@ tagged = st.recursive(
     lambda kids: st.builds(lambda k, v: {k: v},
                            st.sampled_from(["list", "tuple", "dict", "slice", "ellipsis", "np", "array", "bytes", "x"]),
                            st.one_of(kids, st.lists(kids, max_size=3),
-                                     st.tuples(st.sampled_from(["<u8", "<i4", "<f4", "<f8", "|b1", "|O", "<c8"]),
+                                     st.tuples(st.sampled_from(["<u8", "<i4", "<f4", "<f8", "|b1", "|O", "<c8"])
+                                               | json_values,
                                                st.one_of(st.text(max_size=5), st.integers(-2**70, 2**70),
                                                          st.floats(), st.booleans())).map(list))),
     max_leaves=15)
@@ -406,7 +407,8 @@ def test_wire_random_bytes_and_buffers(doc, buffers):
     (b"[" * 100_000, "not valid JSON"),  # was a RecursionError
     (b'{"np": ["<f8", 1' + b"0" * 400 + b"]}", "bad numpy scalar"),  # was an OverflowError
     (b'{"np": ["<f4", 1e300]}', "out of range for float32"),  # was a silent inf
-], ids=["deep-json", "huge-int-float", "float32-overflow"])
+    (b'{"np": [{}, null]}', "unknown tagged value 'np'"),  # was a TypeError (unhashable dict); found by atheris
+], ids=["deep-json", "huge-int-float", "float32-overflow", "np-dict-dtype"])
 def test_wire_regressions(doc, message):
     with pytest.raises(wire.WireError, match=message):
         wire.decode([doc])

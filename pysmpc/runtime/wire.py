@@ -163,7 +163,8 @@ def _dec(d, buffers: list, used: set, depth: int):
         return slice(*parts)
     if kind == "ellipsis" and body is None:
         return Ellipsis
-    if kind == "np" and isinstance(body, list) and len(body) == 2 and body[0] in _SCALAR_DTYPES:
+    if kind == "np" and isinstance(body, list) and len(body) == 2 and isinstance(body[0], str) \
+            and body[0] in _SCALAR_DTYPES:  # str first: a dict or list is unhashable
         dtype = _SCALAR_DTYPES[body[0]]
         raw = body[1]
         try:
