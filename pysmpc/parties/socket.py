@@ -52,6 +52,7 @@ __all__ = [
     "CERT_NAMES",
     "CERT_FILES",
     "DEFAULT_MAX_FRAME",
+    "FrameTooLarge",
     "HELLO_TAG",
     "ABORT_TAG",
     "MAGIC",
@@ -394,14 +395,26 @@ def _unflatten(layout, parts: list, depth: int = 0):
     raise ChannelError(f"malformed frame layout {str(layout)[:80]!r}")
 
 
-def write_frame(stream, tag: str, seq: int, session: str, data, idle: Callable[[], None]) -> int:
-    """Send one frame; return the body size (the payload's bytes)."""
+class FrameTooLarge(ChannelError):
+    """A frame to send is over the frame limit; nothing was sent."""
+
+
+def write_frame(stream, tag: str, seq: int, session: str, data, idle: Callable[[], None],
+                max_frame: int | None = None) -> int:
+    """Send one frame; return the body size (the payload's bytes).
+
+    With `max_frame`, a frame larger than that (header and body, as the
+    receiver counts) raises FrameTooLarge before anything is sent.
+    """
     buffers: list = []
     descr: list = []
     layout = _flatten(data, buffers, descr)
     header = json.dumps({"tag": tag, "seq": seq, "session": session, "layout": layout, "buffers": descr},
                         separators=(",", ":")).encode()
     body = sum(len(b) for b in buffers)
+    if max_frame is not None and len(header) + body > max_frame:
+        raise FrameTooLarge(f"the '{tag}' message makes a frame of {len(header) + body} bytes, over the frame "
+                            f"limit of {max_frame} bytes (max_frame_bytes)")
     stream.send_views([memoryview(_FIXED.pack(MAGIC, VERSION, 0, len(header), body) + header), *buffers], idle)
     return body
 
@@ -539,12 +552,46 @@ class _Link:
         except ChannelError as exc:
             if not self.closed:
                 log.error("party %s: bad frame from %s: %s; closing the connection", ch.party, _name(self.peer), exc)
+                self._refuse(f"{_name(ch.party)} refused a frame from {_name(self.peer)}: {exc}")
             self.queue.put(_Failure(exc))
             self.stream.close()
         except Exception as exc:  # noqa: BLE001 - a reader must never die silently
             log.exception("party %s: reader for %s failed", ch.party, _name(self.peer))
             self.queue.put(_Failure(ChannelError(f"reader failed: {exc!r}")))
             self.stream.close()
+
+    def _refuse(self, reason: str) -> None:
+        """Tell the peer why we hang up (an abort frame), if that takes under a second.
+
+        The peer may be in the middle of sending the frame we refused; its
+        reader still sees this, and its failed send reports it (_refusal).
+        """
+        deadline = time.monotonic() + 1.0
+
+        def idle():
+            if time.monotonic() > deadline:
+                raise TimeoutError
+
+        if not self.send_lock.acquire(timeout=1.0):
+            return
+        try:
+            write_frame(self.stream, ABORT_TAG, self.send_seq, self.channel.session, reason.encode()[:2000], idle)
+            self.send_seq += 1
+        except (OSError, ChannelError):  # TimeoutError is an OSError
+            pass
+        finally:
+            self.send_lock.release()
+
+    def _refusal(self, wait: float) -> str:
+        """The reason of an abort frame the peer sent (waiting up to `wait` s for its reader), or ""."""
+        deadline = time.monotonic() + wait
+        while True:
+            for item in list(self.queue.queue):
+                if isinstance(item, tuple) and item[0] == ABORT_TAG:
+                    return _abort_reason(item[1])
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                return ""
+            time.sleep(0.02)
 
     def send(self, tag: str, data) -> None:
         deadline = time.monotonic() + self.channel.timeout
@@ -560,15 +607,20 @@ class _Link:
                 raise PeerDisconnected(f"{_name(self.channel.party)}: connection to {_name(self.peer)} is unusable "
                                        f"({self.broken}); cannot send '{tag}'")
             try:
-                write_frame(self.stream, tag, self.send_seq, self.channel.session, data, idle)
+                # The limit holds both ways: a frame the peer would refuse is not sent either.
+                write_frame(self.stream, tag, self.send_seq, self.channel.session, data, idle,
+                            max_frame=self.channel.max_frame_bytes)
+            except FrameTooLarge as exc:  # nothing was sent: the connection stays usable
+                raise FrameTooLarge(f"{_name(self.channel.party)}: cannot send to {_name(self.peer)}: {exc}") from None
             except TimeoutError:
                 self.broken = "a send timed out"
                 raise PeerTimeout(f"{_name(self.channel.party)}: {_name(self.peer)} did not take '{tag}' within "
                                   f"{self.channel.timeout:g} s") from None
             except (OSError, ChannelError) as exc:
                 self.broken = str(exc)
+                refusal = self._refusal(wait=1.0)  # why the peer hung up, if it said so
                 raise PeerDisconnected(f"{_name(self.channel.party)}: cannot send '{tag}' to {_name(self.peer)}: "
-                                       f"{exc}") from None
+                                       f"{exc}" + (f" ({refusal})" if refusal else "")) from None
             self.send_seq += 1
 
     def get(self, tag: str, timeout: float | None):
