@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from pysmpc import ring
+from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party
 from pysmpc.protocols import argmax as argmax_protocol
 from pysmpc.protocols import compare, conv2d, matmul, mul, pool, relu, select, truncate
@@ -239,8 +240,9 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
        same queries to reach them.
     2. P0 and P1 read each query's input share from the client; all three
        check what they got and agree (control messages) on which queries
-       are well-formed. A bad query is answered with an error; the loop
-       goes on.
+       are well-formed. A bad query (wrong shape or dtype, more than
+       `max_rows` inputs, a frame over its declared size) is answered with
+       an error naming the problem; the loop goes on.
     3. Run the model once on the batch (plus the secure argmax when asked),
        and P0 and P1 send each client its rows of the output shares and
        their fractional bits (the client does the last division).
@@ -259,14 +261,17 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
             break
         shares, problems = [], []
         for query in batch:
-            share, problem = _read_query(party, query, frac_bits, input_shape)
+            share, problem = _read_query(party, query, frac_bits, input_shape, max_rows)
             shares.append(share)
             problems.append(problem)
         ok = _agree_on_flags(party, [p is None for p in problems])
         for query, good, problem in zip(batch, ok, problems):
             if not good and query is not None and party.index in (P0, P1):
                 reason = problem or "another party rejected this query"
-                query.channel.send_control(CLIENT, "query:error", reason.encode())
+                try:
+                    query.channel.send_control(CLIENT, "query:error", reason.encode())
+                except ChannelError:  # the client hung up (or we did, on a bad frame): serve the others
+                    pass
         good_queries = [(q, s) for q, s, g in zip(batch, shares, ok) if g]
         if good_queries:
             _answer(party, model_key, good_queries, frac_bits)
@@ -295,7 +300,7 @@ def _agree_on_batch(party, inbox, max_batch, max_rows, idle_timeout):
     return [inbox.take(qid, timeout=party.channel.timeout) for qid in ids]
 
 
-def _read_query(party, query, frac_bits, input_shape):
+def _read_query(party, query, frac_bits, input_shape, max_rows):
     """Step 2: this party's input share of a query (None on P2), or a problem."""
     if query is None:
         return None, "the query did not reach every party"
@@ -306,6 +311,9 @@ def _read_query(party, query, frac_bits, input_shape):
         return None, "the query's shape is missing or malformed"
     if len(shape) != len(input_shape) + 1 or shape[1:] != input_shape or shape[0] < 1:
         return None, f"query shape {shape} does not fit the model's input (batch, {', '.join(map(str, input_shape))})"
+    if shape[0] > max_rows:
+        return None, (f"the query has a batch of {shape[0]} inputs; this server takes at most {max_rows} per query "
+                      "(max_rows): split it")
     if request.get("frac_bits") != frac_bits:
         return None, f"the query is encoded with {request.get('frac_bits')} fractional bits, the model with {frac_bits}"
     if request.get("reveal") not in ("logits", "argmax"):
@@ -317,7 +325,9 @@ def _read_query(party, query, frac_bits, input_shape):
     except Exception as exc:  # noqa: BLE001 - a bad client must not stop the server
         return None, f"no input share from the client: {exc}"
     if not isinstance(value, np.ndarray) or value.dtype != np.uint64 or value.shape != shape:
-        return None, f"the input share is not a uint64 array of shape {shape}"
+        got = (f"a {value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray)
+               else f"a {type(value).__name__}")
+        return None, f"the input share is {got}; expected a uint64 array of shape {shape} (ring elements)"
     return AShare(value, party.index), None
 
 

@@ -13,7 +13,10 @@ import threading
 import time
 from collections import OrderedDict
 
-__all__ = ["QueryInbox", "Query"]
+__all__ = ["QueryInbox", "Query", "query_frame_limit"]
+
+# Room for a frame's JSON header around a query's input share.
+_FRAME_OVERHEAD = 1 << 16
 
 
 class Query:
@@ -81,3 +84,22 @@ class QueryInbox:
                     return None
                 self._cond.wait(left)
             return self._queries.pop(query_id)
+
+
+def query_frame_limit(request, max_frame_bytes: int) -> int:
+    """The largest frame a query's client may send: its input share of the declared shape (uint64).
+
+    The share is the only frame a query client sends, so a worker refuses
+    anything larger as it arrives, before buffering it: a full inbox of
+    queries each sending up to the cluster's max_frame_bytes could
+    exhaust memory. A malformed request gets room for a header only (the
+    query is refused anyway).
+    """
+    shape = request.get("shape") if isinstance(request, dict) else None
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                              for s in shape):
+        return min(max_frame_bytes, _FRAME_OVERHEAD)
+    elements = 1
+    for s in shape:
+        elements *= s
+    return min(max_frame_bytes, 8 * elements + _FRAME_OVERHEAD)
