@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import struct
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -51,7 +54,7 @@ def workdir(tmp_path_factory):
 def load_or_error(path: Path):
     """load_graph(path): a Graph that validates, or the ValueError it raised. Anything else fails the test."""
     try:
-        graph = load_graph(path)
+        graph = load_graph(path, timeout=20)  # well below the default: a looping reader fails the example fast
     except ValueError as exc:
         assert str(exc), "a model error must say what is wrong"
         if isinstance(exc, ModelFormatError):
@@ -261,6 +264,27 @@ def test_corrupt_files_that_leaked_raw_errors(workdir, name, edits, was):
     with pytest.raises(ValueError) as info:
         load_model(_with(name, edits, workdir))
     assert isinstance(info.value, ModelFormatError) or "unsupported" in str(info.value), (was, info.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="HDF5 files are read in a child process only where fork exists")
+def test_a_file_that_makes_hdf5_loop_for_ever_is_stopped():
+    # Found by tests/fuzz/fuzz_models.py: h5py's attribute read never returns (HDF5 1.14, a corrupt
+    # heap); in-process it hung the interpreter, uninterruptibly.
+    start = time.monotonic()
+    with pytest.raises(ModelFormatError, match="did not finish within 2 s and was stopped"):
+        load_graph(FIXTURES / "corrupt_hdf5_loops.h5", timeout=2)
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_reader_that_crashes_is_a_clear_error():
+    from pysmpc.models.loader import _read_in_child
+
+    def die(path):  # as a segfault in the HDF5 library would (SIGKILL: pytest's faulthandler stays quiet)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(ModelFormatError, match=r"x.h5: the reader crashed on this file \(signal 9\)"):
+        _read_in_child(die, "x.h5", timeout=10)
 
 
 def test_folded_weights_that_overflow_are_refused(workdir):
