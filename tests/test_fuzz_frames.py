@@ -412,3 +412,9 @@ def test_wire_random_bytes_and_buffers(doc, buffers):
 def test_wire_regressions(doc, message):
     with pytest.raises(wire.WireError, match=message):
         wire.decode([doc])
+
+
+def test_zero_dim_arrays_keep_their_shape():
+    # np.ascontiguousarray made a 0-d array (1,) on the way out; found by the round-trip property.
+    header, payload = decode(encode_frame([np.array(7, np.uint64), np.array(True)]))
+    assert payload[0].shape == () and payload[0] == 7 and payload[1].shape == () and payload[1]

@@ -1,14 +1,17 @@
-"""Served queries that break the limits: each gets a clear error, and the workers keep serving.
+"""Limits: frames over max_frame_bytes, and served queries that break the serving limits.
 
 A raw client (the steps of TcpCluster.submit_query, with payloads of our
 choosing) sends input shares of the wrong dtype or shape, a batch over
-max_rows, and a frame far larger than its declared shape; a good query
-after them is answered correctly.
+max_rows, and a frame far larger than its declared shape: each gets a
+clear error, and a good query after them is answered correctly. Over a bare
+pair of channels: a refused frame is explained to its sender, and a
+receive-only limit does not limit what is sent.
 """
 
 from __future__ import annotations
 
 import secrets
+import socket
 import threading
 
 import numpy as np
@@ -17,7 +20,7 @@ import pytest
 import pysmpc as sy
 from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1
-from pysmpc.parties.socket import ABORT_TAG, FrameTooLarge, SocketChannel, connect_peer
+from pysmpc.parties.socket import ABORT_TAG, FrameTooLarge, SocketChannel, accept_peer, connect_peer, reply_hello
 from pysmpc.runtime.queries import query_frame_limit
 from test_secure_graph import seed_cnn
 
@@ -135,11 +138,31 @@ def test_frame_limit_reaches_the_workers(served):
     np.testing.assert_allclose(cluster.share(np.array([1.5, -2.0])).reveal(), [1.5, -2.0])  # the link still works
 
 
-def test_a_refused_frame_is_explained_to_its_sender():
-    from test_tcp import _pair
+def _pair(p0: dict, p1: dict, timeout: float = 5.0):
+    """P0 and P1 SocketChannels over one loopback connection, each built with its own limits."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = {}
 
-    ch0, ch1 = _pair(timeout=5, max_frame_bytes=1 << 20)
-    ch1.max_frame_bytes = 1 << 30  # P1 would send what P0 refuses
+    def accept():
+        sock, _ = listener.accept()
+        _, hello, stream = accept_peer(sock, P0)
+        reply_hello(stream, P0, hello["session"])
+        accepted["stream"] = stream
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    stream1 = connect_peer(listener.getsockname()[:2], P1, P0, session="s", timeout=5)
+    thread.join()
+    listener.close()
+    ch0 = SocketChannel(P0, timeout, session="s", **p0)
+    ch1 = SocketChannel(P1, timeout, session="s", **p1)
+    ch0.attach(P1, accepted["stream"])
+    ch1.attach(P0, stream1)
+    return ch0, ch1
+
+
+def test_a_refused_frame_is_explained_to_its_sender():
+    ch0, ch1 = _pair({"max_frame_bytes": 1 << 20}, {})
     try:
         # 64 MiB: P0 hangs up mid-frame, P1's send fails, and says why P0 hung up.
         with pytest.raises(ChannelError, match=r"cannot send 'big' to party 0: .*\(party 0 refused a frame from "
@@ -150,13 +173,26 @@ def test_a_refused_frame_is_explained_to_its_sender():
     finally:
         ch0.close()
         ch1.close()
-    ch0, ch1 = _pair(timeout=5, max_frame_bytes=1 << 16)
-    ch1.max_frame_bytes = 1 << 30
+    ch0, ch1 = _pair({"max_frame_bytes": 1 << 16}, {})
     try:
         ch1.send(P0, np.zeros(1 << 14, np.uint64), tag="big")  # 128 KiB: fits the socket buffers, so it leaves
         with pytest.raises(ChannelError, match=r"party 0 aborted the operation \(party 0 refused a frame from "
                                                r"party 1: frame of 131\d+ bytes exceeds the limit of 65536"):
             ch1.recv(P0, tag="reply")
+    finally:
+        ch0.close()
+        ch1.close()
+
+
+def test_a_receive_limit_does_not_limit_what_is_sent():
+    # A worker's channel to a query client takes only the declared share, but answers with any size.
+    ch0, ch1 = _pair({"max_recv_bytes": 1 << 16}, {})
+    try:
+        ch0.send(P1, np.zeros(1 << 15, np.uint64), tag="output")  # 256 KiB out: fine
+        assert ch1.recv(P0, tag="output").shape == (1 << 15,)
+        ch1.send(P0, np.zeros(1 << 15, np.uint64), tag="input")  # 256 KiB in: refused
+        with pytest.raises(ChannelError, match="exceeds the limit of 65536 bytes"):
+            ch0.recv(P1, tag="input")
     finally:
         ch0.close()
         ch1.close()

@@ -539,7 +539,7 @@ class _Link:
         ch = self.channel
         try:
             while True:
-                header, payload = read_frame(self.stream, ch.max_frame_bytes, self._idle)
+                header, payload = read_frame(self.stream, ch.max_recv_bytes, self._idle)
                 if header["session"] != ch.session:
                     raise ChannelError(f"frame from session {header['session']!r}, this is session {ch.session!r}")
                 if header["seq"] != self.recv_seq:
@@ -657,13 +657,18 @@ class SocketChannel(Channel):
     control messages (operation calls and their results) use `send_control`
     / `recv_control`, which are not counted, just as the in-process cluster's
     task queues are not.
+
+    No frame larger than `max_frame_bytes` is sent or received;
+    `max_recv_bytes` (default: the same) lowers the limit for received
+    frames only, e.g. to the one input share a query client may send.
     """
 
     def __init__(self, party: int, timeout: float = 30.0, *, session: str = "",
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME):
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME, max_recv_bytes: int | None = None):
         super().__init__(party, timeout)
         self.session = session
         self.max_frame_bytes = max_frame_bytes
+        self.max_recv_bytes = max_frame_bytes if max_recv_bytes is None else min(max_recv_bytes, max_frame_bytes)
         self._links: dict[int, _Link] = {}
 
     def attach(self, peer: int, stream) -> None:

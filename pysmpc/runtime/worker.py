@@ -235,8 +235,8 @@ def _queue_query(index, query_id, request, stream, inbox: QueryInbox, timeout, m
     if len(query_id) > 64:
         reply_hello(stream, index, query_id[:64], error="query id too long")
         return
-    channel = SocketChannel(index, timeout, session=query_id,
-                            max_frame_bytes=query_frame_limit(request, max_frame_bytes))
+    channel = SocketChannel(index, timeout, session=query_id, max_frame_bytes=max_frame_bytes,
+                            max_recv_bytes=query_frame_limit(request, max_frame_bytes))
     reply_hello(stream, index, query_id)
     channel.attach(CLIENT, stream)
     if not inbox.add(Query(query_id, request, channel)):

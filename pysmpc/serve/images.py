@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["load_image"]
+__all__ = ["MAX_PIXELS", "load_image"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
@@ -50,6 +50,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+class _NotAnImage(Exception):
+    """A well-formed .npy file that holds no image (its message goes to the caller's ValueError)."""
+
+
 def _read_npy(path: str) -> np.ndarray:
     """Read a .npy array, checking its header (dtype, shape, size) before reading the data."""
     fmt = np.lib.format
@@ -76,10 +80,6 @@ def _read_npy(path: str) -> np.ndarray:
                          f"{count * dtype.itemsize}")
     image = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
     return image.astype(np.float64) / (255.0 if dtype == np.uint8 else 1.0)
-
-
-class _NotAnImage(Exception):
-    pass
 
 
 def _read_png(path: str) -> np.ndarray:
