@@ -28,7 +28,7 @@ from pysmpc.parties.socket import CERT_NAMES, HELLO_TAG, MAGIC, VERSION, accept_
 from pysmpc.runtime import wire
 
 # derandomize: the same examples on every run and machine, so CI is repeatable.
-FUZZ = settings(max_examples=150, deadline=2000, derandomize=True, database=None,
+FUZZ = settings(max_examples=100, deadline=2000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 FIXED = struct.Struct("!4sHHIQ")
 LIMIT = 1 << 20  # max frame bytes in these tests

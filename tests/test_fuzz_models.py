@@ -41,7 +41,7 @@ FILES = {
     "tiny_torch.onnx": FIXTURES / "tiny_torch.onnx",
 }
 # derandomize: the same examples on every run and machine, so CI is repeatable.
-FUZZ = settings(max_examples=60, deadline=5000, derandomize=True, database=None,
+FUZZ = settings(max_examples=40, deadline=5000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 
