@@ -250,6 +250,13 @@ def test_malformed_frames_name_the_problem(header, message):
 _LISTENER: list = []
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _close_listener():
+    yield
+    while _LISTENER:
+        _LISTENER.pop().close()
+
+
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
     """Two ends of a loopback TCP connection (accept_peer sets TCP options a socketpair lacks)."""
     if not _LISTENER:
