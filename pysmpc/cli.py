@@ -72,7 +72,7 @@ def _serve(args) -> int:
     model = load_model(args.model)
     hosts = args.hosts.split(",")
     cluster = Cluster(*(Worker(h, auto_managed=not args.manual) for h in hosts), tls_dir=args.tls_dir,
-                      allow_cleartext=args.allow_cleartext)
+                      allow_cleartext=args.allow_cleartext, max_frame_bytes=args.max_frame_bytes)
     print(f"starting the cluster on {', '.join(hosts)}" + (" (workers started by hand)" if args.manual else ""),
           flush=True)
     with cluster:
@@ -80,7 +80,7 @@ def _serve(args) -> int:
         print(f"serving {args.model} (input {model.input_shape}, output {model.output_shape}) "
               f"for {args.requests} requests", flush=True)
         start = time.perf_counter()
-        served = model.serve(num_requests=args.requests, max_batch=args.max_batch)
+        served = model.serve(num_requests=args.requests, max_batch=args.max_batch, max_rows=args.max_rows)
         elapsed = time.perf_counter() - start
         model.stop_sharing()
     failed = cluster.last_serve["failed"]
@@ -244,6 +244,8 @@ def _progress(iterable, enabled: bool, unit: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pysmpc.parties.socket import DEFAULT_MAX_FRAME
+
     parser = argparse.ArgumentParser(prog="pysmpc", description="Secure multi-party computation for private ML.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -273,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-cleartext", action="store_true",
                        help="no TLS although some hosts are not loopback (shares cross the network in the clear)")
     serve.add_argument("--max-batch", type=int, default=16, help="queries arriving together run as one batch")
+    serve.add_argument("--max-rows", type=int, default=256,
+                       help="most inputs in one batch; a single query with more is refused (default 256)")
+    serve.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME,
+                       help=f"largest message a party accepts (default {DEFAULT_MAX_FRAME}); with --manual, "
+                            "start the workers with the same --max-frame-bytes")
     serve.set_defaults(fn=_serve)
 
     query = sub.add_parser("query", help="query a served model with images; only this process sees the result")

@@ -494,6 +494,7 @@ def test_channel_errors_are_clear():
 
 def test_oversized_frame_is_refused():
     ch0, ch1 = _pair(max_frame_bytes=1 << 16)
+    ch1.max_frame_bytes = 1 << 30  # a sender with a larger limit (it refuses to send over its own)
     try:
         ch1.send(P0, np.zeros(1 << 14, np.uint64), tag="big")  # 128 KiB > 64 KiB limit on P0's side
         with pytest.raises(ChannelError, match=r"exceeds the limit of 65536 bytes"):

@@ -94,12 +94,22 @@ class Layer:
                 raise GraphError(f"{where}: only padding 'valid' is supported for pooling, got {padding!r}")
             params["padding"] = "valid"
         self.params = params
+        self.weights = {k: np.array(v, dtype=np.float64, order="C") for k, v in self.weights.items()}
+        self.check_weights()
+
+    def check_weights(self) -> None:
+        """Check the weights' names, shapes and values (finite), storing them as C-ordered float64.
+
+        Importers that fold a bias or a batch norm into a layer after
+        building it are checked again by Graph.validate.
+        """
+        where = f"layer {self.name!r} ({self.kind})"
         expected = _WEIGHTS[self.kind]
         if set(self.weights) != set(expected):
             raise GraphError(
                 f"{where}: expected weights {list(expected)}, got {sorted(self.weights)}"
             )
-        self.weights = {k: np.array(v, dtype=np.float64, order="C") for k, v in self.weights.items()}
+        self.weights = {k: np.require(v, dtype=np.float64, requirements="C") for k, v in self.weights.items()}
         for key, value in self.weights.items():
             if not np.all(np.isfinite(value)):
                 raise GraphError(f"{where}: weight {key!r} contains NaN or infinity")
@@ -235,6 +245,10 @@ class Graph:
             if layer.name in seen:
                 raise GraphError(f"layer {i}: duplicate layer name {layer.name!r}")
             seen.add(layer.name)
+            try:
+                layer.check_weights()
+            except GraphError as exc:
+                raise GraphError(f"layer {i}: {exc}") from None
         self.shapes()
 
     def shapes(self) -> list:

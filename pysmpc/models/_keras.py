@@ -8,11 +8,13 @@ here imports Keras or runs code from the file: configs are plain JSON.
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 import numpy as np
 
 from pysmpc.graph.graph import Graph, Layer
+from pysmpc.models._errors import ModelFormatError
 
 SUPPORTED = (
     "InputLayer", "Conv2D", "AveragePooling2D", "MaxPooling2D", "Activation", "ReLU",
@@ -22,6 +24,20 @@ _IGNORED = ("InputLayer", "Dropout")
 _MODELS = ("Sequential", "Functional", "Model")
 
 WeightsFn = Callable[[dict, int], dict]
+# What malformed JSON (a list where a dict belongs, a missing key, a string
+# for a number) raises deep inside the translation.
+MALFORMED = (KeyError, IndexError, TypeError, AttributeError, OverflowError)
+
+
+def parse_config(text, source: str) -> dict:
+    """Parse a model config (JSON text or bytes); ModelFormatError if it is not a JSON object."""
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
+        raise ModelFormatError(f"{source}: the model config is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(config, dict):
+        raise ModelFormatError(f"{source}: the model config is a JSON {type(config).__name__}, not an object")
+    return config
 
 
 def unsupported(name: str, cls: str, why: str = "") -> ValueError:
@@ -33,19 +49,27 @@ def unsupported(name: str, cls: str, why: str = "") -> ValueError:
     )
 
 
-def model_layers(model_config: dict) -> tuple[str, list]:
+def model_layers(model_config: dict, source: str = "model") -> tuple[str, list]:
     """Return (model class, layer configs in order) from a model config, checking it is a chain."""
     if not isinstance(model_config, dict) or "class_name" not in model_config:
-        raise ValueError("model config is not a Keras model config (no 'class_name')")
+        raise ModelFormatError(f"{source}: model config is not a Keras model config (no 'class_name')")
     cls = model_config["class_name"]
     config = model_config.get("config", {})
     if cls not in _MODELS:
-        raise ValueError(f"top-level object is a {cls}, expected one of {', '.join(_MODELS)}")
-    layers = config if isinstance(config, list) else config.get("layers")  # Keras 2.2 Sequential: a bare list
+        raise ValueError(f"{source}: top-level object is a {str(cls)[:80]}, expected one of {', '.join(_MODELS)}")
+    layers = config.get("layers") if isinstance(config, dict) else config  # Keras 2.2 Sequential: a bare list
     if not isinstance(layers, list) or not layers:
-        raise ValueError(f"{cls} config has no layers")
+        raise ModelFormatError(f"{source}: {cls} config has no layers")
+    for index, layer in enumerate(layers):
+        if not (isinstance(layer, dict) and isinstance(layer.get("class_name", ""), str)
+                and isinstance(layer.get("config", {}), dict)):
+            raise ModelFormatError(f"{source}: {cls} config: layer {index} is not a layer config: {str(layer)[:80]}")
     if cls != "Sequential":
-        _check_chain(layers)
+        try:
+            _check_chain(layers)
+        except MALFORMED as exc:
+            raise ModelFormatError(f"{source}: {cls} config: malformed inbound nodes: {type(exc).__name__}: "
+                                   f"{str(exc)[:200]}") from None
     return cls, layers
 
 
@@ -121,11 +145,24 @@ def graph_from_keras(model_config: dict, weights: WeightsFn, source: str, input_
     BatchNormalization is folded into the conv2d or dense layer right before
     it; InputLayer and Dropout are dropped; a softmax on the last layer is
     dropped with a note (the client applies it).
+
+    Raises:
+        ModelFormatError: the config is malformed (wrong types, missing
+            keys, missing weights); the message names the layer.
+        ValueError: a layer is unsupported; GraphError: shapes do not fit.
     """
-    _, layers = model_layers(model_config)
+    where = ["model config"]
+    try:
+        return _graph_from_keras(model_config, weights, source, input_shape, where)
+    except MALFORMED as exc:
+        raise ModelFormatError(f"{source}: malformed {where[0]}: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _graph_from_keras(model_config, weights: WeightsFn, source: str, input_shape, where: list) -> Graph:
+    _, layers = model_layers(model_config, source)
     shape = _input_shape(layers) or input_shape
     if shape is None or any(s is None for s in shape):
-        raise ValueError(f"cannot tell the model's input shape from its config (got {shape}); it must be fixed")
+        raise ValueError(f"{source}: cannot tell the model's input shape from its config (got {shape}); it must be fixed")
     out: list = []
     notes: list = []
     linear_tail = None  # the conv2d/dense just emitted, while no activation follows it
@@ -146,9 +183,11 @@ def graph_from_keras(model_config: dict, weights: WeightsFn, source: str, input_
             raise unsupported(name, cls, f"activation {act!r}")
 
     for index, spec in enumerate(layers):
+        where[0] = f"config of layer {index}"
         cls = spec.get("class_name", "?")
         cfg = spec.get("config", {})
         name = cfg.get("name", f"layer_{index}")
+        where[0] = f"config of layer {index} ({str(name)[:60]!r} of class {str(cls)[:60]})"
         if softmax_at is not None and cls not in _IGNORED:
             raise unsupported(softmax_at[0], softmax_at[1], "softmax is only supported as the last layer")
         if cfg.get("data_format", "channels_last") != "channels_last":
@@ -200,6 +239,7 @@ def graph_from_keras(model_config: dict, weights: WeightsFn, source: str, input_
             notes.append(f"batch normalization {name!r} folded into {linear_tail.name!r}")
         else:
             raise unsupported(name, cls)
+    where[0] = "model config"
     if softmax_at is not None:
         notes.append(f"final softmax of {softmax_at[0]!r} dropped: the graph outputs logits, the client applies softmax")
     return Graph(tuple(shape), out, source=source, notes=notes)

@@ -14,16 +14,20 @@ Only h5py and json are used: no pickle, no code from the file runs.
 
 from __future__ import annotations
 
-import json
 import os
 
 import h5py
 import numpy as np
 
 from pysmpc.graph.graph import Graph
-from pysmpc.models._keras import graph_from_keras
+from pysmpc.models._errors import ModelFormatError
+from pysmpc.models._keras import graph_from_keras, parse_config
 
 __all__ = ["load_keras_h5"]
+
+# What h5py raises on a corrupt file: OSError and RuntimeError from the HDF5
+# library, KeyError for a missing object, TypeError/ValueError for data it cannot convert.
+_H5_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)
 
 
 def _text(value) -> str:
@@ -34,18 +38,25 @@ def _text(value) -> str:
     return str(value)
 
 
-def _layer_weights(group: h5py.Group, layer_name: str) -> dict:
+def _layer_weights(group: h5py.Group, layer_name: str, source: str) -> dict:
     """Return {short name: float64 array} for one layer's group, using its weight_names."""
-    if layer_name not in group:
-        return {}
-    layer_group = group[layer_name]
     out = {}
-    for path in layer_group.attrs.get("weight_names", []):
-        path = _text(path)
-        if path not in layer_group:
-            raise ValueError(f"weight {path!r} of layer {layer_name!r} is listed but missing from the file")
-        short = path.rsplit("/", 1)[-1].split(":", 1)[0]
-        out[short] = np.asarray(layer_group[path][()], dtype=np.float64)
+    try:
+        if not isinstance(layer_name, str) or layer_name not in group:
+            return {}
+        layer_group = group[layer_name]
+        for path in np.atleast_1d(layer_group.attrs.get("weight_names", [])):
+            path = _text(path)
+            if path not in layer_group:
+                raise ModelFormatError(f"{source}: weight {path!r} of layer {layer_name!r} is listed but missing "
+                                       "from the file")
+            short = path.rsplit("/", 1)[-1].split(":", 1)[0]
+            out[short] = np.asarray(layer_group[path][()], dtype=np.float64)
+    except ModelFormatError:
+        raise
+    except _H5_ERRORS as exc:
+        raise ModelFormatError(f"{source}: cannot read the weights of layer {layer_name!r}, the file is corrupt: "
+                               f"{type(exc).__name__}: {str(exc)[:200]}") from None
     return out
 
 
@@ -67,23 +78,35 @@ def load_keras_h5(path: str | os.PathLike) -> Graph:
     """Load a Keras 2 or Keras 3 HDF5 model file as a Graph.
 
     Raises:
+        ModelFormatError: the file is corrupt or truncated (not HDF5, a
+            malformed config, unreadable weights).
         ValueError: not a Keras model file (no ``model_config``, e.g. a
             weights-only file), or a layer is unsupported.
-        OSError: the file cannot be opened as HDF5 (corrupt or truncated).
     """
     path = os.fspath(path)
-    with h5py.File(path, "r") as f:
-        if "model_config" not in f.attrs:
+    try:
+        f = h5py.File(path, "r")
+    except _H5_ERRORS as exc:
+        raise ModelFormatError(f"{path}: cannot read as HDF5, the file is corrupt or truncated ({exc})") from None
+    with f:
+        try:
+            is_model = "model_config" in f.attrs
+            if is_model:
+                text = _text(f.attrs["model_config"])
+                kind = layout(f)
+                group = f["model_weights"] if "model_weights" in f else f
+        except _H5_ERRORS as exc:  # also UnicodeDecodeError, a ValueError
+            raise ModelFormatError(f"{path}: cannot read the model config, the file is corrupt or truncated: "
+                                   f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        if not is_model:
             raise ValueError(
                 f"{path}: no 'model_config' attribute, so this is not a full Keras model file "
                 f"(a weights-only file from save_weights?); save it with model.save()"
             )
-        config = json.loads(_text(f.attrs["model_config"]))
-        kind = layout(f)
-        group = f["model_weights"] if "model_weights" in f else f
+        config = parse_config(text, path)
 
         def weights(spec: dict, index: int) -> dict:
-            return _layer_weights(group, spec.get("config", {}).get("name", ""))
+            return _layer_weights(group, spec.get("config", {}).get("name", ""), path)
 
         graph = graph_from_keras(config, weights, source=path)
     graph.notes.insert(0, f"read as a {'Keras 2' if kind == 'keras2' else 'Keras 3'} HDF5 file")

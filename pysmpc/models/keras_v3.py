@@ -16,39 +16,67 @@ Only zipfile, json and h5py are used: no code from the archive runs.
 from __future__ import annotations
 
 import io
-import json
 import os
 import zipfile
+import zlib
 
 import h5py
 import numpy as np
 
 from pysmpc.graph.graph import Graph
-from pysmpc.models._keras import graph_from_keras, model_layers, snake_case, v3_weight_names
+from pysmpc.models._errors import ModelFormatError
+from pysmpc.models._keras import graph_from_keras, model_layers, parse_config, snake_case, v3_weight_names
 
 __all__ = ["load_keras_v3"]
+
+# Declared sizes above these are refused before anything is decompressed:
+# a few kilobytes of zip can claim gigabytes (a zip bomb).
+_MAX_CONFIG = 64 << 20
+_MAX_WEIGHTS = 2 << 30
+# What zipfile raises on a corrupt archive besides BadZipFile: a flipped
+# "encrypted" flag (RuntimeError), an unknown compression method
+# (NotImplementedError), bad deflate data (zlib.error), a short member (EOFError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError,
+               OSError, ValueError, OverflowError)
+_H5_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)
+
+
+def _read_archive(path: str) -> tuple[bytes, bytes]:
+    """Return the config.json and model.weights.h5 members of a .keras archive."""
+    limits = {"config.json": _MAX_CONFIG, "model.weights.h5": _MAX_WEIGHTS}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            members = []
+            for member, limit in limits.items():
+                if member not in names:
+                    raise ModelFormatError(f"{path}: not a Keras 3 archive: member {member!r} missing "
+                                           f"(has {names[:10]})")
+                size = archive.getinfo(member).file_size
+                if size > limit:
+                    raise ModelFormatError(f"{path}: member {member!r} declares {size} bytes, more than the "
+                                           f"{limit} bytes a model may have")
+                members.append(archive.read(member))
+    except ModelFormatError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise ModelFormatError(f"{path}: not a valid .keras (zip) file, corrupt or truncated: "
+                               f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    return members[0], members[1]
 
 
 def load_keras_v3(path: str | os.PathLike) -> Graph:
     """Load a Keras 3 ``.keras`` model archive as a Graph.
 
     Raises:
-        ValueError: not a valid archive (corrupt, truncated, missing member),
-            or a layer is unsupported.
+        ModelFormatError: not a valid archive (corrupt, truncated, missing
+            member, malformed config or weights).
+        ValueError: a layer is unsupported.
     """
     path = os.fspath(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            for member in ("config.json", "model.weights.h5"):
-                if member not in names:
-                    raise ValueError(f"{path}: not a Keras 3 archive: member {member!r} missing (has {names})")
-            config = json.loads(archive.read("config.json"))
-            weights_bytes = archive.read("model.weights.h5")
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"{path}: not a valid .keras (zip) file, corrupt or truncated: {exc}") from None
-
-    _, layer_specs = model_layers(config)
+    config_bytes, weights_bytes = _read_archive(path)
+    config = parse_config(config_bytes, path)
+    _, layer_specs = model_layers(config, path)
     folders: dict = {}
     used: dict = {}
     for spec in layer_specs:
@@ -58,21 +86,27 @@ def load_keras_v3(path: str | os.PathLike) -> Graph:
 
     try:
         h5 = h5py.File(io.BytesIO(weights_bytes), "r")
-    except OSError as exc:
-        raise ValueError(f"{path}: model.weights.h5 inside the archive is not valid HDF5: {exc}") from None
+    except _H5_ERRORS as exc:
+        raise ModelFormatError(f"{path}: model.weights.h5 inside the archive is not valid HDF5: {exc}") from None
     with h5:
         def weights(spec: dict, index: int) -> dict:
             name = spec.get("config", {}).get("name")
             key = f"layers/{folders[id(spec)]}/vars"
-            if key not in h5:
-                raise ValueError(f"{path}: weights of layer {name!r} not found at {key!r}")
-            group = h5[key]
-            stored = group.attrs.get("name")
-            if stored is not None and (stored.decode() if isinstance(stored, bytes) else str(stored)) != name:
-                raise ValueError(f"{path}: {key!r} holds layer {stored!r}, expected {name!r}")
-            wanted = v3_weight_names(spec)
-            if len(group) != len(wanted):
-                raise ValueError(f"{path}: layer {name!r} has {len(group)} weights, expected {wanted}")
-            return {w: np.asarray(group[str(i)][()], dtype=np.float64) for i, w in enumerate(wanted)}
+            try:
+                if key not in h5:
+                    raise ModelFormatError(f"{path}: weights of layer {name!r} not found at {key!r}")
+                group = h5[key]
+                stored = group.attrs.get("name")
+                if stored is not None and (stored.decode() if isinstance(stored, bytes) else str(stored)) != name:
+                    raise ModelFormatError(f"{path}: {key!r} holds layer {stored!r}, expected {name!r}")
+                wanted = v3_weight_names(spec)
+                if len(group) != len(wanted):
+                    raise ModelFormatError(f"{path}: layer {name!r} has {len(group)} weights, expected {wanted}")
+                return {w: np.asarray(group[str(i)][()], dtype=np.float64) for i, w in enumerate(wanted)}
+            except ModelFormatError:
+                raise
+            except _H5_ERRORS as exc:  # also UnicodeDecodeError, a ValueError
+                raise ModelFormatError(f"{path}: cannot read the weights of layer {name!r} at {key!r}, the file "
+                                       f"is corrupt: {type(exc).__name__}: {str(exc)[:200]}") from None
 
         return graph_from_keras(config, weights, source=path)

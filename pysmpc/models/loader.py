@@ -3,53 +3,142 @@
 from __future__ import annotations
 
 import os
+import pickle
+import select
+import signal
+import struct
 import tempfile
+import time
+import zlib
 
 import numpy as np
 
 from pysmpc.graph.graph import Graph
+from pysmpc.models._errors import ModelFormatError
 
 __all__ = ["from_keras", "from_torch", "load_graph"]
 
 _FORMATS = ".h5/.hdf5 (Keras 2 or 3 HDF5), .keras (Keras 3 archive), .onnx"
+# What a parser library may raise on a malformed file that a reader did not
+# turn into a clear error itself; load_graph reports these as ModelFormatError.
+_MALFORMED = (OSError, RuntimeError, KeyError, IndexError, TypeError, AttributeError, OverflowError, EOFError,
+              RecursionError, NotImplementedError, struct.error, zlib.error)
 
 
-def load_graph(path: str | os.PathLike) -> Graph:
+# How long an HDF5 reader (.h5, .hdf5, .keras) may take before it is
+# stopped: the HDF5 C library loops for ever on some corrupt files.
+READ_TIMEOUT = 300.0
+
+
+def load_graph(path: str | os.PathLike, timeout: float | None = None) -> Graph:
     """Load a model file as a Graph, choosing the reader by extension.
 
     ``.h5``/``.hdf5``: Keras HDF5 (Keras 2 and Keras 3 layouts are told
     apart from the file); ``.keras``: Keras 3 archive; ``.onnx``: ONNX.
-    No code from the file runs.
+    No code from the file runs. Where ``os.fork`` exists, files read with
+    the HDF5 library are read in a child process, stopped after `timeout`
+    seconds (default READ_TIMEOUT): that library can loop for ever or crash
+    on a corrupt file.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown extension, a corrupt or truncated file, or an
-            unsupported layer (the message names it).
+        ModelFormatError (a ValueError): a corrupt, truncated or malformed
+            file; the message names the file (and the layer, where known).
+        ValueError: unknown extension, or an unsupported layer (the message
+            names it); GraphError (a ValueError): the layers' shapes do not fit.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
     if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: the file is empty")
+        raise ModelFormatError(f"{path}: the file is empty")
     if ext in (".h5", ".hdf5"):
-        from pysmpc.models.keras_h5 import load_keras_h5
+        from pysmpc.models.keras_h5 import load_keras_h5 as reader
+    elif ext == ".keras":
+        from pysmpc.models.keras_v3 import load_keras_v3 as reader
+    elif ext == ".onnx":
+        from pysmpc.models.onnx_import import load_onnx as reader
+    else:
+        raise ValueError(f"{path}: unknown model format {ext!r}; supported: {_FORMATS}")
+    if ext != ".onnx" and hasattr(os, "fork"):
+        return _read_in_child(reader, path, READ_TIMEOUT if timeout is None else timeout)
+    return _read(reader, path)
 
+
+def _read(reader, path: str) -> Graph:
+    try:
+        return reader(path)
+    except PermissionError:
+        raise
+    except _MALFORMED as exc:
+        raise ModelFormatError(f"{path}: cannot read the model, the file is corrupt or malformed: "
+                               f"{type(exc).__name__}: {str(exc)[:300]}") from None
+
+
+def _fork() -> int:
+    """os.fork, holding h5py's global lock: no other thread can be inside h5py at that moment,
+    so the child never inherits the lock held by a thread it does not have."""
+    try:
+        from h5py._objects import phil
+    except ImportError:
+        return os.fork()
+    with phil:
+        return os.fork()
+
+
+def _read_in_child(reader, path: str, timeout: float) -> Graph:
+    """Run `_read(reader, path)` in a forked child; return its Graph or raise its error.
+
+    A child that loops is killed after `timeout` seconds, and one that
+    crashes takes only itself down: either is a ModelFormatError here. The
+    child pickles back the Graph or the exception it raised; these are
+    objects our own code built, so unpickling them runs nothing from the file.
+    """
+    read_end, write_end = os.pipe()
+    pid = _fork()
+    if pid == 0:  # the child: read, report, exit without running the parent's cleanup
+        code = 0
         try:
-            return load_keras_h5(path)
-        except OSError as exc:  # h5py reports bad or truncated files as OSError
-            raise ValueError(f"{path}: cannot read as HDF5, the file is corrupt or truncated ({exc})") from None
-        except KeyError as exc:
-            raise ValueError(f"{path}: incomplete Keras HDF5 file, missing {exc}") from None
-    if ext == ".keras":
-        from pysmpc.models.keras_v3 import load_keras_v3
-
-        return load_keras_v3(path)
-    if ext == ".onnx":
-        from pysmpc.models.onnx_import import load_onnx
-
-        return load_onnx(path)
-    raise ValueError(f"{path}: unknown model format {ext!r}; supported: {_FORMATS}")
+            os.close(read_end)
+            try:
+                outcome = (True, _read(reader, path))
+            except Exception as exc:  # noqa: BLE001 - everything goes back to the parent
+                outcome = (False, exc)
+            try:
+                data = pickle.dumps(outcome)
+            except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
+                data = pickle.dumps((False, ModelFormatError(f"{path}: {type(exc).__name__}: {exc}")))
+            with os.fdopen(write_end, "wb") as out:
+                out.write(data)
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                raise ModelFormatError(f"{path}: reading the file did not finish within {timeout:g} s and was "
+                                       "stopped (the HDF5 library loops on some corrupt files)")
+            chunk = os.read(read_end, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+    if not chunks:
+        how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exit code {os.waitstatus_to_exitcode(status)}")
+        raise ModelFormatError(f"{path}: the reader crashed on this file ({how}); the file is corrupt")
+    ok, value = pickle.loads(b"".join(chunks))
+    if ok:
+        return value
+    raise value
 
 
 def from_keras(model) -> Graph:

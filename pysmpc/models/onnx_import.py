@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from pysmpc.graph.graph import Graph, Layer
+from pysmpc.models._errors import ModelFormatError
 
 __all__ = ["SUPPORTED_OPS", "graph_from_onnx", "load_onnx"]
 
@@ -53,9 +54,9 @@ def load_onnx(path: str | os.PathLike) -> Graph:
         # onnx.load also reads weights kept in a side file (external data) next to the model.
         model = onnx.load(path)
     except Exception as exc:  # protobuf DecodeError, onnx ValidationError for bad external data
-        raise ValueError(f"{path}: not a valid ONNX model, corrupt or truncated: {exc}") from None
+        raise ModelFormatError(f"{path}: not a valid ONNX model, corrupt or truncated: {str(exc)[:300]}") from None
     if not model.graph.node:
-        raise ValueError(f"{path}: not a valid ONNX model, corrupt or truncated: the graph has no nodes")
+        raise ModelFormatError(f"{path}: not a valid ONNX model, corrupt or truncated: the graph has no nodes")
     return graph_from_onnx(model, source=path)
 
 
@@ -71,14 +72,40 @@ def _attrs(onnx, node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+# What a malformed (but parseable) model raises deep inside the translation:
+# a missing attribute or input, an attribute of the wrong type.
+_MALFORMED = (KeyError, IndexError, TypeError, AttributeError, OverflowError)
+
+
 def graph_from_onnx(model, source: str = "onnx") -> Graph:
-    """Build a Graph from an ``onnx.ModelProto`` (see the module docstring)."""
+    """Build a Graph from an ``onnx.ModelProto`` (see the module docstring).
+
+    Raises:
+        ModelFormatError: a node or tensor is malformed (the message names it).
+        ValueError: an op is unsupported; GraphError: shapes do not fit.
+    """
+    where = ["graph"]
+    try:
+        return _graph_from_onnx(model, source, where)
+    except _MALFORMED as exc:
+        raise ModelFormatError(f"{source}: malformed {where[0]}: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _tensor(numpy_helper, tensor, source: str) -> np.ndarray:
+    try:
+        array = numpy_helper.to_array(tensor)
+    except Exception as exc:  # noqa: BLE001 - onnx raises TypeError, ValueError, even AssertionError
+        raise ModelFormatError(f"{source}: tensor {tensor.name[:80]!r} cannot be read: {type(exc).__name__}: "
+                               f"{str(exc)[:200]}") from None
+    return array.astype(np.float64) if array.dtype.kind == "f" else array
+
+
+def _graph_from_onnx(model, source: str, where: list) -> Graph:
     onnx = _onnx()
     from onnx import numpy_helper
 
     g = model.graph
-    consts = {t.name: numpy_helper.to_array(t).astype(np.float64) if numpy_helper.to_array(t).dtype.kind == "f"
-              else numpy_helper.to_array(t) for t in g.initializer}
+    consts = {t.name: _tensor(numpy_helper, t, source) for t in g.initializer}
     inputs = [i for i in g.input if i.name not in consts]
     if len(inputs) != 1:
         raise ValueError(f"{source}: expected one model input, got {[i.name for i in inputs]}")
@@ -111,12 +138,13 @@ def graph_from_onnx(model, source: str = "onnx") -> Graph:
     for index, node in enumerate(g.node):
         op = node.op_type
         name = node.name or f"{op.lower()}_{index}"
+        where[0] = f"node {index} ({name[:60]!r} of op type {op[:40]})"
         a = _attrs(onnx, node)
         if op == "Constant":
             value = a.get("value")
             if value is None:
                 raise _unsupported(node, "only 'value' constants")
-            consts[node.output[0]] = numpy_helper.to_array(value)
+            consts[node.output[0]] = _tensor(numpy_helper, value, source)
             continue
         if op == "Identity" and node.input[0] in consts:
             consts[node.output[0]] = consts[node.input[0]]
@@ -222,6 +250,7 @@ def graph_from_onnx(model, source: str = "onnx") -> Graph:
             foldable = layers[-1]
         elif op not in ("Identity", "Dropout", "Add", "BatchNormalization"):
             foldable = None
+    where[0] = "graph"
     outputs = [o.name for o in g.output]
     if outputs != [current]:
         raise ValueError(f"{source}: graph outputs {outputs} are not the end of the chain ({current!r})")

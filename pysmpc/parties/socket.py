@@ -53,6 +53,7 @@ __all__ = [
     "CERT_NAMES",
     "CERT_FILES",
     "DEFAULT_MAX_FRAME",
+    "FrameTooLarge",
     "HELLO_TAG",
     "ABORT_TAG",
     "HEARTBEAT_TAG",
@@ -77,6 +78,7 @@ DEFAULT_MAX_FRAME = 1 << 30  # 1 GiB: header + body of one frame
 _MAX_HEADER = 1 << 20
 _MAX_DEPTH = 16
 _MAX_NDIM = 32
+_MAX_ELEMENTS = 1 << 48  # no array, even an empty one, spans more (nonzero) elements
 # A blocking socket call waits at most this long before it checks whether the
 # connection was closed or a deadline passed, then waits again.
 _SLICE = 0.25
@@ -384,7 +386,8 @@ def _wire_array(a: np.ndarray) -> np.ndarray:
         if swapped.str not in _DTYPES:
             raise TypeError(f"cannot send an array of dtype {a.dtype}: allowed are {sorted(_DTYPES)}")
         a = a.astype(swapped)
-    return np.ascontiguousarray(a)
+    # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def _flatten(data, buffers: list, descr: list, depth: int = 0):
@@ -427,14 +430,26 @@ def _unflatten(layout, parts: list, depth: int = 0):
     raise ChannelError(f"malformed frame layout {str(layout)[:80]!r}")
 
 
-def write_frame(stream, tag: str, seq: int, session: str, data, idle: Callable[[], None]) -> int:
-    """Send one frame; return the body size (the payload's bytes)."""
+class FrameTooLarge(ChannelError):
+    """A frame to send is over the frame limit; nothing was sent."""
+
+
+def write_frame(stream, tag: str, seq: int, session: str, data, idle: Callable[[], None],
+                max_frame: int | None = None) -> int:
+    """Send one frame; return the body size (the payload's bytes).
+
+    With `max_frame`, a frame larger than that (header and body, as the
+    receiver counts) raises FrameTooLarge before anything is sent.
+    """
     buffers: list = []
     descr: list = []
     layout = _flatten(data, buffers, descr)
     header = json.dumps({"tag": tag, "seq": seq, "session": session, "layout": layout, "buffers": descr},
                         separators=(",", ":")).encode()
     body = sum(len(b) for b in buffers)
+    if max_frame is not None and len(header) + body > max_frame:
+        raise FrameTooLarge(f"the '{tag}' message makes a frame of {len(header) + body} bytes, over the frame "
+                            f"limit of {max_frame} bytes (max_frame_bytes)")
     stream.send_views([memoryview(_FIXED.pack(MAGIC, VERSION, 0, len(header), body) + header), *buffers], idle)
     return body
 
@@ -457,7 +472,13 @@ def _read_exact(stream, view: memoryview, idle, what: str, at_start: bool = Fals
 
 
 def read_frame(stream, max_frame: int, idle: Callable[[], None]) -> tuple[dict, object]:
-    """Read one frame: (header, payload). Raises ChannelError for anything malformed."""
+    """Read one frame: (header, payload). Raises ChannelError for anything malformed.
+
+    Sizes are checked against `max_frame` before anything is allocated, and
+    each buffer is allocated only when its turn to be read comes, so a frame
+    that declares more than it sends costs at most the bytes it sent plus
+    one buffer (np.empty: pages are committed as the bytes arrive).
+    """
     fixed = bytearray(_FIXED.size)
     _read_exact(stream, memoryview(fixed), idle, "fixed header", at_start=True)
     magic, version, flags, hlen, blen = _FIXED.unpack(fixed)
@@ -474,13 +495,13 @@ def read_frame(stream, max_frame: int, idle: Callable[[], None]) -> tuple[dict, 
     _read_exact(stream, memoryview(raw), idle, "JSON header")
     try:
         header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ChannelError(f"frame header is not valid JSON: {exc}") from None
-    parts = _allocate(header, blen)
-    for part in parts:
-        view = memoryview(part) if isinstance(part, bytearray) else memoryview(part.reshape(-1).view(np.uint8))
-        _read_exact(stream, view, idle, f"buffer for '{header['tag']}'")
-    parts = [bytes(p) if isinstance(p, bytearray) else p for p in parts]
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
+        raise ChannelError(f"frame header is not valid JSON: {str(exc)[:200]}") from None
+    parts = []
+    for kind, shape in _plan_buffers(header, blen):
+        part = np.empty(shape, dtype=np.uint8 if kind == _BYTES else _DTYPES[kind])
+        _read_exact(stream, memoryview(part.reshape(-1).view(np.uint8)), idle, f"buffer for '{header['tag']}'")
+        parts.append(part.tobytes() if kind == _BYTES else part)
     return header, _unflatten(header["layout"], parts)
 
 
@@ -488,8 +509,8 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _allocate(header, blen: int) -> list:
-    """Check a decoded header and allocate the buffers its body fills."""
+def _plan_buffers(header, blen: int) -> list:
+    """Check a decoded header; return (kind, shape) of each buffer its body fills."""
     if not isinstance(header, dict) or set(header) != {"tag", "seq", "session", "layout", "buffers"}:
         raise ChannelError(f"malformed frame header {str(header)[:120]!r}")
     if not isinstance(header["tag"], str) or not isinstance(header["session"], str) or not _is_int(header["seq"]):
@@ -506,18 +527,20 @@ def _allocate(header, blen: int) -> list:
         if kind == _BYTES:
             if len(shape) != 1:
                 raise ChannelError(f"malformed buffer description {d!r}")
-            size = shape[0]
-        elif kind in _DTYPES:
-            size = _DTYPES[kind].itemsize * int(np.prod(shape, dtype=object))
-        else:
+        elif kind not in _DTYPES:
             raise ChannelError(f"frame '{header['tag']}' carries dtype {kind!r}; allowed are {sorted(_DTYPES)}")
-        total += size
+        # An empty array may still name absurd sizes, e.g. (0, 2**70), which numpy cannot build.
+        if np.prod([s for s in shape if s], dtype=object) > _MAX_ELEMENTS:
+            raise ChannelError(f"frame '{header['tag']}': buffer of shape {str(shape)[:80]} names more than "
+                               f"2**48 elements")
+        itemsize = 1 if kind == _BYTES else _DTYPES[kind].itemsize
+        total += itemsize * int(np.prod(shape, dtype=object))
         if total > blen:
             break
-        plan.append((kind, shape))
+        plan.append((kind, tuple(shape)))
     if total != blen:
         raise ChannelError(f"frame '{header['tag']}': buffers describe {total} bytes but the body has {blen}")
-    return [bytearray(shape[0]) if kind == _BYTES else np.empty(shape, dtype=_DTYPES[kind]) for kind, shape in plan]
+    return plan
 
 
 # -- the channel ------------------------------------------------------------------------
@@ -551,7 +574,7 @@ class _Link:
         ch = self.channel
         try:
             while True:
-                header, payload = read_frame(self.stream, ch.max_frame_bytes, self._idle)
+                header, payload = read_frame(self.stream, ch.max_recv_bytes, self._idle)
                 if header["session"] != ch.session:
                     raise ChannelError(f"frame from session {header['session']!r}, this is session {ch.session!r}")
                 if header["seq"] != self.recv_seq:
@@ -564,12 +587,46 @@ class _Link:
         except ChannelError as exc:
             if not self.closed:
                 log.error("party %s: bad frame from %s: %s; closing the connection", ch.party, _name(self.peer), exc)
+                self._refuse(f"{_name(ch.party)} refused a frame from {_name(self.peer)}: {exc}")
             self.queue.put(_Failure(exc))
             self.stream.close()
         except Exception as exc:  # noqa: BLE001 - a reader must never die silently
             log.exception("party %s: reader for %s failed", ch.party, _name(self.peer))
             self.queue.put(_Failure(ChannelError(f"reader failed: {exc!r}")))
             self.stream.close()
+
+    def _refuse(self, reason: str) -> None:
+        """Tell the peer why we hang up (an abort frame), if that takes under a second.
+
+        The peer may be in the middle of sending the frame we refused; its
+        reader still sees this, and its failed send reports it (_refusal).
+        """
+        deadline = time.monotonic() + 1.0
+
+        def idle():
+            if time.monotonic() > deadline:
+                raise TimeoutError
+
+        if not self.send_lock.acquire(timeout=1.0):
+            return
+        try:
+            write_frame(self.stream, ABORT_TAG, self.send_seq, self.channel.session, reason.encode()[:2000], idle)
+            self.send_seq += 1
+        except (OSError, ChannelError):  # TimeoutError is an OSError
+            pass
+        finally:
+            self.send_lock.release()
+
+    def _refusal(self, wait: float) -> str:
+        """The reason of an abort frame the peer sent (waiting up to `wait` s for its reader), or ""."""
+        deadline = time.monotonic() + wait
+        while True:
+            for item in list(self.queue.queue):
+                if isinstance(item, tuple) and item[0] == ABORT_TAG:
+                    return _abort_reason(item[1])
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                return ""
+            time.sleep(0.02)
 
     def send(self, tag: str, data) -> None:
         deadline = time.monotonic() + self.channel.timeout
@@ -585,15 +642,20 @@ class _Link:
                 raise PeerDisconnected(f"{_name(self.channel.party)}: connection to {_name(self.peer)} is unusable "
                                        f"({self.broken}); cannot send '{tag}'")
             try:
-                write_frame(self.stream, tag, self.send_seq, self.channel.session, data, idle)
+                # The limit holds both ways: a frame the peer would refuse is not sent either.
+                write_frame(self.stream, tag, self.send_seq, self.channel.session, data, idle,
+                            max_frame=self.channel.max_frame_bytes)
+            except FrameTooLarge as exc:  # nothing was sent: the connection stays usable
+                raise FrameTooLarge(f"{_name(self.channel.party)}: cannot send to {_name(self.peer)}: {exc}") from None
             except TimeoutError:
                 self.broken = "a send timed out"
                 raise PeerTimeout(f"{_name(self.channel.party)}: {_name(self.peer)} did not take '{tag}' within "
                                   f"{self.channel.timeout:g} s") from None
             except (OSError, ChannelError) as exc:
                 self.broken = str(exc)
+                refusal = self._refusal(wait=1.0)  # why the peer hung up, if it said so
                 raise PeerDisconnected(f"{_name(self.channel.party)}: cannot send '{tag}' to {_name(self.peer)}: "
-                                       f"{exc}") from None
+                                       f"{exc}" + (f" ({refusal})" if refusal else "")) from None
             self.send_seq += 1
 
     def get(self, tag: str, timeout: float | None):
@@ -630,13 +692,18 @@ class SocketChannel(Channel):
     control messages (operation calls and their results) use `send_control`
     / `recv_control`, which are not counted, just as the in-process cluster's
     task queues are not.
+
+    No frame larger than `max_frame_bytes` is sent or received;
+    `max_recv_bytes` (default: the same) lowers the limit for received
+    frames only, e.g. to the one input share a query client may send.
     """
 
     def __init__(self, party: int, timeout: float = 30.0, *, session: str = "",
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME):
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME, max_recv_bytes: int | None = None):
         super().__init__(party, timeout)
         self.session = session
         self.max_frame_bytes = max_frame_bytes
+        self.max_recv_bytes = max_frame_bytes if max_recv_bytes is None else min(max_recv_bytes, max_frame_bytes)
         self._links: dict[int, _Link] = {}
 
     def attach(self, peer: int, stream) -> None:
@@ -718,6 +785,15 @@ def _parse_hello(header: dict, payload) -> dict:
     if not isinstance(hello, dict):
         raise ChannelError("hello frame is not a JSON object")
     return hello
+
+
+def _hello_peer(hello: dict, me: int) -> int:
+    """The endpoint a hello comes from; ChannelError unless it names another known endpoint and a session."""
+    peer = hello.get("party")
+    # _is_int first: a list is unhashable, and true would pass for party 1.
+    if not _is_int(peer) or peer not in CERT_NAMES or peer == me or not isinstance(hello.get("session"), str):
+        raise ChannelError(f"hello names party {str(peer)[:40]} of session {str(hello.get('session'))[:80]!r}")
+    return peer
 
 
 def _wrap(sock: socket.socket, tls: TlsConfig | None, server_side: bool, idle):
@@ -809,9 +885,7 @@ def accept_peer(sock: socket.socket, me: int, *, tls: TlsConfig | None = None, t
         stream = _wrap(sock, tls, server_side=True, idle=idle)
         header, payload = read_frame(stream, min(max_frame_bytes, _MAX_HEADER), idle)
         hello = _parse_hello(header, payload)
-        peer = hello.get("party")
-        if peer not in CERT_NAMES or peer == me or not isinstance(hello.get("session"), str):
-            raise ChannelError(f"hello names party {peer!r} of session {hello.get('session')!r}")
+        peer = _hello_peer(hello, me)
         if tls is not None:
             cn = stream.peer_common_name()
             if cn != CERT_NAMES[peer]:

@@ -362,8 +362,9 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
        served, failed, in flight).
     2. P0 and P1 read each query's input share from the client; all three
        check what they got and agree (control messages) on which queries
-       are well-formed. A bad query is answered with an error; the loop
-       goes on.
+       are well-formed. A bad query (wrong shape or dtype, more than
+       `max_rows` inputs, a frame over its declared size) is answered with
+       an error naming the problem; the loop goes on.
     3. Run the model once on the batch (plus the secure argmax when asked),
        and P0 and P1 send each client its rows of the output shares and
        their fractional bits (the client does the last division).
@@ -398,7 +399,8 @@ def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, in
             if not batch:
                 break
             _report_progress(party, served, failed, in_flight=len(batch))
-            answered, rows = _serve_batch(party, model_key, batch, frac_bits, input_shape, query_timeout)
+            answered, rows = _serve_batch(party, model_key, batch, frac_bits, input_shape, query_timeout,
+                                          max_rows)
         except BaseException as exc:
             reason = f"party {party.index} stopped serving: {type(exc).__name__}: {exc}"
             for query in batch:
@@ -430,7 +432,7 @@ def _report_progress(party, served: int, failed: int, in_flight: int) -> None:
         party.channel.send_control(CLIENT, "ctl:progress", json.dumps(progress).encode())
 
 
-def _serve_batch(party, model_key, batch, frac_bits, input_shape, query_timeout) -> tuple[int, int]:
+def _serve_batch(party, model_key, batch, frac_bits, input_shape, query_timeout, max_rows) -> tuple[int, int]:
     """Steps 2-3 for one agreed batch; returns how many of its queries were answered, and the rows run.
 
     The rows run are the same on every party (they follow the agreed
@@ -438,7 +440,7 @@ def _serve_batch(party, model_key, batch, frac_bits, input_shape, query_timeout)
     """
     shares, problems = [], []
     for query in batch:
-        share, problem = _read_query(party, query, frac_bits, input_shape, query_timeout)
+        share, problem = _read_query(party, query, frac_bits, input_shape, query_timeout, max_rows)
         shares.append(share)
         problems.append(problem)
     rejected_by = _agree_on_flags(party, [p is None for p in problems], query_timeout)
@@ -479,7 +481,7 @@ def _agree_on_batch(party, inbox, max_batch, max_rows, idle_timeout, query_timeo
     return [inbox.take(qid, timeout=query_timeout) for qid in ids]
 
 
-def _read_query(party, query, frac_bits, input_shape, query_timeout):
+def _read_query(party, query, frac_bits, input_shape, query_timeout, max_rows):
     """Step 2: this party's input share of a query (None on P2), or a problem."""
     if query is None:
         return None, "the query did not reach every party"
@@ -490,6 +492,9 @@ def _read_query(party, query, frac_bits, input_shape, query_timeout):
         return None, "the query's shape is missing or malformed"
     if len(shape) != len(input_shape) + 1 or shape[1:] != input_shape or shape[0] < 1:
         return None, f"query shape {shape} does not fit the model's input (batch, {', '.join(map(str, input_shape))})"
+    if shape[0] > max_rows:
+        return None, (f"the query has a batch of {shape[0]} inputs; this server takes at most {max_rows} per query "
+                      "(max_rows): split it")
     if request.get("frac_bits") != frac_bits:
         return None, f"the query is encoded with {request.get('frac_bits')} fractional bits, the model with {frac_bits}"
     if request.get("reveal") not in ("logits", "argmax"):
@@ -502,7 +507,9 @@ def _read_query(party, query, frac_bits, input_shape, query_timeout):
     except Exception as exc:  # noqa: BLE001 - a bad client must not stop the server
         return None, f"no input share from the client: {exc}"
     if not isinstance(value, np.ndarray) or value.dtype != np.uint64 or value.shape != shape:
-        return None, f"the input share is not a uint64 array of shape {shape}"
+        got = (f"a {value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray)
+               else f"a {type(value).__name__}")
+        return None, f"the input share is {got}; expected a uint64 array of shape {shape} (ring elements)"
     return AShare(value, party.index), None
 
 

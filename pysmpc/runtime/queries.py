@@ -17,9 +17,12 @@ from collections import OrderedDict
 from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.party import CLIENT
 
-__all__ = ["QueryInbox", "Query", "DEFAULT_MAX_AGE", "check_request"]
+__all__ = ["QueryInbox", "Query", "DEFAULT_MAX_AGE", "check_request", "query_frame_limit"]
 
 log = logging.getLogger("pysmpc.queries")
+
+# Room for a frame's JSON header around a query's input share.
+_FRAME_OVERHEAD = 1 << 16
 
 # A query that waited this long was never named by P0 (its client reached
 # only some workers) or its client gave up long ago (Client's default
@@ -164,3 +167,22 @@ def _fail_expired(queries: list[Query], max_age: float) -> None:
     for query in queries:
         log.warning("query %s expired in the queue", query.id)
         query.fail(f"the query waited {max_age:g} s without being served (did it reach every worker?)")
+
+
+def query_frame_limit(request, max_frame_bytes: int) -> int:
+    """The largest frame a query's client may send: its input share of the declared shape (uint64).
+
+    The share is the only frame a query client sends, so a worker refuses
+    anything larger as it arrives, before buffering it: a full inbox of
+    queries each sending up to the cluster's max_frame_bytes could
+    exhaust memory. A malformed request gets room for a header only (the
+    query is refused anyway).
+    """
+    shape = request.get("shape") if isinstance(request, dict) else None
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                              for s in shape):
+        return min(max_frame_bytes, _FRAME_OVERHEAD)
+    elements = 1
+    for s in shape:
+        elements *= s
+    return min(max_frame_bytes, 8 * elements + _FRAME_OVERHEAD)

@@ -109,8 +109,8 @@ def decode(message) -> object:
         raise WireError(f"a message is a list [json, *buffers], got {type(message).__name__}")
     try:
         doc = json.loads(message[0])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise WireError(f"message is not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
+        raise WireError(f"message is not valid JSON: {str(exc)[:200]}") from None
     buffers = message[1:]
     used = set()
     value = _dec(doc, buffers, used, 0)
@@ -163,7 +163,8 @@ def _dec(d, buffers: list, used: set, depth: int):
         return slice(*parts)
     if kind == "ellipsis" and body is None:
         return Ellipsis
-    if kind == "np" and isinstance(body, list) and len(body) == 2 and body[0] in _SCALAR_DTYPES:
+    if kind == "np" and isinstance(body, list) and len(body) == 2 and isinstance(body[0], str) \
+            and body[0] in _SCALAR_DTYPES:  # str first: a dict or list is unhashable
         dtype = _SCALAR_DTYPES[body[0]]
         raw = body[1]
         try:
@@ -181,9 +182,13 @@ def _dec(d, buffers: list, used: set, depth: int):
                 return np.bool_(raw)
             if not isinstance(raw, (int, float)) or isinstance(raw, bool):
                 raise ValueError("float scalar must be a number")
-            return dtype.type(raw)
-        except ValueError as exc:
-            raise WireError(f"bad numpy scalar {body!r}: {exc}") from None
+            with np.errstate(over="ignore"):
+                value = dtype.type(raw)
+            if np.isfinite(value) != np.isfinite(float(raw)):
+                raise ValueError(f"out of range for {dtype}")
+            return value
+        except (ValueError, OverflowError) as exc:  # OverflowError: an int too large for a float, e.g. 10**400
+            raise WireError(f"bad numpy scalar {str(body)[:80]}: {exc}") from None
     if kind == "array":
         return _buffer(body, buffers, used, np.ndarray)
     if kind == "bytes":

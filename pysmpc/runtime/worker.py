@@ -66,7 +66,7 @@ from pysmpc.parties.socket import (
 from pysmpc.runtime import wire
 from pysmpc.runtime.cluster import DEFAULT_TIMEOUT
 from pysmpc.runtime.ops import run_op
-from pysmpc.runtime.queries import Query, QueryInbox, check_request
+from pysmpc.runtime.queries import Query, QueryInbox, check_request, query_frame_limit
 
 __all__ = ["main", "serve"]
 
@@ -378,7 +378,8 @@ def _queue_query(index, query_id, request, stream, inbox: QueryInbox, timeout, m
             reply_hello(stream, index, query_id[:64], error=problem)
             log.warning("refused a query: %s", problem)
             return
-        channel = SocketChannel(index, timeout, session=query_id, max_frame_bytes=max_frame_bytes)
+        channel = SocketChannel(index, timeout, session=query_id, max_frame_bytes=max_frame_bytes,
+                                max_recv_bytes=query_frame_limit(request, max_frame_bytes))
         reply_hello(stream, index, query_id)
     except (ChannelError, OSError) as exc:  # the client left already
         stream.close()
