@@ -16,8 +16,16 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import numpy as np
+
+# The GEMM's OpenMP threads must sleep, not spin, between parallel regions:
+# the parties share the host's cores, and a spinning thread of one party
+# takes the core its peer needs (batch-1 latency over TCP doubled). Read by
+# libgomp when it loads, so set before the kernels import; a value the user
+# set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     from pysmpc.kernels import _ring

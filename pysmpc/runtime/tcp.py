@@ -198,6 +198,7 @@ class TcpCluster(BaseCluster):
             env = dict(os.environ)
             # Run the workers on the same pysmpc as this process, whatever their cwd.
             env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see pysmpc.ring
             env["PYTHONUNBUFFERED"] = "1"
             # Workers must load this interpreter's libpython even when a host
             # program (R, via reticulate) put its own library path first.
