@@ -7,7 +7,6 @@ reported within seconds.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets

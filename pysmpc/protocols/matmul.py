@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from pysmpc import ring
 from pysmpc.parties.party import CLIENT, Party

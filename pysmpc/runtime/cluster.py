@@ -105,8 +105,6 @@ class BaseCluster:
         of its range raises OverflowError); integer arrays are shared as
         integers (frac_bits 0) unless `frac_bits` says otherwise.
         """
-        from pysmpc.runtime.tensor import SharedTensor
-
         array = np.asarray(array)
         if frac_bits is None:
             frac_bits = 0 if np.issubdtype(array.dtype, np.integer) else self.frac_bits

@@ -10,7 +10,6 @@ bytes, lists, tuples and None. See README.md.
 
 from __future__ import annotations
 
-import sys
 
 import atheris
 
