@@ -231,23 +231,29 @@ def test_clusters_refuse_cleartext_off_loopback_unless_forced():
         TcpCluster(spawn=False)  # loopback: no TLS needed, no warning
 
 
+def _package_root() -> str:
+    import pysmpc
+
+    return str(Path(pysmpc.__file__).resolve().parent.parent)  # the copy under test, not another one
+
+
 def _worker_env():
     import os
 
-    import pysmpc
-
-    root = str(Path(pysmpc.__file__).resolve().parent.parent)  # this checkout, not another installed copy
+    root = _package_root()
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
 def test_worker_refuses_cleartext_off_loopback():
     cmd = [sys.executable, "-m", "pysmpc.runtime.worker", "--party", "0",
            "--hosts", "127.0.0.1:0,192.0.2.7:1,192.0.2.8:2", "--startup-timeout", "0.5"]
-    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_worker_env())
+    # cwd: `python -m` puts it first on sys.path, and the source tree has no compiled kernels.
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_worker_env(), cwd=_package_root())
     assert refused.returncode == 2, refused.stderr
     assert "refusing to connect without TLS" in refused.stderr and "--allow-cleartext" in refused.stderr
     assert "listening" not in refused.stderr
-    forced = subprocess.run([*cmd, "--allow-cleartext"], capture_output=True, text=True, timeout=60, env=_worker_env())
+    forced = subprocess.run([*cmd, "--allow-cleartext"], capture_output=True, text=True, timeout=60, env=_worker_env(),
+                            cwd=_package_root())
     assert "TRAFFIC IS IN THE CLEAR" in forced.stderr and "listening on 127.0.0.1" in forced.stderr
     assert forced.returncode == 1 and "timed out waiting for the client" in forced.stderr
 
