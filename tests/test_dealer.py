@@ -22,6 +22,9 @@ def _relu_with_material(shape_prepared, shape_run, seeds):
             return None, bundle
         with party.dealer.replaying(bundle):
             out = relu(party, AShare(shares[party.index], party.index))
+        with pytest.raises(MaterialMismatch, match="used already"):
+            with party.dealer.replaying(bundle):
+                pass
         return out.value, bundle
 
     results, _ = run_parties(program, seeds=seeds)

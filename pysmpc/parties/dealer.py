@@ -68,10 +68,16 @@ class Dealer:
 
     @contextmanager
     def replaying(self, bundle: "Bundle"):
-        """Take every dealer share from `bundle` (recorded for the same calls) instead of P2."""
+        """Take every dealer share from `bundle` (recorded for the same calls) instead of P2.
+
+        A bundle is used once: its masks hide one query's values, and a second
+        query under the same masks would reveal the difference of the two.
+        """
         if self._recording is not None or self._replaying is not None:
             raise RuntimeError("the dealer is already recording or replaying material")
-        bundle.rewind()
+        if bundle.used:
+            raise MaterialMismatch("this prepared material was used already: reusing its masks would leak")
+        bundle.used = True
         self._replaying = bundle
         try:
             yield
@@ -235,6 +241,7 @@ class Bundle:
     def __init__(self):
         self.items: list = []
         self._next = 0
+        self.used = False
         self.output = None  # what the recorded run returns besides shares (e.g. its output shape)
 
     @property
@@ -248,9 +255,6 @@ class Bundle:
         if self.items[-1].shape != item.shape:
             raise ValueError(f"replacing a share of shape {self.items[-1].shape} by one of shape {item.shape}")
         self.items[-1] = item
-
-    def rewind(self) -> None:
-        self._next = 0
 
     def take(self, shape):
         if self._next >= len(self.items):
