@@ -29,6 +29,14 @@ __all__ = [
 _U64 = np.uint64
 
 
+
+def _broadcast(a: tuple, b: tuple) -> tuple:
+    # np.broadcast_shapes costs ~10 us; equal shapes and scalars (the usual
+    # case: a bias of the same shape, a public scale) need no work.
+    if a == b or not b:
+        return a
+    return np.broadcast_shapes(a, b)
+
 def _as_ring(value) -> np.ndarray | int:
     """A public operand as uint64 (arrays) or a Python int mod 2^64 (scalars)."""
     if isinstance(value, np.ndarray):
@@ -80,7 +88,7 @@ class AShare:
     def __add__(self, other):
         if isinstance(other, AShare):
             self._check_peer(other)
-            shape = np.broadcast_shapes(self.shape, other.shape)
+            shape = _broadcast(self.shape, other.shape)
             if self.value is None:
                 return self._new(None, shape)
             return self._new(self.value + other.value)
@@ -91,7 +99,7 @@ class AShare:
     def __sub__(self, other):
         if isinstance(other, AShare):
             self._check_peer(other)
-            shape = np.broadcast_shapes(self.shape, other.shape)
+            shape = _broadcast(self.shape, other.shape)
             if self.value is None:
                 return self._new(None, shape)
             return self._new(self.value - other.value)
@@ -108,7 +116,7 @@ class AShare:
     def add_public(self, public) -> "AShare":
         """Add a public value: party 0 adds it, party 1 keeps its share."""
         public = _as_ring(public)
-        shape = np.broadcast_shapes(self.shape, np.shape(public))
+        shape = _broadcast(self.shape, np.shape(public))
         if self.value is None:
             return self._new(None, shape)
         if self.party == 0:
@@ -120,7 +128,7 @@ class AShare:
         if isinstance(other, AShare):
             raise TypeError("AShare * AShare needs a round of communication: call protocols.mul(party, x, y)")
         public = _as_ring(other)
-        shape = np.broadcast_shapes(self.shape, np.shape(public))
+        shape = _broadcast(self.shape, np.shape(public))
         if self.value is None:
             return self._new(None, shape)
         return self._new(self.value * public)
