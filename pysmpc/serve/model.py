@@ -194,8 +194,9 @@ class SharedModel:
     def predict(self, x, reveal: str = "logits") -> np.ndarray:
         """Private prediction: share x, run the model on shares, reveal here only.
 
-        Runs on material made by prepare() for this batch size if there is
-        some left, else P2 deals it while the query runs.
+        With reveal="logits", runs on material made by prepare() for this
+        batch size if there is some left, else P2 deals it while the query
+        runs (as it always does for reveal="argmax").
 
         reveal="logits" returns float logits; reveal="argmax" runs the secure
         argmax and reveals only the labels (int array).
