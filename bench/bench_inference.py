@@ -12,7 +12,7 @@ import pytest
 
 import pysmpc as sy
 from pysmpc.models import load_samples, shipped_model_path
-from pysmpc.serve.benchmark import traffic_per_image
+from pysmpc.serve.benchmark import prepared_traffic_per_image
 
 BATCHES = [1, 64, 256]
 
@@ -48,13 +48,7 @@ def test_secure(benchmark, shared, images, batch):
     x = images[:batch]
     benchmark.group = f"inference batch={batch}"
     shared_model.predict(x)  # warm up (Numba caches, allocator)
-    cluster.reset_stats()
-    shared_model.prepare(batch)
-    dealer = traffic_per_image(cluster.stats(), batch)["dealer_bytes_per_image"]
-    cluster.reset_stats()
-    shared_model.predict(x)
-    traffic = traffic_per_image(cluster.stats(), batch)
-    traffic["dealer_bytes_per_image"] = dealer
+    traffic = prepared_traffic_per_image(cluster, shared_model, x)
     rounds = sum(c.rounds for _, c in shared_model.cost(batch, prepared=True))
     offline = []
 

@@ -74,3 +74,32 @@ def signed(ring: np.ndarray) -> np.ndarray:
 def random_fixed(shape, bound, rng) -> np.ndarray:
     """Random reals in (-bound, bound) (test data only: numpy.random is fine here)."""
     return rng.uniform(-bound, bound, size=shape)
+
+
+def socket_channel_pair(timeout: float = 2.0, p0: dict | None = None, p1: dict | None = None):
+    """P0 and P1 SocketChannels over one loopback connection, each built with its own keyword arguments."""
+    import socket
+    import threading
+
+    from pysmpc.parties.party import P0, P1
+    from pysmpc.parties.socket import SocketChannel, accept_peer, connect_peer, reply_hello
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = {}
+
+    def accept():
+        sock, _ = listener.accept()
+        _, hello, stream = accept_peer(sock, P0)
+        reply_hello(stream, P0, hello["session"])
+        accepted["stream"] = stream
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    stream1 = connect_peer(listener.getsockname()[:2], P1, P0, session="s", timeout=5)
+    thread.join()
+    listener.close()
+    ch0 = SocketChannel(P0, timeout, session="s", **(p0 or {}))
+    ch1 = SocketChannel(P1, timeout, session="s", **(p1 or {}))
+    ch0.attach(P1, accepted["stream"])
+    ch1.attach(P0, stream1)
+    return ch0, ch1

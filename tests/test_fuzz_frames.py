@@ -27,40 +27,13 @@ from pysmpc.parties.party import P0
 from pysmpc.parties.socket import CERT_NAMES, HELLO_TAG, MAGIC, VERSION, accept_peer, read_frame, write_frame
 from pysmpc.runtime import wire
 
+from fuzz._harness import BytesStream, never_idle  # tests/fuzz: the atheris harness uses the same stream
+
 # derandomize: the same examples on every run and machine, so CI is repeatable.
 FUZZ = settings(max_examples=100, deadline=2000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 FIXED = struct.Struct("!4sHHIQ")
 LIMIT = 1 << 20  # max frame bytes in these tests
-
-
-# -- an in-memory stream -------------------------------------------------------------------
-class BytesStream:
-    """What read_frame/write_frame need from a stream, over a bytes object.
-
-    Delivers at most `chunk` bytes per read (short reads exercise the read
-    loop) and 0 at the end, like a closed socket.
-    """
-
-    def __init__(self, data: bytes = b"", chunk: int = 1 << 16):
-        self.data = memoryview(bytes(data))
-        self.pos = 0
-        self.chunk = chunk
-        self.sent = bytearray()
-
-    def recv_into(self, view: memoryview) -> int:
-        n = min(len(view), self.chunk, len(self.data) - self.pos)
-        view[:n] = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return n
-
-    def send_views(self, views, idle) -> None:
-        for v in views:
-            self.sent += bytes(v)
-
-
-def never_idle():
-    raise AssertionError("an in-memory stream never times out: read_frame must not wait")
 
 
 def encode_frame(payload, tag="t", seq=1, session="s") -> bytes:

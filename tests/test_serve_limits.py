@@ -11,7 +11,6 @@ receive-only limit does not limit what is sent.
 from __future__ import annotations
 
 import secrets
-import socket
 import threading
 
 import numpy as np
@@ -20,8 +19,9 @@ import pytest
 import pysmpc as sy
 from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1
-from pysmpc.parties.socket import ABORT_TAG, FrameTooLarge, SocketChannel, accept_peer, connect_peer, reply_hello
+from pysmpc.parties.socket import ABORT_TAG, FrameTooLarge, SocketChannel, connect_peer
 from pysmpc.runtime.queries import query_frame_limit
+from helpers import socket_channel_pair
 from test_secure_graph import seed_cnn
 
 pytestmark = pytest.mark.tcp
@@ -140,25 +140,7 @@ def test_frame_limit_reaches_the_workers(served):
 
 def _pair(p0: dict, p1: dict, timeout: float = 5.0):
     """P0 and P1 SocketChannels over one loopback connection, each built with its own limits."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted = {}
-
-    def accept():
-        sock, _ = listener.accept()
-        _, hello, stream = accept_peer(sock, P0)
-        reply_hello(stream, P0, hello["session"])
-        accepted["stream"] = stream
-
-    thread = threading.Thread(target=accept)
-    thread.start()
-    stream1 = connect_peer(listener.getsockname()[:2], P1, P0, session="s", timeout=5)
-    thread.join()
-    listener.close()
-    ch0 = SocketChannel(P0, timeout, session="s", **p0)
-    ch1 = SocketChannel(P1, timeout, session="s", **p1)
-    ch0.attach(P1, accepted["stream"])
-    ch1.attach(P0, stream1)
-    return ch0, ch1
+    return socket_channel_pair(timeout, p0, p1)
 
 
 def test_a_refused_frame_is_explained_to_its_sender():

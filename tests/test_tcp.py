@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import test_cluster
+from helpers import socket_channel_pair
 from pysmpc import LocalCluster
 from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1
@@ -25,7 +26,6 @@ from pysmpc.parties.socket import (
     MAGIC,
     CleartextError,
     CleartextWarning,
-    SocketChannel,
     TlsConfig,
     accept_peer,
     check_cleartext,
@@ -420,26 +420,8 @@ def test_tls_directory_problems_are_clear(certs, tmp_path, caplog):
 # -- the channel itself, over a loopback connection ------------------------------------------
 def _pair(timeout=2.0, max_frame_bytes=1 << 30):
     """Two SocketChannels, P0 and P1, joined by one loopback connection."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    address = listener.getsockname()[:2]
-    accepted = {}
-
-    def accept():
-        sock, _ = listener.accept()
-        peer, hello, stream = accept_peer(sock, P0)
-        reply_hello(stream, P0, hello["session"])
-        accepted["stream"] = stream
-
-    t = threading.Thread(target=accept)
-    t.start()
-    stream1 = connect_peer(address, P1, P0, session="s", timeout=5)
-    t.join()
-    listener.close()
-    ch0 = SocketChannel(P0, timeout, session="s", max_frame_bytes=max_frame_bytes)
-    ch1 = SocketChannel(P1, timeout, session="s", max_frame_bytes=max_frame_bytes)
-    ch0.attach(P1, accepted["stream"])
-    ch1.attach(P0, stream1)
-    return ch0, ch1
+    limits = {"max_frame_bytes": max_frame_bytes}
+    return socket_channel_pair(timeout, limits, limits)
 
 
 def test_channel_payloads_round_trip_and_count():

@@ -9,7 +9,7 @@ import numpy as np
 
 from pysmpc.parties.channel import is_offline_tag
 
-__all__ = ["traffic_per_image", "measure_inference"]
+__all__ = ["traffic_per_image", "prepared_traffic_per_image", "measure_inference"]
 
 
 def traffic_per_image(stats: dict, images: int) -> dict:
@@ -18,6 +18,23 @@ def traffic_per_image(stats: dict, images: int) -> dict:
                  if not is_offline_tag(t) and t not in ("input", "output"))
     dealer = sum(s["bytes_sent"] for s in stats["P2"].values())
     return {"online_bytes_per_image": online / images, "dealer_bytes_per_image": dealer / images}
+
+
+def prepared_traffic_per_image(cluster, shared_model, x: np.ndarray) -> dict:
+    """traffic_per_image of one prediction of x on prepared material, dealer bytes from its preparing.
+
+    With the material made ahead P2 sends nothing during the query, so its
+    bytes are counted while the material is made.
+    """
+    batch = len(x)
+    cluster.reset_stats()
+    shared_model.prepare(batch)
+    dealer = traffic_per_image(cluster.stats(), batch)["dealer_bytes_per_image"]
+    cluster.reset_stats()
+    shared_model.predict(x)
+    traffic = traffic_per_image(cluster.stats(), batch)
+    traffic["dealer_bytes_per_image"] = dealer
+    return traffic
 
 
 def measure_inference(model, images: np.ndarray, batches=(1, 64, 256), clusters=("plaintext", "in-process", "tcp"),
@@ -52,13 +69,7 @@ def measure_inference(model, images: np.ndarray, batches=(1, 64, 256), clusters=
             for batch in batches:
                 x = x_all[:batch]
                 shared.predict(x)  # warm-up, material dealt online
-                cluster.reset_stats()
-                shared.prepare(batch)
-                dealer = traffic_per_image(cluster.stats(), batch)["dealer_bytes_per_image"]
-                cluster.reset_stats()
-                shared.predict(x)
-                traffic = traffic_per_image(cluster.stats(), batch)
-                traffic["dealer_bytes_per_image"] = dealer
+                traffic = prepared_traffic_per_image(cluster, shared, x)
                 online, offline = [], []
                 for _ in range(repeats):
                     offline.append(shared.prepare(batch)["seconds"])

@@ -41,3 +41,32 @@ def run(test_one_input, seeds: list[bytes], name: str) -> None:
     os.environ.setdefault("PYTHONHASHSEED", "0")
     atheris.Setup(args, test_one_input)
     atheris.Fuzz()
+
+
+# -- an in-memory stream -------------------------------------------------------------------
+class BytesStream:
+    """What read_frame/write_frame need from a stream, over a bytes object.
+
+    Delivers at most `chunk` bytes per read (short reads exercise the read
+    loop) and 0 at the end, like a closed socket.
+    """
+
+    def __init__(self, data: bytes = b"", chunk: int = 1 << 16):
+        self.data = memoryview(bytes(data))
+        self.pos = 0
+        self.chunk = chunk
+        self.sent = bytearray()
+
+    def recv_into(self, view: memoryview) -> int:
+        n = min(len(view), self.chunk, len(self.data) - self.pos)
+        view[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+    def send_views(self, views, idle) -> None:
+        for v in views:
+            self.sent += bytes(v)
+
+
+def never_idle():
+    raise AssertionError("an in-memory stream never times out: read_frame must not wait")

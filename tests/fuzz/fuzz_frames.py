@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import atheris
 
-from _harness import run, use_working_copy
+from _harness import BytesStream, never_idle, run, use_working_copy
 
 use_working_copy()
 with atheris.instrument_imports(include=["pysmpc"]):
@@ -24,27 +24,6 @@ with atheris.instrument_imports(include=["pysmpc"]):
     from pysmpc.parties.socket import HELLO_TAG, _hello_peer, _parse_hello, read_frame, write_frame
 
 MAX_FRAME = 1 << 20
-
-
-class BytesStream:
-    """A stream over bytes, delivering at most `chunk` bytes per read and 0 at the end."""
-
-    def __init__(self, data: bytes, chunk: int):
-        self.data, self.pos, self.chunk, self.sent = memoryview(data), 0, chunk, bytearray()
-
-    def recv_into(self, view) -> int:
-        n = min(len(view), self.chunk, len(self.data) - self.pos)
-        view[:n] = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return n
-
-    def send_views(self, views, idle) -> None:
-        for v in views:
-            self.sent += bytes(v)
-
-
-def never_idle():
-    raise AssertionError("an in-memory stream never times out")
 
 
 def check_payload(payload) -> None:
