@@ -249,25 +249,10 @@ def op_predict(party: Party, model_key: str, shape: list, frac_bits: int, mask_i
     nothing. The output keeps the scale the last layer left (the client
     divides).
     """
-    shape = tuple(shape)
+    x = _receive_input(party, tuple(shape))
     profile: list = []
-    if mask_id is None:
-        x = _receive_input(party, shape)
-        prepared = bool(_stock(party, model_key, x.shape, False))
-        y, out_bits = _run_model(party, model_key, x, frac_bits, False, profile)
-    else:
-        bundle = party.store.get(("masked", model_key), {}).pop(mask_id, None)
-        if bundle is None:
-            raise KeyError(f"{party.name}: no prepared run {mask_id!r} for this model (used already, or never made)")
-        x = _receive_input(party, shape)
-        prepared = True
-        if not party.computes:
-            y, out_bits = AShare(None, party.index, bundle.output[0]), bundle.output[1]
-        else:
-            plan = party.store[("plan", model_key)]
-            with party.dealer.replaying(bundle):
-                y, out_bits = run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), profile,
-                                       truncate_output=False, input_open=True)
+    prepared = mask_id is not None or bool(_stock(party, model_key, x.shape, False))
+    y, out_bits = _run_model(party, model_key, x, frac_bits, False, profile, mask_id=mask_id)
     reveal_to(party, y.value, CLIENT, tag="output")
     return {"shape": list(y.shape), "frac_bits": out_bits, "profile": profile, "prepared": prepared}
 
@@ -321,20 +306,31 @@ def _stock(party: Party, model_key: str, shape: tuple, truncate_output: bool):
     return party.store.get(("prepared", model_key), {}).get((tuple(shape), bool(truncate_output)), ())
 
 
-def _run_model(party: Party, model_key: str, x: AShare, frac_bits: int, truncate_output: bool, profile=None):
-    """run_plan, replaying prepared material when there is some for x's shape (P2 then has nothing to do)."""
+def _run_model(party: Party, model_key: str, x: AShare, frac_bits: int, truncate_output: bool, profile=None,
+               mask_id: str | None = None):
+    """run_plan, replaying prepared material when there is some (P2 then has nothing to do).
+
+    With `mask_id`, the prepared run of that id, for an input masked by its
+    owner (x.value is E = x - A); else the oldest run prepared for x's
+    shape, if any.
+    """
     plan = party.store[("plan", model_key)]
-    stock = _stock(party, model_key, x.shape, truncate_output)
-    if not stock:
-        return run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), profile,
-                        truncate_output=truncate_output)
-    bundle = stock.popleft()
+    if mask_id is not None:
+        bundle = party.store.get(("masked", model_key), {}).pop(mask_id, None)
+        if bundle is None:
+            raise KeyError(f"{party.name}: no prepared run {mask_id!r} for this model (used already, or never made)")
+    else:
+        stock = _stock(party, model_key, x.shape, truncate_output)
+        if not stock:
+            return run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), profile,
+                            truncate_output=truncate_output)
+        bundle = stock.popleft()
     if not party.computes:
         shape, out_bits = bundle.output
         return AShare(None, party.index, shape), out_bits
     with party.dealer.replaying(bundle):
         return run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), profile,
-                        truncate_output=truncate_output)
+                        truncate_output=truncate_output, input_open=mask_id is not None)
 
 
 def op_unload_model(party: Party, model_key: str) -> None:
