@@ -143,24 +143,47 @@ def _pair(p0: dict, p1: dict, timeout: float = 5.0):
     return socket_channel_pair(timeout, p0, p1)
 
 
+def _receiving(channel, frm, tag):
+    """Have `channel` wait for a message in a thread, as a party does; join() gives the error it got."""
+    outcome = {}
+
+    def wait():
+        try:
+            channel.recv(frm, tag=tag)
+        except ChannelError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+
+    def join():
+        thread.join(10)
+        return outcome.get("error")
+    return join
+
+
 def test_a_refused_frame_is_explained_to_its_sender():
     ch0, ch1 = _pair({"max_frame_bytes": 1 << 20}, {})
     try:
-        # 64 MiB: P0 hangs up mid-frame, P1's send fails, and says why P0 hung up.
+        # 64 MiB to a P0 that waits for it: P0 hangs up mid-frame, P1's send fails, and says why P0 hung up.
+        p0_got = _receiving(ch0, P1, "big")
         with pytest.raises(ChannelError, match=r"cannot send 'big' to party 0: .*\(party 0 refused a frame from "
                                                r"party 1: frame of 67108\d+ bytes exceeds the limit of 1048576"):
             ch1.send(P0, np.zeros(8 << 20, np.uint64), tag="big")
+        assert "exceeds the limit of 1048576 bytes" in str(p0_got())
         with pytest.raises(ChannelError, match="exceeds the limit of 1048576 bytes"):
-            ch0.recv(P1, tag="big")
+            ch0.recv(P1, tag="big")  # and every later receive fails the same way
     finally:
         ch0.close()
         ch1.close()
     ch0, ch1 = _pair({"max_frame_bytes": 1 << 16}, {})
     try:
+        p0_got = _receiving(ch0, P1, "big")
         ch1.send(P0, np.zeros(1 << 14, np.uint64), tag="big")  # 128 KiB: fits the socket buffers, so it leaves
         with pytest.raises(ChannelError, match=r"party 0 aborted the operation \(party 0 refused a frame from "
                                                r"party 1: frame of 131\d+ bytes exceeds the limit of 65536"):
             ch1.recv(P0, tag="reply")
+        assert "exceeds the limit of 65536 bytes" in str(p0_got())
     finally:
         ch0.close()
         ch1.close()

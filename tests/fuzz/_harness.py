@@ -63,7 +63,7 @@ class BytesStream:
         self.pos += n
         return n
 
-    def send_views(self, views, idle) -> None:
+    def send_views(self, views, idle, on_block=None) -> None:
         for v in views:
             self.sent += bytes(v)
 
