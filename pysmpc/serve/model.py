@@ -214,13 +214,13 @@ class SharedModel:
             else:
                 results, y_ring = self.cluster.call_on_input("predict", encoded, self.key, list(x.shape),
                                                              self.frac_bits)
-            self.profile = results[0]["profile"]
+            self.profile = _profile_rows(results[0]["profile"])
             fmt = FixedPoint(frac_bits=results[0]["frac_bits"], int_bits=self.cluster.fixed_point.int_bits)
             return fmt.decode(y_ring.reshape(results[0]["shape"]))
         shared_x = self.cluster.share(x)
         out = self.cluster.new_id()
         results, _ = self.cluster.call("infer", out, self.key, shared_x.tid, self.frac_bits)
-        self.profile = results[0]["profile"]
+        self.profile = _profile_rows(results[0]["profile"])
         from pysmpc.runtime.tensor import SharedTensor
 
         logits = SharedTensor(self.cluster, out, tuple(results[0]["shape"]), results[0]["frac_bits"])
@@ -253,3 +253,9 @@ class SharedModel:
         self.cluster.call("unload_model", self.key)
         self.cluster.call("free", [t.tid for t in self._tensors])
         self._tensors = []
+
+
+def _profile_rows(table: dict) -> list[dict]:
+    """One dict per layer (name, kind, seconds, bytes_sent, rounds) from a party's profile columns."""
+    columns = {key: list(table[key]) if isinstance(table[key], list) else table[key].tolist() for key in table}
+    return [dict(zip(columns, row)) for row in zip(*columns.values())]
