@@ -76,8 +76,11 @@ def random_fixed(shape, bound, rng) -> np.ndarray:
     return rng.uniform(-bound, bound, size=shape)
 
 
-def socket_channel_pair(timeout: float = 2.0, p0: dict | None = None, p1: dict | None = None):
-    """P0 and P1 SocketChannels over one loopback connection, each built with its own keyword arguments."""
+def socket_channel_pair(timeout: float = 2.0, p0: dict | None = None, p1: dict | None = None, tls=(None, None)):
+    """P0 and P1 SocketChannels over one loopback connection, each built with its own keyword arguments.
+
+    tls: (P0's TlsConfig, P1's TlsConfig) for a TLS connection.
+    """
     import socket
     import threading
 
@@ -89,13 +92,13 @@ def socket_channel_pair(timeout: float = 2.0, p0: dict | None = None, p1: dict |
 
     def accept():
         sock, _ = listener.accept()
-        _, hello, stream = accept_peer(sock, P0)
+        _, hello, stream = accept_peer(sock, P0, tls=tls[0])
         reply_hello(stream, P0, hello["session"])
         accepted["stream"] = stream
 
     thread = threading.Thread(target=accept)
     thread.start()
-    stream1 = connect_peer(listener.getsockname()[:2], P1, P0, session="s", timeout=5)
+    stream1 = connect_peer(listener.getsockname()[:2], P1, P0, session="s", timeout=5, tls=tls[1])
     thread.join()
     listener.close()
     ch0 = SocketChannel(P0, timeout, session="s", **(p0 or {}))

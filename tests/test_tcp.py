@@ -418,10 +418,10 @@ def test_tls_directory_problems_are_clear(certs, tmp_path, caplog):
 
 
 # -- the channel itself, over a loopback connection ------------------------------------------
-def _pair(timeout=2.0, max_frame_bytes=1 << 30):
-    """Two SocketChannels, P0 and P1, joined by one loopback connection."""
+def _pair(timeout=2.0, max_frame_bytes=1 << 30, tls=(None, None)):
+    """Two SocketChannels, P0 and P1, joined by one loopback connection (TLS with both of `tls`)."""
     limits = {"max_frame_bytes": max_frame_bytes}
-    return socket_channel_pair(timeout, limits, limits)
+    return socket_channel_pair(timeout, limits, limits, tls)
 
 
 def test_channel_payloads_round_trip_and_count():
@@ -443,9 +443,11 @@ def test_channel_payloads_round_trip_and_count():
         ch1.close()
 
 
-def test_simultaneous_large_exchange_does_not_deadlock():
-    ch0, ch1 = _pair(timeout=20)
-    big = np.arange(8 << 20, dtype=np.uint64)  # 64 MiB each way, far above socket buffers
+@pytest.mark.parametrize("tls", [False, True])
+def test_simultaneous_large_exchange_does_not_deadlock(tls, certs):
+    # Both sends block on full socket buffers: each side's drain thread reads meanwhile.
+    ch0, ch1 = _pair(timeout=20, tls=(TlsConfig(certs, P0), TlsConfig(certs, P1)) if tls else (None, None))
+    big = np.arange((8 if not tls else 2) << 20, dtype=np.uint64)  # 64 (16) MiB each way, far above the buffers
     out = {}
     t = threading.Thread(target=lambda: out.setdefault(1, ch1.exchange(P0, big + 1, tag="x")))
     t.start()
@@ -455,6 +457,38 @@ def test_simultaneous_large_exchange_does_not_deadlock():
         assert not t.is_alive()
         np.testing.assert_array_equal(out[0], big + 1)
         np.testing.assert_array_equal(out[1], big)
+        # Small messages afterwards go through the waiting thread's own reads, in order.
+        for i in range(3):
+            ch1.send(P0, np.array([i, 2 * i], np.uint64), tag=f"s{i}")
+        assert [ch0.recv(P1, tag=f"s{i}").tolist() for i in range(3)] == [[0, 0], [1, 2], [2, 4]]
+    finally:
+        ch0.close()
+        ch1.close()
+
+
+def test_a_receive_that_times_out_loses_nothing():
+    ch0, ch1 = _pair(timeout=5)
+    try:
+        with pytest.raises(PeerTimeout, match="no message from party 1 within 0.05 s"):
+            ch0._link(P1).get("late", 0.05)
+        ch1.send(P0, np.arange(3, dtype=np.uint64), tag="late")
+        assert ch0.recv(P1, tag="late").tolist() == [0, 1, 2]
+    finally:
+        ch0.close()
+        ch1.close()
+
+
+def test_a_peer_that_stalls_mid_frame_fails_the_receive_within_the_timeout():
+    ch0, ch1 = _pair(timeout=0.5)
+    raw = ch1._links[P0].stream.sock
+    try:
+        raw.sendall(b"PSMC")  # the first bytes of a fixed header, then nothing
+        start = time.monotonic()
+        with pytest.raises(PeerTimeout, match="stopped in the middle of a frame"):
+            ch0.recv(P1, tag="x")
+        assert time.monotonic() - start < 3
+        with pytest.raises(PeerTimeout, match="stopped in the middle of a frame"):
+            ch0.recv(P1, tag="x")  # the stream is out of step for good: every later receive fails at once
     finally:
         ch0.close()
         ch1.close()
