@@ -81,7 +81,16 @@ def test_private_argmax_reveals_labels(cluster):
     graph = seed_cnn(rng)
     x = rng.uniform(0, 1, (4, 28, 28, 1))
     shared = Model(graph).share(cluster)
-    np.testing.assert_array_equal(shared.predict(x, reveal="argmax"), run_float(graph, x).argmax(axis=1))
+    expected = run_float(graph, x).argmax(axis=1)
+    np.testing.assert_array_equal(shared.predict(x, reveal="argmax"), expected)
+    # On prepared material (masked input) too: the argmax follows the model's layers in the same call.
+    shared.prepare(4)
+    cluster.reset_stats()
+    np.testing.assert_array_equal(shared.predict(x, reveal="argmax"), expected)
+    assert shared.profile[0]["rounds"] == 0  # conv1 opened nothing: the prepared run's input mask was used
+    stats = cluster.stats()
+    assert sum(s["bytes_sent"] for s in stats["client"].values()) == 2 * x.size * 8  # x - A to P0 and P1
+    assert stats["P2"], "P2 deals the argmax's material during the query"
     shared.stop()
 
 

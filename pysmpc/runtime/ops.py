@@ -240,19 +240,25 @@ def op_infer(party: Party, out: int, model_key: str, x: int, frac_bits: int, tru
     return {"shape": list(y.shape), "frac_bits": out_bits, "profile": _profile_table(profile), "prepared": prepared}
 
 
-def op_predict(party: Party, model_key: str, shape: list, frac_bits: int, mask_id: str | None = None) -> dict:
+def op_predict(party: Party, model_key: str, shape: list, frac_bits: int, mask_id: str | None = None,
+               reveal: str = "logits") -> dict:
     """Receive a client's input, run the model and send the output shares back (one call).
 
     The input is two additive shares, or, with `mask_id`, E = x - A sent
     to both P0 and P1 by a client holding that prepared run's input mask
     A (op_prepare with input_mask_ids): the first product then opens
-    nothing. The output keeps the scale the last layer left (the client
-    divides).
+    nothing. With reveal="logits" the output keeps the scale the last
+    layer left (the client divides); with reveal="argmax" it is the secure
+    argmax's one-hot rows (integers; P2 deals the argmax's material live).
     """
+    if reveal not in ("logits", "argmax"):
+        raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
     x = _receive_input(party, tuple(shape))
     profile: list = []
     prepared = mask_id is not None or bool(_stock(party, model_key, x.shape, False))
     y, out_bits = _run_model(party, model_key, x, frac_bits, False, profile, mask_id=mask_id)
+    if reveal == "argmax":
+        y, out_bits = argmax_protocol.argmax(party, y), 0
     reveal_to(party, y.value, CLIENT, tag="output")
     return {"shape": list(y.shape), "frac_bits": out_bits, "profile": _profile_table(profile), "prepared": prepared}
 

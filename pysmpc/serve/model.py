@@ -192,11 +192,11 @@ class SharedModel:
         return {"seconds": time.perf_counter() - start, "stored_bytes": [r["stored_bytes"] for r in results]}
 
     def predict(self, x, reveal: str = "logits") -> np.ndarray:
-        """Private prediction: share x, run the model on shares, reveal here only.
+        """Private prediction: share x, run the model on shares, reveal here only (one call).
 
-        With reveal="logits", runs on material made by prepare() for this
-        batch size if there is some left, else P2 deals it while the query
-        runs (as it always does for reveal="argmax").
+        Runs on material made by prepare() for this batch size if there is
+        some left (the model's layers; the argmax's material is dealt
+        during the query), else P2 deals it while the query runs.
 
         reveal="logits" returns float logits; reveal="argmax" runs the secure
         argmax and reveals only the labels (int array).
@@ -204,33 +204,21 @@ class SharedModel:
         if reveal not in ("logits", "argmax"):
             raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
         x = self._check_input(x)
-        if reveal == "logits":
-            encoded = self.cluster.encode(x, self.frac_bits)
-            masks = self._input_masks.get(x.shape[0])
-            if masks:
-                mask_id, mask = masks.pop(0)
-                results, y_ring = self.cluster.call_on_masked_input("predict", encoded - mask, self.key,
-                                                                    list(x.shape), self.frac_bits, mask_id=mask_id)
-            else:
-                results, y_ring = self.cluster.call_on_input("predict", encoded, self.key, list(x.shape),
-                                                             self.frac_bits)
-            self.profile = _profile_rows(results[0]["profile"])
-            fmt = FixedPoint(frac_bits=results[0]["frac_bits"], int_bits=self.cluster.fixed_point.int_bits)
-            return fmt.decode(y_ring.reshape(results[0]["shape"]))
-        shared_x = self.cluster.share(x)
-        out = self.cluster.new_id()
-        results, _ = self.cluster.call("infer", out, self.key, shared_x.tid, self.frac_bits)
+        encoded = self.cluster.encode(x, self.frac_bits)
+        args = (self.key, list(x.shape), self.frac_bits)
+        masks = self._input_masks.get(x.shape[0])
+        if masks:
+            mask_id, mask = masks.pop(0)
+            results, y_ring = self.cluster.call_on_masked_input("predict", encoded - mask, *args, mask_id=mask_id,
+                                                                reveal=reveal)
+        else:
+            results, y_ring = self.cluster.call_on_input("predict", encoded, *args, reveal=reveal)
         self.profile = _profile_rows(results[0]["profile"])
-        from pysmpc.runtime.tensor import SharedTensor
-
-        logits = SharedTensor(self.cluster, out, tuple(results[0]["shape"]), results[0]["frac_bits"])
-        try:
-            onehot = logits.argmax()
-            labels = onehot.reveal().argmax(axis=1)
-            onehot.free()
-            return labels
-        finally:
-            self.cluster.call("free", [shared_x.tid, out])
+        y_ring = y_ring.reshape(results[0]["shape"])
+        if reveal == "argmax":
+            return y_ring.argmax(axis=1)  # one-hot rows of 0/1
+        fmt = FixedPoint(frac_bits=results[0]["frac_bits"], int_bits=self.cluster.fixed_point.int_bits)
+        return fmt.decode(y_ring)
 
     def serve(self, num_requests: int | None = None, **kwargs) -> int:
         """Answer num_requests client queries (a whole number: 3 or 3.0, as R passes 3)."""
