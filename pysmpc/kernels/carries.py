@@ -95,18 +95,19 @@ _BLOCK = 128  # words per block: the block's AND table stays in L1/L2, and inner
 
 
 @njit(cache=True, nogil=True)
-def tree_combine(d, masks, g, fan_in, low_index, needed, terms, first, out):
+def tree_combine(mine, theirs, u, dealt, g, fan_in, low_index, needed, terms, first, out):
     """One fan-in node per (n, word): XOR shares of the node's G (out[0]) and P (out[1]).
 
-    d: opened (variables, nodes, nw); table[X] = AND of d over the variable
-    subset X, built for the subsets in `needed` (ascending, closed under
-    dropping the lowest bit), a block of words at a time. Each term
-    (slot, rest, mask) adds table[rest] & masks[mask] to out[slot], or
-    table[rest] alone when mask is -1 (the public part, P0 only). out[0]
+    d = mine ^ theirs: opened (variables, nodes, nw); table[X] = AND of d
+    over the variable subset X, built for the subsets in `needed`
+    (ascending, closed under dropping the lowest bit), a block of words at
+    a time. Each term (slot, rest, mask) adds table[rest] & masks[mask] to
+    out[slot], or table[rest] alone when mask is -1 (the public part, P0
+    only); masks are u (one per variable) then the dealt products. out[0]
     starts from the node's top child G, which each party already holds a
     share of.
     """
-    nv, nodes, nw = d.shape
+    nv, nodes, nw = mine.shape
     # Sized to the words at hand: a full (2^nv, _BLOCK) table is 128 KiB,
     # which malloc serves by mmap (page faults on every call) at batch 1.
     block = max(1, min(_BLOCK, nw))
@@ -122,7 +123,7 @@ def tree_combine(d, masks, g, fan_in, low_index, needed, terms, first, out):
                 prev = x & (x - 1)
                 var = low_index[x]
                 for w in range(size):
-                    table[x, w] = table[prev, w] & d[var, n, start + w]
+                    table[x, w] = table[prev, w] & (mine[var, n, start + w] ^ theirs[var, n, start + w])
             for w in range(size):
                 out[0, n, start + w] = g[top, start + w]
                 out[1, n, start + w] = 0
@@ -135,6 +136,9 @@ def tree_combine(d, masks, g, fan_in, low_index, needed, terms, first, out):
                 if mask < 0:
                     for w in range(size):
                         out[slot, n, start + w] ^= table[src, w]
+                elif mask < nv:
+                    for w in range(size):
+                        out[slot, n, start + w] ^= table[src, w] & u[mask, n, start + w]
                 else:
                     for w in range(size):
-                        out[slot, n, start + w] ^= table[src, w] & masks[mask, n, start + w]
+                        out[slot, n, start + w] ^= table[src, w] & dealt[mask - nv, n, start + w]

@@ -231,10 +231,8 @@ def _tree_level(party: Party, g, p, nw: int, need_p: bool, tag: str):
     mine = np.empty((nv,) + shape, np.uint64)
     tree_gather(g, p, tree.var_is_p, tree.var_child, _GROUP, u, mine)
     theirs = party.channel.exchange(party.peer, mine, tag=tag)
-    d = mine ^ theirs
-    masks = np.concatenate([u, dealt])
     out = np.empty((2,) + shape, np.uint64)
-    tree_combine(d, masks, g, _GROUP, tree.low_index, tree.needed, tree.terms, party.index == P0, out)
+    tree_combine(mine, theirs, u, dealt, g, _GROUP, tree.low_index, tree.needed, tree.terms, party.index == P0, out)
     return out[0], (out[1] if need_p else None)
 
 
