@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pysmpc.kernels.carries import bilinear_xor, group_monomials, low_bit_index, tree_gather
+from pysmpc.kernels.carries import bilinear_xor, group_monomials, low_bit_index, tree_combine, tree_gather
 
 
 @pytest.mark.parametrize("k,nw", [(4, 1), (4, 37), (3, 5)])
@@ -54,3 +54,36 @@ def test_tree_gather_picks_each_nodes_child_and_masks_it():
     for n in range(2):
         np.testing.assert_array_equal(out[0, n], g[4 * n + 3] ^ u[0, n])
         np.testing.assert_array_equal(out[1, n], p[4 * n + 1] ^ u[1, n])
+
+
+@pytest.mark.parametrize("nw", [1, 3, 200])
+def test_tree_combine_xors_the_terms_of_the_opened_variables(nw):
+    rng = np.random.default_rng(nw)
+    nv, nodes, dealt_count = 3, 2, 2
+    mine, theirs, u = (rng.integers(0, 2**64, (nv, nodes, nw), dtype=np.uint64) for _ in range(3))
+    dealt = rng.integers(0, 2**64, (dealt_count, nodes, nw), dtype=np.uint64)
+    g = rng.integers(0, 2**64, (4 * nodes, nw), dtype=np.uint64)
+    needed = np.array([1, 2, 3, 4, 5, 6, 7], np.int64)
+    # (slot, variable subset, mask): mask -1 is the public term (first party
+    # only), 0..nv-1 a variable's u, nv.. a dealt product.
+    terms = np.array([(0, 3, -1), (0, 1, 4), (1, 7, -1), (1, 6, 0), (1, 0, 3), (0, 5, 2)], np.int64)
+    before = [a.copy() for a in (mine, theirs, u, dealt, g)]
+    d = mine ^ theirs
+    masks = np.concatenate([u, dealt])
+    for first in (True, False):
+        out = np.empty((2, nodes, nw), np.uint64)
+        tree_combine(mine, theirs, u, dealt, g, 4, low_bit_index(1 << nv), needed, terms, first, out)
+        for n in range(nodes):
+            expect = [g[4 * n + 3].copy(), np.zeros(nw, np.uint64)]
+            for slot, subset, mask in terms:
+                if mask < 0 and not first:
+                    continue
+                term = np.full(nw, 0xFFFFFFFFFFFFFFFF, np.uint64)
+                for var in range(nv):
+                    if subset >> var & 1:
+                        term &= d[var, n]
+                expect[slot] ^= term if mask < 0 else term & masks[mask, n]
+            np.testing.assert_array_equal(out[0, n], expect[0], err_msg=f"G, node {n}, nw {nw}, first {first}")
+            np.testing.assert_array_equal(out[1, n], expect[1], err_msg=f"P, node {n}, nw {nw}, first {first}")
+    for got, was in zip((mine, theirs, u, dealt, g), before):
+        np.testing.assert_array_equal(got, was)

@@ -3,7 +3,8 @@
 import numpy as np
 
 from pysmpc.kernels.bits import unpack_bits
-from pysmpc.kernels.finish import select_finish, truncate_finish
+from pysmpc.kernels import reference
+from pysmpc.kernels.finish import conv2d_finish, select_finish, truncate_finish
 
 _U64 = np.uint64
 
@@ -37,3 +38,18 @@ def test_truncate_finish_matches_the_formula_on_both_parties():
         if public_part:
             expect += (c >> _U64(f)) - offset
         np.testing.assert_array_equal(out, expect)
+
+
+def test_conv2d_finish_is_the_convolution_plus_the_folded_term():
+    rng = np.random.default_rng(2)
+    for x_shape, w_shape, stride in (((2, 7, 6, 3), (3, 2, 3, 4), (1, 1)), ((1, 9, 9, 2), (4, 4, 2, 5), (2, 3))):
+        e, w = _words(rng, x_shape), _words(rng, w_shape)
+        expect_shape = reference.ring_conv2d(e, w, stride).shape
+        ac = _words(rng, expect_shape)
+        e_before, w_before, ac_before = e.copy(), w.copy(), ac.copy()
+        out = np.empty(expect_shape, np.uint64)
+        conv2d_finish(e, w, stride[0], stride[1], ac, out)
+        np.testing.assert_array_equal(out, reference.ring_conv2d(e, w, stride) + ac,
+                                      err_msg=f"x {x_shape}, w {w_shape}, stride {stride}")
+        for got, before in ((e, e_before), (w, w_before), (ac, ac_before)):
+            np.testing.assert_array_equal(got, before)

@@ -39,25 +39,21 @@ def group_monomials(planes, starts, low_index, mask, mono, masked):
     S runs over 1 .. 2^k - 1 (k from mono's first axis); each monomial is
     the one without its lowest position, ANDed with that position's plane.
     """
+    # Indexing elements, not taking row views: a view costs about 0.1 us
+    # (reference counting), which at batch 1 (a word or a few per row) was
+    # most of the call.
     count, groups, nw = mono.shape
     for g in range(groups):
         base = starts[g]
         for s in range(1, count + 1):
-            i = low_index[s]
+            plane = base + low_index[s]
             rest = s & (s - 1)
-            plane = planes[base + i]
-            row = mono[s - 1, g]
-            if rest == 0:
-                for w in range(nw):
-                    row[w] = plane[w]
-            else:
-                prev = mono[rest - 1, g]
-                for w in range(nw):
-                    row[w] = prev[w] & plane[w]
-            m = mask[s - 1, g]
-            out = masked[s - 1, g]
             for w in range(nw):
-                out[w] = row[w] ^ m[w]
+                v = planes[plane, w]
+                if rest != 0:
+                    v &= mono[rest - 1, g, w]
+                mono[s - 1, g, w] = v
+                masked[s - 1, g, w] = v ^ mask[s - 1, g, w]
 
 
 @njit(cache=True, nogil=True)
@@ -70,24 +66,17 @@ def bilinear_xor(left, right, pairs, pair_count, linear, linear_index, linear_co
     forms, groups, nw = out.shape
     for f in range(forms):
         for g in range(groups):
-            row = out[f, g]
-            if init is None:
-                for w in range(nw):
-                    row[w] = constant[f]
-            else:
-                src = init[f, g]
-                for w in range(nw):
-                    row[w] = src[w] ^ constant[f]
+            for w in range(nw):
+                out[f, g, w] = constant[f] if init is None else init[f, g, w] ^ constant[f]
             for j in range(pair_count[f]):
-                a = left[pairs[f, j, 0], g]
-                b = right[pairs[f, j, 1], g]
+                a, b = pairs[f, j, 0], pairs[f, j, 1]
                 for w in range(nw):
-                    row[w] ^= a[w] & b[w]
+                    out[f, g, w] ^= left[a, g, w] & right[b, g, w]
             if linear is not None:
                 for j in range(linear_count[f]):
-                    a = linear[linear_index[f, j], g]
+                    a = linear_index[f, j]
                     for w in range(nw):
-                        row[w] ^= a[w]
+                        out[f, g, w] ^= linear[a, g, w]
 
 
 @njit(cache=True, nogil=True)
@@ -95,60 +84,61 @@ def tree_gather(g, p, var_is_p, var_child, fan_in, u, out):
     """out[v, n] = (p if var_is_p[v] else g)[fan_in * n + var_child[v]] ^ u[v, n]."""
     nv, nodes, nw = out.shape
     for v in range(nv):
-        src = p if var_is_p[v] else g
         for n in range(nodes):
-            plane = src[fan_in * n + var_child[v]]
-            m = u[v, n]
-            row = out[v, n]
+            child = fan_in * n + var_child[v]
             for w in range(nw):
-                row[w] = plane[w] ^ m[w]
+                plane = p[child, w] if var_is_p[v] else g[child, w]
+                out[v, n, w] = plane ^ u[v, n, w]
 
 
 _BLOCK = 128  # words per block: the block's AND table stays in L1/L2, and inner loops vectorize
 
 
 @njit(cache=True, nogil=True)
-def tree_combine(d, masks, g, fan_in, low_index, needed, terms, first, out):
+def tree_combine(mine, theirs, u, dealt, g, fan_in, low_index, needed, terms, first, out):
     """One fan-in node per (n, word): XOR shares of the node's G (out[0]) and P (out[1]).
 
-    d: opened (variables, nodes, nw); table[X] = AND of d over the variable
-    subset X, built for the subsets in `needed` (ascending, closed under
-    dropping the lowest bit), a block of words at a time. Each term
-    (slot, rest, mask) adds table[rest] & masks[mask] to out[slot], or
-    table[rest] alone when mask is -1 (the public part, P0 only). out[0]
+    d = mine ^ theirs: opened (variables, nodes, nw); table[X] = AND of d
+    over the variable subset X, built for the subsets in `needed`
+    (ascending, closed under dropping the lowest bit), a block of words at
+    a time. Each term (slot, rest, mask) adds table[rest] & masks[mask] to
+    out[slot], or table[rest] alone when mask is -1 (the public part, P0
+    only); masks are u (one per variable) then the dealt products. out[0]
     starts from the node's top child G, which each party already holds a
     share of.
     """
-    nv, nodes, nw = d.shape
-    table = np.empty((1 << nv, _BLOCK), np.uint64)
+    nv, nodes, nw = mine.shape
+    # Sized to the words at hand: a full (2^nv, _BLOCK) table is 128 KiB,
+    # which malloc serves by mmap (page faults on every call) at batch 1.
+    block = max(1, min(_BLOCK, nw))
+    table = np.empty((1 << nv, block), np.uint64)
     for n in range(nodes):
-        top = g[fan_in * n + fan_in - 1]
-        for start in range(0, nw, _BLOCK):
-            size = min(_BLOCK, nw - start)
+        top = fan_in * n + fan_in - 1
+        for start in range(0, nw, block):
+            size = min(block, nw - start)
             for w in range(size):
                 table[0, w] = _ALL_ONES
             for j in range(needed.shape[0]):
                 x = needed[j]
-                prev = table[x & (x - 1)]
-                row = d[low_index[x], n]
-                dst = table[x]
+                prev = x & (x - 1)
+                var = low_index[x]
                 for w in range(size):
-                    dst[w] = prev[w] & row[start + w]
-            out_g = out[0, n]
-            out_p = out[1, n]
+                    table[x, w] = table[prev, w] & (mine[var, n, start + w] ^ theirs[var, n, start + w])
             for w in range(size):
-                out_g[start + w] = top[start + w]
-                out_p[start + w] = 0
+                out[0, n, start + w] = g[top, start + w]
+                out[1, n, start + w] = 0
             for t in range(terms.shape[0]):
                 mask = terms[t, 2]
                 if mask < 0 and not first:
                     continue
-                src = table[terms[t, 1]]
-                dst = out_g if terms[t, 0] == 0 else out_p
+                src = terms[t, 1]
+                slot = terms[t, 0]
                 if mask < 0:
                     for w in range(size):
-                        dst[start + w] ^= src[w]
-                else:
-                    m = masks[mask, n]
+                        out[slot, n, start + w] ^= table[src, w]
+                elif mask < nv:
                     for w in range(size):
-                        dst[start + w] ^= src[w] & m[start + w]
+                        out[slot, n, start + w] ^= table[src, w] & u[mask, n, start + w]
+                else:
+                    for w in range(size):
+                        out[slot, n, start + w] ^= table[src, w] & dealt[mask - nv, n, start + w]

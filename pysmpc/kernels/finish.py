@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["select_finish", "truncate_finish"]
+__all__ = ["select_finish", "truncate_finish", "conv2d_finish"]
 
 
 @njit(cache=True, nogil=True)
@@ -53,3 +53,26 @@ def truncate_finish(c_open, r_msb, r_hi, frac_bits, public_part, offset, out):
         if public_part:
             z += (c[i] >> shift) - offset
         o[i] = z
+
+
+@njit(cache=True, nogil=True)
+def conv2d_finish(e_open, w, sh, sw, ac, out):
+    """out = conv(e_open, w) + ac: a valid (unpadded) convolution, NHWC by HWIO, strides (sh, sw).
+
+    The local step of protocols.conv2d.conv2d_fixed, direct rather than
+    im2col + GEMM: at batch 1 the GEMM's packing and 4-row tiles cost more
+    than the products (a 1 x 1 output did a quarter of its work).
+    """
+    n, oh, ow, o = out.shape
+    kh, kw, c, _ = w.shape
+    for b in range(n):
+        for y in range(oh):
+            for x in range(ow):
+                for q in range(o):
+                    out[b, y, x, q] = ac[b, y, x, q]
+                for i in range(kh):
+                    for j in range(kw):
+                        for ch in range(c):
+                            v = e_open[b, y * sh + i, x * sw + j, ch]
+                            for q in range(o):
+                                out[b, y, x, q] += v * w[i, j, ch, q]

@@ -78,7 +78,11 @@ def payload_nbytes(data) -> int:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return len(data)
     if isinstance(data, (list, tuple)):
-        return sum(payload_nbytes(d) for d in data)
+        total = 0
+        for d in data:
+            # The usual payload is a list of arrays: count those inline.
+            total += d.nbytes if type(d) is np.ndarray else payload_nbytes(d)
+        return total
     raise TypeError(f"cannot send a {type(data).__name__}: channels carry numpy arrays and bytes")
 
 
@@ -107,16 +111,24 @@ class Channel:
         # Running sums of the online and offline tags, so totals() (taken
         # per layer by the executor) costs no walk over every tag.
         self._sums = {True: TagStats(), False: TagStats()}
+        # tag -> (its TagStats, the running sum it adds to): one dict lookup
+        # per message instead of a prefix test and two (cleared with the stats).
+        self._counters: dict[str, tuple[TagStats, TagStats]] = {}
         self._lock = threading.Lock()
         self.recorder: _Recorder | None = None
+
+    def _counters_of(self, tag: str) -> tuple[TagStats, TagStats]:
+        counters = self._counters.get(tag)
+        if counters is None:
+            counters = self._counters[tag] = (self._stats[tag], self._sums[not is_offline_tag(tag)])
+        return counters
 
     # -- counting front end -------------------------------------------------
     def send(self, to: int, data, tag: str) -> None:
         nbytes = payload_nbytes(data)
         self._send_raw(to, tag, data)
-        online = not is_offline_tag(tag)
         with self._lock:
-            for s in (self._stats[tag], self._sums[online]):
+            for s in self._counters_of(tag):
                 s.bytes_sent += nbytes
                 s.messages_sent += 1
 
@@ -132,9 +144,8 @@ class Channel:
 
     def _count_received(self, frm: int, tag: str, data, rounds: int) -> None:
         nbytes = payload_nbytes(data)
-        online = not is_offline_tag(tag)
         with self._lock:
-            for s in (self._stats[tag], self._sums[online]):
+            for s in self._counters_of(tag):
                 s.bytes_received += nbytes
                 s.messages_received += 1
                 s.rounds += rounds
@@ -166,6 +177,7 @@ class Channel:
         with self._lock:
             self._stats.clear()
             self._sums = {True: TagStats(), False: TagStats()}
+            self._counters = {}
 
     def start_recording(self) -> _Recorder:
         self.recorder = _Recorder()

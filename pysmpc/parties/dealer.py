@@ -257,14 +257,16 @@ class Bundle:
         self.items[-1] = item
 
     def take(self, shape):
-        if self._next >= len(self.items):
+        i = self._next
+        if i >= len(self.items):
             raise MaterialMismatch(f"the prepared material ran out after {len(self.items)} shares: "
                                    "it was made for a different plan or batch size")
-        item = self.items[self._next]
-        if item.shape != tuple(shape):
-            raise MaterialMismatch(f"prepared share {self._next} has shape {item.shape}, the protocol asks for "
+        item = self.items[i]
+        # Shapes come as tuples on the hot path: compare those directly.
+        if item.shape != shape and item.shape != tuple(shape):
+            raise MaterialMismatch(f"prepared share {i} has shape {item.shape}, the protocol asks for "
                                    f"{tuple(shape)}: it was made for a different plan or batch size")
-        self._next += 1
+        self._next = i + 1
         return item
 
     def check_used_up(self) -> None:

@@ -18,6 +18,7 @@ __all__ = ["msb", "msb_and_open", "less_than", "greater_equal", "cost_msb", "MSB
 _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 _LOW_BITS = 63  # bits 0..62 feed the carry into bit 63
 _GROUP = 4  # positions per first-level group, and children per tree node
+_GROUPS = -(-_LOW_BITS // _GROUP)  # first-level groups: 15 of 4 positions, one of 3
 # Round 1 yields 16 group (G, P) planes; two fan-in-4 levels reduce them to 1.
 MSB_ROUNDS = 3
 
@@ -133,10 +134,14 @@ def _group_carries(party: Party, own_planes, nw: int, tag: str, to_open: list):
         return (None, None)
     theirs = party.channel.exchange(party.peer, sent + list(to_open), tag=tag)
     opened = [mine + other for mine, other in zip(to_open, theirs[len(sent):])]
-    parts = []
+    # Each batch's forms land in their groups' slice of one (G, P) array,
+    # so no concatenation follows.
+    carries = np.empty((2, _GROUPS, nw), np.uint64)
+    first = 0
     for (k, starts), received in zip(_group_batches(), theirs):
         form = _form_arguments(k)
-        out = np.empty((2, len(starts), nw), np.uint64)
+        out = carries[:, first : first + len(starts)]
+        first += len(starts)
         if party.index == P0:
             # a_S b_T = a_S e_T ^ d_S v_T ^ u_S v_T: P0 adds a_S e_T, the
             # a_S-only terms and the public constant M[0, 0].
@@ -146,8 +151,7 @@ def _group_carries(party: Party, own_planes, nw: int, tag: str, to_open: list):
             # P1 adds d_S v_T (d_S = a_S ^ u_S from P0) and the b_T-only terms.
             bilinear_xor(received, masks[k], form.pairs, form.pair_count, monomials[k], form.b_index,
                          form.b_count, form.zero, w_shares[k], out)
-        parts.append(out)
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])), opened
+    return (carries[0], carries[1]), opened
 
 
 @lru_cache(maxsize=None)
@@ -227,10 +231,8 @@ def _tree_level(party: Party, g, p, nw: int, need_p: bool, tag: str):
     mine = np.empty((nv,) + shape, np.uint64)
     tree_gather(g, p, tree.var_is_p, tree.var_child, _GROUP, u, mine)
     theirs = party.channel.exchange(party.peer, mine, tag=tag)
-    d = mine ^ theirs
-    masks = np.concatenate([u, dealt])
     out = np.empty((2,) + shape, np.uint64)
-    tree_combine(d, masks, g, _GROUP, tree.low_index, tree.needed, tree.terms, party.index == P0, out)
+    tree_combine(mine, theirs, u, dealt, g, _GROUP, tree.low_index, tree.needed, tree.terms, party.index == P0, out)
     return out[0], (out[1] if need_p else None)
 
 

@@ -68,7 +68,9 @@ def truncate_begin(party: Party, x: AShare, frac_bits: int, tag: str = "trunc") 
     r, r_hi, r_msb = party.dealer.trunc_pair(x.shape, frac_bits, tag="dealer:" + tag)
     if not party.computes:
         return PendingTruncation(frac_bits, x.shape, None, None, None)
-    masked = x.add_public(_OFFSET).value + r
+    masked = x.value + r
+    if party.index == 0:  # the public shift is added once, by party 0 (as AShare.add_public)
+        masked += _U64(_OFFSET)
     return PendingTruncation(frac_bits, x.shape, masked, r_hi, r_msb)
 
 

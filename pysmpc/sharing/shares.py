@@ -31,9 +31,10 @@ _U64 = np.uint64
 
 
 def _broadcast(a: tuple, b: tuple) -> tuple:
-    # np.broadcast_shapes costs ~10 us; equal shapes and scalars (the usual
-    # case: a bias of the same shape, a public scale) need no work.
-    if a == b or not b:
+    # np.broadcast_shapes costs ~10 us; equal shapes, scalars and trailing
+    # axes of a (the usual cases: a public scale, a per-channel bias added
+    # to an NHWC share) need no work.
+    if a == b or not b or (len(b) < len(a) and a[len(a) - len(b):] == b):
         return a
     return np.broadcast_shapes(a, b)
 
