@@ -466,6 +466,34 @@ def test_simultaneous_large_exchange_does_not_deadlock(tls, certs):
         ch1.close()
 
 
+def test_receives_right_after_large_sends_never_collide_with_the_drain_thread():
+    # After a send that needed the drain thread, the sender's own receive may
+    # start while the drain thread still waits on the socket: both must be safe.
+    ch0, ch1 = _pair(timeout=20)
+    big = np.arange(1 << 19, dtype=np.uint64)  # 4 MiB: sends wait for the socket
+    errors = []
+
+    def p1():
+        try:
+            for i in range(30):
+                ch1.exchange(P0, big, tag=f"big{i}")
+                ch1.exchange(P0, np.array([i], np.uint64), tag=f"small{i}")
+        except ChannelError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=p1)
+    t.start()
+    try:
+        for i in range(30):
+            assert ch0.exchange(P1, big, tag=f"big{i}")[-1] == big[-1]
+            assert ch0.exchange(P1, np.array([i], np.uint64), tag=f"small{i}").tolist() == [i]
+        t.join(30)
+        assert not t.is_alive() and not errors, errors
+    finally:
+        ch0.close()
+        ch1.close()
+
+
 def test_a_receive_that_times_out_loses_nothing():
     ch0, ch1 = _pair(timeout=5)
     try:

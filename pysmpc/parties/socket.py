@@ -241,7 +241,6 @@ class _PlainStream:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         sock.settimeout(_SLICE)  # the fd is non-blocking from here on: _send_now relies on it
-        self._poller = _poller(sock)
         # A small frame arrives whole in one recv: its fixed header, JSON
         # header and body are then served from here, one syscall for three.
         self._buffer = memoryview(bytearray(_READ_BUFFER))
@@ -249,7 +248,7 @@ class _PlainStream:
 
     def wait_readable(self, timeout: float) -> bool:
         """Whether bytes can be read now or arrive within `timeout` seconds."""
-        return self._end > self._start or _poll_in(self._poller, timeout)
+        return self._end > self._start or _poll_in(self.sock, timeout)
 
     def recv_into(self, view: memoryview) -> int:
         """Read some bytes into `view`; 0 at end of stream; TimeoutError if none came in a slice."""
@@ -304,14 +303,13 @@ class _TlsStream:
         self._obj = context.wrap_bio(self._in, self._out, server_side=server_side)
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._poller = _poller(sock)
 
     def wait_readable(self, timeout: float) -> bool:
         """Whether TLS bytes are buffered here or arrive within `timeout` seconds."""
         with self._ssl_lock:
             if self._obj.pending() or self._in.pending:
                 return True
-        return _poll_in(self._poller, timeout)
+        return _poll_in(self.sock, timeout)
 
     def handshake(self, idle: Callable[[], None]) -> None:
         while True:
@@ -398,14 +396,12 @@ class _TlsStream:
         _close_socket(self.sock)
 
 
-def _poller(sock: socket.socket):
+def _poll_in(sock: socket.socket, timeout: float) -> bool:
+    """Whether `sock` is readable within `timeout` s (POLLHUP and POLLERR count: the read reports them)."""
+    # A fresh poll object each time (about 1 us): one object must not be
+    # polled by two threads at once, and the drain thread polls unlocked.
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    return poller
-
-
-def _poll_in(poller, timeout: float) -> bool:
-    # POLLHUP and POLLERR count too: the read that follows reports them.
     return bool(poller.poll(max(0, math.ceil(timeout * 1000))))
 
 
