@@ -401,7 +401,10 @@ def _poll_in(sock: socket.socket, timeout: float) -> bool:
     # A fresh poll object each time (about 1 us): one object must not be
     # polled by two threads at once, and the drain thread polls unlocked.
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
+    try:
+        poller.register(sock, select.POLLIN)
+    except (ValueError, OSError):  # closed on this side: the read that follows says so
+        return True
     return bool(poller.poll(max(0, math.ceil(timeout * 1000))))
 
 
