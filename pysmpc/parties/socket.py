@@ -245,6 +245,7 @@ class _PlainStream:
         # header and body are then served from here, one syscall for three.
         self._buffer = memoryview(bytearray(_READ_BUFFER))
         self._start = self._end = 0
+        self.bytes_in = 0  # from the socket: a reader waiting mid-frame tells a slow peer from a stalled one
 
     def wait_readable(self, timeout: float) -> bool:
         """Whether bytes can be read now or arrive within `timeout` seconds."""
@@ -254,8 +255,11 @@ class _PlainStream:
         """Read some bytes into `view`; 0 at end of stream; TimeoutError if none came in a slice."""
         if self._end == self._start:
             if len(view) >= len(self._buffer):
-                return self.sock.recv_into(view)
+                n = self.sock.recv_into(view)
+                self.bytes_in += n
+                return n
             self._start, self._end = 0, self.sock.recv_into(self._buffer)
+            self.bytes_in += self._end
         n = min(len(view), self._end - self._start)
         view[:n] = self._buffer[self._start:self._start + n]
         self._start += n
@@ -303,6 +307,7 @@ class _TlsStream:
         self._obj = context.wrap_bio(self._in, self._out, server_side=server_side)
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self.bytes_in = 0  # encrypted, from the socket (see _PlainStream)
 
     def wait_readable(self, timeout: float) -> bool:
         """Whether TLS bytes are buffered here or arrive within `timeout` seconds."""
@@ -366,6 +371,7 @@ class _TlsStream:
             data = self.sock.recv(1 << 18)  # TimeoutError propagates: the caller decides
             if not data:
                 return 0
+            self.bytes_in += len(data)
             with self._ssl_lock:
                 self._in.write(data)
 
@@ -647,7 +653,7 @@ class _Link:
         self.recv_seq = recv_seq
         self.send_lock = threading.Lock()
         self.read_lock = threading.Lock()
-        self.arrived = threading.Condition()  # guards pending and failure
+        self.pending_lock = threading.Lock()  # guards pending and failure
         self.pending: collections.deque = collections.deque()
         self.failure: ChannelError | None = None
         self.draining = threading.Event()
@@ -668,24 +674,28 @@ class _Link:
         if self.failure is not None:
             return True
         ch = self.channel
-        if not self.stream.wait_readable(wait):
+        stream = self.stream
+        if not stream.wait_readable(wait):
             return False
-        deadline = time.monotonic() + ch.timeout
+        progress = [stream.bytes_in, time.monotonic()]
 
         def nothing_yet():  # e.g. a TLS record that carried no data
             if self.closed:
                 raise PeerDisconnected("channel closed")
             raise _NoFrameYet
 
-        def mid_frame():
+        def mid_frame():  # called after each slice in which no byte came
             if self.closed:
                 raise PeerDisconnected("channel closed")
-            if time.monotonic() > deadline:
-                raise PeerTimeout(f"the rest of a frame did not come within {ch.timeout:g} s")
+            now = time.monotonic()
+            if stream.bytes_in != progress[0]:
+                progress[:] = [stream.bytes_in, now]
+            elif now - progress[1] > ch.timeout:
+                raise PeerTimeout(f"no byte of the rest of a frame came for {ch.timeout:g} s")
 
         item = failure = None
         try:
-            header, payload = read_frame(self.stream, ch.max_recv_bytes, mid_frame, first_idle=nothing_yet)
+            header, payload = read_frame(stream, ch.max_recv_bytes, mid_frame, first_idle=nothing_yet)
             if header["session"] != ch.session:
                 raise ChannelError(f"frame from session {header['session']!r}, this is session {ch.session!r}")
             if header["seq"] != self.recv_seq:
@@ -708,12 +718,11 @@ class _Link:
             log.exception("party %s: reading from %s failed", ch.party, _name(self.peer))
             failure = ChannelError(f"reading failed: {exc!r}")
             self.stream.close()
-        with self.arrived:
+        with self.pending_lock:
             if failure is not None:
                 self.failure = failure
             else:
                 self.pending.append(item)
-            self.arrived.notify_all()
         return True
 
     def _drain_loop(self) -> None:
@@ -735,7 +744,7 @@ class _Link:
         """The next (tag, payload) from this peer; raises the link's failure if it has one."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self.arrived:
+            with self.pending_lock:
                 if self.pending:
                     return self.pending.popleft()
                 if self.failure is not None:
@@ -789,7 +798,7 @@ class _Link:
         """The reason of an abort frame the peer sent (reading for up to `wait` s), or ""."""
         deadline = time.monotonic() + wait
         while True:
-            with self.arrived:
+            with self.pending_lock:
                 for item in self.pending:
                     if item[0] == ABORT_TAG:
                         return _abort_reason(item[1])
