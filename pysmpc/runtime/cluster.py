@@ -40,8 +40,9 @@ class ClusterError(RuntimeError):
 class BaseCluster:
     """Drives three parties: shares inputs, runs operations, reveals outputs.
 
-    Subclasses provide the transport: `_dispatch(name, args, kwargs)` starts
-    an operation on all three parties, `_collect(name)` waits for their
+    Subclasses provide the transport: `_dispatch(name, args, kwargs, inputs)`
+    starts an operation on all three parties (and sends each party its
+    input, if it has one, right after), `_collect(name)` waits for their
     results, and `client_channel` carries inputs and outputs.
     """
 
@@ -71,8 +72,13 @@ class BaseCluster:
         raise NotImplementedError
 
     # -- running operations -------------------------------------------------
-    def call(self, name: str, *args, client=None, wait: float | None = None, **kwargs):
+    def call(self, name: str, *args, client=None, wait: float | None = None, inputs: dict | None = None,
+             **kwargs):
         """Run operation `name` on every party; `client()` runs meanwhile here.
+
+        `inputs` ({party: array}) go to those parties (tag "input") each
+        right after its call, so a party starts with its input at hand
+        instead of waiting while the call reaches the others.
 
         `wait` bounds how long to wait for the parties (default None: the
         transport's own bound: over TCP none while every worker shows it is
@@ -82,7 +88,7 @@ class BaseCluster:
         """
         if self._broken:
             raise ClusterError(f"the cluster stopped working after an error ({self._broken}); start a new one")
-        self._dispatch(name, args, kwargs)
+        self._dispatch(name, args, kwargs, inputs or {})
         client_result, client_error = None, None
         if client is not None:
             try:
@@ -117,12 +123,7 @@ class BaseCluster:
 
         share_0, share_1 = share(encoded, self._client_prg)
         tid = self.new_id()
-
-        def send_shares():
-            self.client_channel.send(P0, share_0, tag="input")
-            self.client_channel.send(P1, share_1, tag="input")
-
-        self.call("input", tid, encoded.shape, client=send_shares)
+        self.call("input", tid, encoded.shape, inputs={P0: share_0, P1: share_1})
         return SharedTensor(self, tid, encoded.shape, frac_bits)
 
     def encode(self, array, frac_bits: int) -> np.ndarray:
@@ -138,31 +139,19 @@ class BaseCluster:
         results, the output as a flat ring array).
         """
         share_0, share_1 = share(encoded, self._client_prg)
-
-        def client():
-            self.client_channel.send(P0, share_0, tag="input")
-            self.client_channel.send(P1, share_1, tag="input")
-            return self.client_channel.recv(P0, tag="output") + self.client_channel.recv(P1, tag="output")
-
-        return self.call(name, *args, client=client, **kwargs)
+        return self.call(name, *args, client=self._receive_output, inputs={P0: share_0, P1: share_1}, **kwargs)
 
     def call_on_masked_input(self, name: str, masked: np.ndarray, *args, **kwargs):
         """As call_on_input, but P0 and P1 both get `masked` = x - A (A: a mask P2 gave this caller)."""
+        return self.call(name, *args, client=self._receive_output, inputs={P0: masked, P1: masked}, **kwargs)
 
-        def client():
-            self.client_channel.send(P0, masked, tag="input")
-            self.client_channel.send(P1, masked, tag="input")
-            return self.client_channel.recv(P0, tag="output") + self.client_channel.recv(P1, tag="output")
-
-        return self.call(name, *args, client=client, **kwargs)
+    def _receive_output(self) -> np.ndarray:
+        return self.client_channel.recv(P0, tag="output") + self.client_channel.recv(P1, tag="output")
 
     def reveal_ring(self, tensor) -> np.ndarray:
         """Reveal to this caller alone: P0 and P1 send their shares here."""
 
-        def receive():
-            return self.client_channel.recv(P0, tag="output") + self.client_channel.recv(P1, tag="output")
-
-        _, value = self.call("reveal", tensor.tid, client=receive)
+        _, value = self.call("reveal", tensor.tid, client=self._receive_output)
         return value.reshape(tensor.shape)
 
     # -- communication statistics ------------------------------------------------

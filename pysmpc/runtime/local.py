@@ -140,11 +140,13 @@ class LocalCluster(BaseCluster):
                 self._results[i].put((False, exc))
 
     # -- transport for BaseCluster ----------------------------------------------
-    def _dispatch(self, name: str, args: tuple, kwargs: dict) -> None:
+    def _dispatch(self, name: str, args: tuple, kwargs: dict, inputs: dict) -> None:
         if self._network is None:
             raise ClusterError("the cluster is not running: call start() or use it as a context manager")
         for i in PARTIES:
             self._tasks[i].put((name, args, kwargs))
+            if i in inputs:
+                self.client_channel.send(i, inputs[i], tag="input")
 
     def _collect(self, name: str, wait: float | None) -> list:
         if wait is None:

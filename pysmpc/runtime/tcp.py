@@ -417,7 +417,7 @@ class TcpCluster(BaseCluster):
                 raise PeerDisconnected(f"{exc}{self._exit_report(i, wait=1.0)}") from None
 
     # -- transport for BaseCluster -------------------------------------------------------
-    def _dispatch(self, name: str, args: tuple, kwargs: dict) -> None:
+    def _dispatch(self, name: str, args: tuple, kwargs: dict, inputs: dict) -> None:
         channel = self._state["channel"]
         if channel is None:
             raise ClusterError("the cluster is not running: call start() or use it as a context manager")
@@ -426,6 +426,8 @@ class TcpCluster(BaseCluster):
         for i in PARTIES:
             try:
                 channel.send_control(i, "ctl:call", message)
+                if i in inputs:  # right behind the call: the worker reads both in one wake-up
+                    channel.send(i, inputs[i], tag="input")
             except ChannelError as exc:
                 self._failed_dispatch[i] = PeerDisconnected(f"P{i}: cannot send '{name}': {exc}"
                                                             f"{self._exit_report(i, wait=1.0)}")
