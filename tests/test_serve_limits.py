@@ -138,6 +138,13 @@ def test_frame_limit_reaches_the_workers(served):
     np.testing.assert_allclose(cluster.share(np.array([1.5, -2.0])).reveal(), [1.5, -2.0])  # the link still works
 
 
+def test_an_input_over_the_frame_limit_is_refused_before_any_call_leaves(served):
+    _, cluster = served
+    with pytest.raises(FrameTooLarge, match=r"the input for P0 is 8800000 bytes, over the frame limit of 8388608"):
+        cluster.share(np.zeros((1100, 1000)))  # 8.8 MB of shares per party
+    np.testing.assert_allclose(cluster.share(np.array([1.5, -2.0])).reveal(), [1.5, -2.0])  # no party was left waiting
+
+
 def _pair(p0: dict, p1: dict, timeout: float = 5.0):
     """P0 and P1 SocketChannels over one loopback connection, each built with its own limits."""
     return socket_channel_pair(timeout, p0, p1)
