@@ -494,6 +494,20 @@ def test_receives_right_after_large_sends_never_collide_with_the_drain_thread():
         ch1.close()
 
 
+def test_a_reply_that_comes_instead_of_data_is_left_for_the_control_receive():
+    # A worker whose op failed replies instead of sending its output: the
+    # caller's receive says so and the reply, with the worker's error, is not lost.
+    ch0, ch1 = _pair(timeout=5)
+    try:
+        ch1.send_control(P0, "ctl:result", b"the error")
+        with pytest.raises(ChannelError, match="party 1 ended the operation without sending 'output'"):
+            ch0.recv(P1, tag="output")
+        assert ch0.recv_control(P1, timeout=1) == ("ctl:result", b"the error")
+    finally:
+        ch0.close()
+        ch1.close()
+
+
 def test_a_receive_that_times_out_loses_nothing():
     ch0, ch1 = _pair(timeout=5)
     try:

@@ -761,6 +761,11 @@ class _Link:
                 finally:
                     self.read_lock.release()
 
+    def unget(self, item) -> None:
+        """Put a received (tag, payload) back: the next get returns it."""
+        with self.pending_lock:
+            self.pending.appendleft(item)
+
     def _failed(self, tag: str) -> ChannelError:
         exc = self.failure
         if isinstance(exc, PeerDisconnected):
@@ -902,6 +907,11 @@ class SocketChannel(Channel):
         if got_tag == ABORT_TAG:
             raise PeerDisconnected(f"{_name(self.party)}: {_name(frm)} aborted the operation "
                                    f"({_abort_reason(data)}) while we waited for '{tag}'")
+        if got_tag.startswith("ctl:") and tag != got_tag:
+            # The op ended there (e.g. with an error) before sending what we wait for: its
+            # reply stays for recv_control, which reports what happened.
+            self._link(frm).unget((got_tag, data))
+            raise ChannelError(f"{_name(self.party)}: {_name(frm)} ended the operation without sending '{tag}'")
         if got_tag != tag:
             raise ChannelError(f"{_name(self.party)}: expected '{tag}' from {_name(frm)}, got '{got_tag}' "
                                "(the parties are running different programs)")
