@@ -49,6 +49,7 @@ __all__ = [
     "im2col",
     "conv2d",
     "conv_output_shape",
+    "int_pair",
     "gemm_kernel",
     "set_num_threads",
     "get_num_threads",
@@ -231,7 +232,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
 # ---- convolution -----------------------------------------------------------
 
 
-def _pair(name: str, v) -> tuple[int, int]:
+def int_pair(name: str, v) -> tuple[int, int]:
+    """(a, b) from an int or a pair of ints, both positive (a stride, a kernel size); a clear error otherwise."""
     if isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)):
         pair = (int(v), int(v))
     elif isinstance(v, (tuple, list)) and len(v) == 2 and all(
@@ -260,8 +262,8 @@ def conv_output_shape(in_hw, k_hw, stride=1, padding: str = "valid") -> tuple[in
     ):
         raise TypeError(f"in_hw must be a pair of non-negative ints, got {in_hw!r}")
     h, w = int(in_hw[0]), int(in_hw[1])
-    kh, kw = _pair("k_hw", k_hw)
-    sh, sw = _pair("stride", stride)
+    kh, kw = int_pair("k_hw", k_hw)
+    sh, sw = int_pair("stride", stride)
     mode = padding.lower() if isinstance(padding, str) else padding
     if mode == "valid":
         if kh > h or kw > w:
@@ -291,7 +293,7 @@ def im2col(x: np.ndarray, kh: int, kw: int, stride=1, padding: str = "valid") ->
     """
     x = _conv_input(x)
     n, h, w, c = x.shape
-    sh, sw = _pair("stride", stride)
+    sh, sw = int_pair("stride", stride)
     oh, ow, pt, pl = conv_output_shape((h, w), (kh, kw), (sh, sw), padding)
     out = np.empty((n * oh * ow, kh * kw * c), _U64)
     _ring.im2col(out, x, kh, kw, sh, sw, pt, pl, oh, ow)
@@ -314,7 +316,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride=1, padding: str = "valid") -> np
     kh, kw, wc, o = w.shape
     if wc != c:
         raise ValueError(f"conv2d: x has {c} channels {x.shape} but w expects {wc} {w.shape}")
-    sh, sw = _pair("stride", stride)
+    sh, sw = int_pair("stride", stride)
     oh, ow, pt, pl = conv_output_shape((h, wd), (kh, kw), (sh, sw), padding)
     out = np.empty((n, oh, ow, o), _U64)
     rows = oh * ow

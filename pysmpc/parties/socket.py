@@ -58,6 +58,7 @@ __all__ = [
     "CERT_FILES",
     "DEFAULT_MAX_FRAME",
     "FrameTooLarge",
+    "FRAME_HEADER_ROOM",
     "HELLO_TAG",
     "ABORT_TAG",
     "HEARTBEAT_TAG",
@@ -80,6 +81,8 @@ VERSION = 1
 _FIXED = struct.Struct("!4sHHIQ")
 DEFAULT_MAX_FRAME = 1 << 30  # 1 GiB: header + body of one frame
 _MAX_HEADER = 1 << 20
+# Room that covers a frame's fixed and JSON headers around a payload of a few arrays.
+FRAME_HEADER_ROOM = 1 << 16
 _MAX_DEPTH = 16
 _MAX_NDIM = 32
 _MAX_ELEMENTS = 1 << 48  # no array, even an empty one, spans more (nonzero) elements
@@ -843,7 +846,6 @@ class _Link:
                                   f"{self.channel.timeout:g} s") from None
             except (OSError, ChannelError) as exc:
                 self.broken = str(exc)
-                self.draining.clear()
                 refusal = self._refusal(wait=1.0)  # why the peer hung up, if it said so
                 raise PeerDisconnected(f"{_name(self.channel.party)}: cannot send '{tag}' to {_name(self.peer)}: "
                                        f"{exc}" + (f" ({refusal})" if refusal else "")) from None

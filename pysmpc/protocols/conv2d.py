@@ -79,7 +79,7 @@ def conv2d_fixed(party: Party, x: AShare, key, stride=1, padding="valid", tag: s
         (e_open,) = open_arith(party, [x.value - a], tag=tag)
     if padding == "valid" and _size(out_shape) * w_shape[0] * w_shape[1] * w_shape[2] <= _DIRECT_MAX_PRODUCTS:
         z = np.empty(out_shape, np.uint64)
-        sh, sw = (int(stride), int(stride)) if np.ndim(stride) == 0 else (int(stride[0]), int(stride[1]))
+        sh, sw = ring.int_pair("stride", stride)
         conv2d_finish(np.ascontiguousarray(e_open), b_term, sh, sw, np.ascontiguousarray(ac), z)
         return AShare(z, party.index)
     return AShare(_fixed_finish(e_open, b_term, ac, conv), party.index)

@@ -16,13 +16,11 @@ from collections import OrderedDict
 
 from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.party import CLIENT
+from pysmpc.parties.socket import FRAME_HEADER_ROOM
 
 __all__ = ["QueryInbox", "Query", "DEFAULT_MAX_AGE", "check_request", "query_frame_limit"]
 
 log = logging.getLogger("pysmpc.queries")
-
-# Room for a frame's JSON header around a query's input share.
-_FRAME_OVERHEAD = 1 << 16
 
 # A query that waited this long was never named by P0 (its client reached
 # only some workers) or its client gave up long ago (Client's default
@@ -181,8 +179,8 @@ def query_frame_limit(request, max_frame_bytes: int) -> int:
     shape = request.get("shape") if isinstance(request, dict) else None
     if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                               for s in shape):
-        return min(max_frame_bytes, _FRAME_OVERHEAD)
+        return min(max_frame_bytes, FRAME_HEADER_ROOM)
     elements = 1
     for s in shape:
         elements *= s
-    return min(max_frame_bytes, 8 * elements + _FRAME_OVERHEAD)
+    return min(max_frame_bytes, 8 * elements + FRAME_HEADER_ROOM)

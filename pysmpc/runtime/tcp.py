@@ -23,6 +23,7 @@ from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1
 from pysmpc.parties.socket import (
     DEFAULT_MAX_FRAME,
+    FRAME_HEADER_ROOM,
     HEARTBEAT_TAG,
     FrameTooLarge,
     SocketChannel,
@@ -40,7 +41,6 @@ __all__ = ["TcpCluster", "DEFAULT_HOSTS", "DEFAULT_TIMEOUT"]
 PARTIES = (P0, P1, DEALER)
 DEFAULT_HOSTS = ("localhost:4000", "localhost:4001", "localhost:4002")
 _POLL = 0.25
-_FRAME_HEADER_ROOM = 1 << 12  # a frame's fixed and JSON headers around an input array
 _TAIL = 3000
 log = logging.getLogger("pysmpc.cluster")
 
@@ -425,7 +425,7 @@ class TcpCluster(BaseCluster):
             raise ClusterError("the cluster is not running: call start() or use it as a context manager")
         message = wire.encode_call(name, args, kwargs)  # WireError here: nothing was sent
         for i, value in inputs.items():
-            if value.nbytes + _FRAME_HEADER_ROOM > self.max_frame_bytes:  # refused before any call leaves
+            if value.nbytes + FRAME_HEADER_ROOM > self.max_frame_bytes:  # refused before any call leaves
                 raise FrameTooLarge(f"the input for P{i} is {value.nbytes} bytes, over the frame limit of "
                                     f"{self.max_frame_bytes} bytes (max_frame_bytes): send a smaller batch")
         self._failed_dispatch = {}
