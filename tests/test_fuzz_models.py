@@ -390,7 +390,7 @@ def image_or_error(path: Path):
     try:
         image = load_image(path)
     except ValueError as exc:
-        assert str(path) in str(exc) or "PNG filter" in str(exc), str(exc)
+        assert str(path) in str(exc), str(exc)
         return exc
     assert image.dtype == np.float64 and image.ndim == 3 and min(image.shape) >= 1
     assert np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
@@ -404,6 +404,7 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 @FUZZ
 @given(st.sampled_from([0, 2, 6]), st.data())
 def test_mutated_png_images(workdir, colour, data):
+    pytest.importorskip("PIL")
     path = workdir / "mutated.png"
     path.write_bytes(mutate_bytes(_valid_png(workdir, colour), data.draw))
     image_or_error(path)
@@ -414,6 +415,7 @@ def test_mutated_png_images(workdir, colour, data):
        st.sampled_from([1, 2, 4, 8, 16]), st.integers(0, 7), st.integers(0, 1), st.binary(max_size=64),
        st.integers(0, 1 << 16))
 def test_png_with_any_header_and_data(workdir, width, height, depth, colour, interlace, raw, zeros):
+    pytest.importorskip("PIL")
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
     body = zlib.compress(raw + bytes(zeros))  # zeros: data that inflates far beyond its size
     path = workdir / "header.png"
@@ -453,16 +455,20 @@ def test_mutated_npy_images(workdir, data):
 
 
 def test_image_regressions(workdir):
+    pytest.importorskip("PIL")  # image files are decoded by Pillow (pysmpc[images])
     path = workdir / "r.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", b"\x00" * 5) + png_chunk(b"IDAT", b"x"))
-    with pytest.raises(ValueError, match="header chunk of 5 bytes"):  # was struct.error
+    with pytest.raises(ValueError, match="r.png: corrupt or unreadable image"):  # was struct.error
         load_image(path)
     bomb = zlib.compress(bytes(1 << 26))  # 64 MiB of zeros in 64 kB
     ihdr = struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", bomb))
-    with pytest.raises(ValueError, match="more than 813 bytes, expected 812"):  # was inflated in full first
-        load_image(path)
+    assert load_image(path).shape == (28, 28, 1)  # was inflated in full first; now to the image's 812 bytes only
     ihdr = struct.pack(">IIBBBBB", 1 << 20, 1 << 20, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", bomb))
+    with pytest.raises(ValueError, match="decompression-bomb limit"):
+        load_image(path)
+    ihdr = struct.pack(">IIBBBBB", 1100, 1000, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", bomb))
     with pytest.raises(ValueError, match=f"at most {MAX_PIXELS}"):
         load_image(path)
