@@ -68,7 +68,7 @@ from pysmpc.runtime.cluster import DEFAULT_TIMEOUT
 from pysmpc.runtime.ops import run_op
 from pysmpc.runtime.queries import Query, QueryInbox, check_request, query_frame_limit
 
-__all__ = ["main", "serve"]
+__all__ = ["build_parser", "main", "serve"]
 
 PARTIES = (P0, P1, DEALER)
 log = logging.getLogger("pysmpc.worker")
@@ -81,23 +81,37 @@ class SetupError(RuntimeError):
     """The worker could not join a session."""
 
 
-def main(argv=None) -> int:
-    """Run one worker; return its exit code (0 after a clean session)."""
-    parser = argparse.ArgumentParser(prog="python -m pysmpc.runtime.worker", description=__doc__.split("\n")[0])
-    parser.add_argument("--party", type=int, required=True, choices=PARTIES)
+def build_parser(prog: str = "python -m pysmpc.runtime.worker") -> argparse.ArgumentParser:
+    """The worker's command line; `prog` is the name its help and errors use (`pysmpc worker` from the CLI)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Start one party of a TCP cluster: listen on its host, "
+                                     "join the other two, and serve the client's operations until it leaves.")
+    parser.add_argument("--party", type=int, required=True, choices=PARTIES,
+                        help="which party this worker is: 0 and 1 hold the shares, 2 is the dealer")
     parser.add_argument("--hosts", default="localhost:4000,localhost:4001,localhost:4002",
-                        help="host:port of P0,P1,P2 (comma separated)")
-    parser.add_argument("--tls-dir", default=None, help="directory with ca.pem and pN.pem/pN.key (pysmpc certs)")
+                        help="host:port of P0,P1,P2 (comma separated; default: %(default)s)")
+    parser.add_argument("--tls-dir", default=None, metavar="DIR",
+                        help="directory with ca.pem and pN.pem/pN.key (pysmpc certs); needed when a host is not "
+                             "loopback")
     parser.add_argument("--allow-cleartext", action="store_true",
                         help="run without TLS even though some hosts are not loopback (shares cross the network "
                              "in the clear)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for a peer's message")
-    parser.add_argument("--startup-timeout", type=float, default=None,
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="seconds to wait for a peer's message (default: %(default)s)")
+    parser.add_argument("--startup-timeout", type=float, default=None, metavar="SECONDS",
                         help="seconds to wait for the client (default: for ever)")
-    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME)
+    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME, metavar="BYTES",
+                        help="largest message this worker accepts; the same as serve's --max-frame-bytes "
+                             "(default: %(default)s)")
     parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # socket bound by TcpCluster
     parser.add_argument("--fault", action="append", default=[], help=argparse.SUPPRESS)  # fault tests only
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        type=str.upper, help="what the worker logs to stderr (default: %(default)s)")
+    return parser
+
+
+def main(argv=None, prog: str = "python -m pysmpc.runtime.worker") -> int:
+    """Run one worker; return its exit code (0 after a clean session). `prog`: the name its help uses."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     for spec in args.fault:
         try:
