@@ -272,7 +272,7 @@ def _bench(args) -> int:
         print(f"{TORCH_BASELINE}: the same weights as a float32 PyTorch module on one thread (pysmpc.graph.to_torch)")
     else:
         print("no PyTorch baseline: torch is not installed (pip install torch)")
-    print("\nslower than plaintext (private latency / plaintext latency, same batch):")
+    print("\nprivate latency against plaintext, same batch (10x: ten times as long):")
     for ratio in speed_ratios(rows):
         print(f"  {ratio['system']:<26}batch {ratio['batch']:>4}: {ratio['latency_ratio']:>7.1f}x "
               f"{ratio['baseline']}")

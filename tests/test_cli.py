@@ -293,3 +293,15 @@ def test_bench_plot_draws_latency_and_throughput(tmp_path):
     assert f"wrote {out}" in result.stdout
     width, height = _png_size(out)
     assert width > 800 and height > 300
+
+
+def test_bench_without_torch_says_so(tmp_path):
+    fake = tmp_path / "no_torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named torch')\n")
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--batches", "1", "--repeats", "1", "--no-tcp", "--no-progress", "--json", str(out),
+                     env={"PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])})
+    assert result.returncode == 0, result.stderr
+    assert "no PyTorch baseline: torch is not installed" in result.stdout
+    assert {r["system"] for r in json.loads(out.read_text())} == {"plaintext numpy (float64)", "pysmpc in-process"}
