@@ -51,7 +51,7 @@ def _warm_kernels() -> None:
     """
     from pysmpc.kernels.warm import warm_up
 
-    warm_up(on_compile=lambda: print("compiling kernels, first run only (under a minute) ...", file=sys.stderr,
+    warm_up(on_compile=lambda: print("compiling kernels, first run only (up to a minute) ...", file=sys.stderr,
                                      flush=True))
 
 
@@ -287,7 +287,7 @@ def _bench(args) -> int:
         from pysmpc.serve.plots import plot_bench
 
         plot_bench(rows, args.plot, f"{os.path.basename(args.model or shipped_model_path())}: private inference "
-                                    "against plaintext (online latency)")
+                                    f"against plaintext (online; median of {args.repeats} runs per point)")
         print(f"wrote {args.plot}")
     return 0
 
