@@ -64,13 +64,12 @@ def measure_inference(model, images: np.ndarray, batches=(1, 64, 256), clusters=
     for each query is made ahead (SharedModel.prepare, offline, untimed
     in the latency) and the query then runs online on it. Each row:
     system, batch, latency_ms (online; median of `repeats` runs after one
-    warm-up), images_per_s and the peak RSS of this process; the
-    "pytorch" rows also dtype, threads and torch_version; the private rows
-    also offline_ms (median time to prepare one batch's
-    material), online and dealer bytes per image (cluster.stats() of one
-    prepared run), rounds per inference (the cost plan, which the tests
-    check against the channels) and, over TCP, the largest peak RSS of the
-    three workers.
+    warm-up), images_per_s and the peak RSS of this process. The "pytorch"
+    rows add dtype, threads and torch_version. The private rows add
+    offline_ms (median time to prepare one batch's material), online and
+    dealer bytes per image (cluster.stats() of one prepared run), rounds
+    per inference (the cost plan, which the tests check against the
+    channels) and, over TCP, the largest peak RSS of the three workers.
     """
     from pysmpc.runtime.local import LocalCluster
     from pysmpc.runtime.tcp import TcpCluster
