@@ -31,7 +31,7 @@ def _with_flags(message: str) -> str:
     return message
 
 
-def _say(line: str) -> None:
+def _print_above_bars(line: str) -> None:
     """Print a line of results on stdout without tearing a progress bar on the terminal (tqdm.write).
 
     tqdm.write clears every bar drawn on stdout or stderr, prints the line and
@@ -96,7 +96,7 @@ def _demo(args) -> int:
             predicted = int(answer.reshape(-1).argmax() if args.reveal == "logits" else answer[0])
             online += time.perf_counter() - start
             correct += predicted == labels[i]
-            _say(f"Actual: {labels[i]}, predicted: {predicted}")
+            _print_above_bars(f"Actual: {labels[i]}, predicted: {predicted}")
         stats = cluster.stats()
     traffic = traffic_per_image(stats, count)
     rounds = sum(s["rounds"] for t, s in stats["P0"].items() if not is_offline_tag(t) and t not in ("input",))
