@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pysmpc.fl.aggregate import secure_aggregate
+from pysmpc.fl.aggregate import Aggregator
 from pysmpc.fl.dp import PrivacyAccountant, clip_and_sum, noise_multiplier_for
 from pysmpc.graph.backward import forward, init_weights, loss_and_grads, seed_cnn
 
