@@ -10,7 +10,7 @@ DP series within its budget; ``pysmpc.fl.dp`` uses it to calibrate sigma.
 
 from __future__ import annotations
 
-__all__ = ["dp_epsilon", "dp_event", "dp_accounting_module", "MISSING_DP_ACCOUNTING"]
+__all__ = ["StepAccountant", "dp_epsilon", "dp_event", "dp_accounting_module", "MISSING_DP_ACCOUNTING"]
 
 MISSING_DP_ACCOUNTING = ("differential privacy needs Google's dp-accounting package: pip install 'pysmpc[dp]' "
                          "(or pip install dp-accounting)")
@@ -37,3 +37,28 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: f
     accountant = dpa.rdp.RdpAccountant()
     accountant.compose(dp_event(noise_multiplier, sample_rate, steps))
     return float(accountant.get_epsilon(delta))
+
+
+class StepAccountant:
+    """Epsilon of a series of identical sampled Gaussian steps, fast enough to check before every step.
+
+    The RDP curve of one step is computed once (about 0.3 s); RDP composes
+    by addition, so after T steps it is T times that curve, converted to
+    epsilon at delta by dp-accounting's ``compute_epsilon`` (well under a
+    millisecond). The same numbers as ``dp_epsilon``.
+    """
+
+    def __init__(self, noise_multiplier: float, sample_rate: float, delta: float):
+        dpa = dp_accounting_module()
+        accountant = dpa.rdp.RdpAccountant()
+        accountant.compose(dp_event(noise_multiplier, sample_rate, 1))
+        self._orders, self._step_rdp = accountant.orders, accountant.rdp
+        self.delta = float(delta)
+
+    def epsilon(self, steps: int) -> float:
+        """Epsilon at this accountant's delta after `steps` steps (0 for none)."""
+        if steps <= 0:
+            return 0.0
+        from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+        return float(compute_epsilon(self._orders, steps * self._step_rdp, self.delta)[0])

@@ -63,6 +63,7 @@ class _Series:
     sample_rate: float
     epsilon_budget: float
     delta: float
+    accountant: object
     steps: int = 0
     epsilon_spent: float = 0.0
 
@@ -105,16 +106,15 @@ class RoundBook:
         if sample_rate > 1 or delta >= 1:
             raise ValueError(f"DP series: sample_rate must be in (0, 1] and delta in (0, 1), got {sample_rate}, "
                              f"{delta}")
-        from pysmpc.runtime.accounting import dp_epsilon
+        from pysmpc.runtime.accounting import StepAccountant
 
-        dp_epsilon(float(noise_multiplier), float(sample_rate), 1, float(delta))  # dp-accounting is there: say so now
         with self._cond:
             if series_id in self._used_ids:
                 raise ValueError(f"P{self.party_index}: id {series_id!r} was used already; a DP series is opened "
                                  "once (its accountant cannot be reset)")
             self._used_ids.add(series_id)
             series = _Series(float(noise_multiplier), float(clip_norm), float(sample_rate), float(epsilon),
-                             float(delta))
+                             float(delta), StepAccountant(float(noise_multiplier), float(sample_rate), float(delta)))
             self._series[series_id] = series
             return series.rules()
 
@@ -261,9 +261,7 @@ class RoundBook:
 
 def _epsilon_after_step(series: _Series) -> float:
     """Epsilon at the series' delta if one more round is revealed (RDP accountant over all its rounds)."""
-    from pysmpc.runtime.accounting import dp_epsilon
-
-    return dp_epsilon(series.noise_multiplier, series.sample_rate, series.steps + 1, series.delta)
+    return series.accountant.epsilon(series.steps + 1)
 
 
 def _gaussian_ring(std: float, size: int, frac_bits: int) -> np.ndarray:
