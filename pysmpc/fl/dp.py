@@ -4,8 +4,9 @@ The mechanism, per step: every owner samples each of its examples with
 probability q (Poisson sampling), clips each sampled example's gradient to
 L2 norm C and sends the sum of the clipped gradients to the cluster as
 shares; P0 and P1 each add N(0, (sigma C)^2) noise to their share of the
-total (``secure_aggregate(..., noise_std=sigma * C)``), and only the noisy
-sum is revealed. One example changes the sum by at most C (add/remove
+total (every round of a DP series, ``Aggregator.open_dp_series``: the
+workers fix sigma, C, q and the budget and keep the accountant), and only
+the noisy sum is revealed. One example changes the sum by at most C (add/remove
 neighbours), so the step is the sampled Gaussian mechanism with noise
 multiplier sigma as long as at least one of P0's and P1's noises stays in:
 the guarantee below assumes no more than one of the three parties is
