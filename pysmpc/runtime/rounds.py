@@ -252,6 +252,8 @@ class RoundBook:
             self._cond.notify_all()
 
     def _round(self, round_id: str) -> _Round:
+        if not isinstance(round_id, str):
+            raise ValueError(f"a round id is a string, got {type(round_id).__name__}")
         rnd = self._rounds.get(round_id)
         if rnd is None:
             why = "was revealed already" if round_id in self._used_ids else "is not open"
