@@ -268,3 +268,22 @@ def test_an_owner_that_requires_dp_sends_nothing_to_a_round_without_it(dp_cluste
     for rid in (round_id, weak):
         for i in (P0, P1):
             assert not dp_cluster.parties[i].store["fl_book"]._rounds[rid].shares, "nothing may have been sent"
+
+
+@pytest.mark.tcp
+def test_garbage_submissions_are_refused_and_the_workers_go_on():
+    with TcpCluster(ephemeral_ports=True) as c:
+        aggregator = Aggregator(c)
+        round_id = aggregator.open_round(SHAPES)
+        for submit in ({"round": [1, 2], "owner": "eve"}, {"round": round_id, "owner": 123},
+                       {"round": round_id, "owner": "x" * 200}, "not an object", {"round": round_id}):
+            session = secrets.token_hex(8)
+            with pytest.raises(ChannelError, match="refused"):
+                connect_peer(c.hosts[P0], CLIENT, P0, session=session, timeout=10.0, extra={"submit": submit})
+        # P2 holds no shares: an owner that submits there is refused.
+        with pytest.raises(ChannelError, match="P0 and P1 only"):
+            connect_peer(c.hosts[2], CLIENT, 2, session="s", timeout=10.0,
+                         extra={"submit": {"round": round_id, "owner": "eve"}})
+        for name in ("alice", "bob"):
+            Owner(c.hosts, name).submit(round_id, _update(0.5))
+        np.testing.assert_allclose(aggregator.reveal(round_id).total[0], 1.0, atol=2.0**-16)
