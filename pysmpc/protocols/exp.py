@@ -18,11 +18,11 @@ from pysmpc.protocols.truncate import truncate
 from pysmpc.sharing.shares import AShare, concat_shares
 
 __all__ = ["exp", "exp_nonpositive", "exp_in_range", "exp_limits", "cost", "cost_nonpositive", "cost_in_range",
-           "SQUARINGS", "RELATIVE_ERROR"]
+           "SQUARINGS", "RELATIVE_ERROR", "ABS_ERROR"]
 
 # e^x = (e^(x/m))^m with m = 2^SQUARINGS; e^(x/m) from its cubic Taylor
-# polynomial. The relative error of the result is about x^4 / (24 m^3):
-# 2.3e-4 at x = 10.4, below 1e-7 for x <= 0 (see RELATIVE_ERROR).
+# polynomial T3. (T3(t)/e^t)^m = 1 - m t^4/24 + ...: the relative error of
+# the approximation is about x^4 / (24 m^3), 2.2e-4 at x = 10.4.
 SQUARINGS = 7
 # Formats whose values stay below 2^31 at scale 2^F (F + I = 31, as
 # FixedPoint(16, 15)): products of two such values stay below 2^62.
@@ -33,10 +33,14 @@ _PRODUCT_LOG2 = 61
 # The scale of the Taylor step (the base e^(x/m)): t = x/m is exact at
 # scale F + SQUARINGS, and is shifted up to this scale; e^t < 1.09 there.
 _BASE_SCALE_MAX = 30
-# Relative error bound of the approximation (1 + t + t^2/2 + t^3/6)^m over
-# x in [low, high] for F = 16 (max of x^4/(24 m^3) with the exact remainder,
-# checked in tests/test_exp.py), excluding fixed-point rounding.
+# Bound of the approximation's relative error |T3(x/m)^m / e^x - 1| over
+# 0 <= x <= high for F >= 16 (high <= 10.4; tests/test_exp.py checks it).
+# For x < 0 the relative error reaches 4e-4 at x = low, where e^x < 2^-17:
+# there the absolute bound ABS_ERROR is what counts.
 RELATIVE_ERROR = 2.5e-4
+# Bound of the absolute error for F = 16 apart from RELATIVE_ERROR e^x: the
+# last truncation's unit plus the rest (measured max 1.13 units on [low, 0]).
+ABS_ERROR = 2.0**-15
 
 
 def exp_limits(frac_bits: int = 16) -> tuple[float, float]:
@@ -123,9 +127,10 @@ def exp_in_range(party: Party, x: AShare, frac_bits: int = 16, upper: float = 0.
     Error (F = 16): 2.5e-4 e^x relative (the cubic remainder raised to the
     128th power) plus 2^-15 absolute (the last truncation is within one unit
     in the last place; the earlier ones, at 22 or more fractional bits, add
-    less than 2^-18). Outside [low, upper] the result is meaningless: the
-    base drifts from e^(x/2^7) below low (and stops decreasing at x = -2^8),
-    and a square passes 2^61 above upper.
+    less than 2^-18). Outside [low, upper]: below low the result stays
+    within the bound of 0 down to x = -200; below that it is meaningless (the
+    cubic base turns negative at x = -204, and its 128th power is large
+    below x = -322). Above upper a square passes 2^61: meaningless soon after.
     Cost: 18 rounds; 152 bytes per element per computing party; P2 sends
     216 bytes per element to P1.
     Ref: as exp.

@@ -16,12 +16,17 @@ from pysmpc.protocols.select import bit_to_arith, cost_bit_to_arith
 from pysmpc.protocols.truncate import truncate
 from pysmpc.sharing.shares import AShare, concat_shares, stack_shares
 
-__all__ = ["reciprocal", "reciprocal_range", "cost", "ITERATIONS", "RELATIVE_ERROR"]
+__all__ = ["reciprocal", "reciprocal_range", "cost", "ITERATIONS", "CONVERGENCE", "RELATIVE_ERROR", "ABS_ERROR"]
 
 # Goldschmidt iterations after the start y0 = 5/4 on a in [1/2, 1): the
 # relative error of a*y0 is |e0| <= 3/8, after k iterations e0^(2^k).
 ITERATIONS = 4
-RELATIVE_ERROR = (3 / 8) ** (2**ITERATIONS)  # 1.5e-7
+CONVERGENCE = (3 / 8) ** (2**ITERATIONS)  # 1.5e-7: the relative error left by the iteration
+# The stated bound |reciprocal(x) - 1/x| <= ABS_ERROR + RELATIVE_ERROR / x on
+# [lo, hi] for F = 16: CONVERGENCE plus D's rounding (under 2^-24) in the
+# relative part, the last truncation's unit and N's rounding in the absolute.
+RELATIVE_ERROR = 2.0**-21
+ABS_ERROR = 2.0**-15
 # y0 = 5/4 = _START / 2^_START_BITS: a dyadic start keeps N0 = y0 s and
 # D0 = x y0 s exactly consistent (Goldschmidt does not correct that error).
 _START, _START_BITS = 5, 2
@@ -32,7 +37,7 @@ _PRODUCT_LOG2 = 61  # products stay below 2^61 before truncation (exact below 2^
 # 2^-24 relative over the iterations.
 _D_SCALE = 26
 # a = x s may lie in [0.39, 1.11] (slack around the octave [1/2, 1)) and
-# still converge to RELATIVE_ERROR-ish accuracy; bounds below use these.
+# still converge (to 1e-6 relative at the ends); bounds below use these.
 _A_MIN, _A_MAX = 0.39, 1.11
 
 
