@@ -77,3 +77,18 @@ def test_the_iteration_count_meets_the_relative_bound():
 def test_bad_ranges_are_refused(lo, hi, message):
     with pytest.raises(ValueError, match=message):
         run_shared(lambda p, a: reciprocal(p, a, lo=lo, hi=hi), np.zeros(2, np.uint64))
+
+
+@pytest.mark.parametrize("frac_bits, lo, hi", [(20, None, None), (12, 0.01, 100.0)])
+def test_reciprocal_at_other_precisions(frac_bits, lo, hi):
+    fp = FP.__class__(frac_bits=frac_bits, int_bits=31 - frac_bits)
+    low, high = reciprocal_range(frac_bits) if lo is None else (lo, hi)
+    x = np.geomspace(low, min(high, fp.max_value), 1001)
+    z, _ = run_shared(lambda p, a: reciprocal(p, a, frac_bits=frac_bits, lo=lo, hi=hi), fp.encode(x))
+    exact = 1 / fp.decode(fp.encode(x))
+    assert np.all(np.abs(fp.decode(z) - exact) <= 2.0 ** (1 - frac_bits) + RELATIVE_ERROR * exact)
+
+
+def test_a_range_too_wide_for_the_precision_is_refused():
+    with pytest.raises(ValueError, match="too many octaves"):
+        run_shared(lambda p, a: reciprocal(p, a, frac_bits=12), np.zeros(2, np.uint64))

@@ -72,7 +72,7 @@ def exp(party: Party, x: AShare, frac_bits: int = 16, tag: str = "exp") -> AShar
     below low the result is 0 (error < 2^-17); above high it is MAX.
     Cost: 22 rounds; 234.8 bytes per element per computing party (n a
     multiple of 64); P2 sends 281.8 bytes per element to P1.
-    Ref: Knott et al., "CrypTen" (NeurIPS 2021) sec. 4.2 (the limit
+    Ref: Knott et al., "CrypTen" (NeurIPS 2021), its exp (the limit
     (1 + x/2^n)^(2^n)), with a cubic Taylor base as in the scaling and
     squaring method (Higham, SIAM J. Matrix Anal. Appl. 26(4), 2005).
     """

@@ -79,11 +79,11 @@ def reciprocal(party: Party, x: AShare, frac_bits: int = 16, lo: float | None = 
     per element per computing party (n a multiple of 64); P2 sends 913.4
     bytes per element to P1. lo, hi in one octave (as [1, 2]): 9 rounds,
     136 bytes, P2 176 bytes. See `cost`.
-    Ref: range normalisation and Newton-Raphson as in Catrina & Saxena,
-    "Secure Computation with Fixed-Point Numbers" (FC 2010) sec. 3.4 and
-    CrypTen (Knott et al., NeurIPS 2021); Goldschmidt's iteration (IBM J.
-    Res. Dev. 1964) pairs the two products of each step in one round, as in
-    Catrina & Saxena.
+    Ref: range normalisation and Goldschmidt's division as in Catrina &
+    Saxena, "Secure Computation with Fixed-Point Numbers" (FC 2010); the
+    iteration is Goldschmidt's (MIT M.Sc. thesis, 1964): its two products
+    per step are independent, so they share one round, where Newton-Raphson
+    (CrypTen, Knott et al., NeurIPS 2021) needs two.
     """
     plan = _Plan(frac_bits, lo, hi)
     flat = x.reshape(-1)
@@ -157,8 +157,11 @@ class _Plan:
         self.n_scale = min(30, math.floor(_PRODUCT_LOG2 - _D_SCALE - n_max_log2 - f_max_log2))
         # y0 s must be exact at S_N: 2^(S_N - j - 1 - START_BITS) integral for j <= j1.
         if self.n_scale < max(frac_bits + 1, self.j1 + 1 + _START_BITS):
-            raise ValueError(f"reciprocal: lo={lo} is too small for frac_bits={frac_bits} "
-                             f"(1/lo needs more than the {self.n_scale} bits left)")
+            # N must hold 1/lo below 2^61 next to F, and y0 2^-(j1+1) (the
+            # top octave's start) exactly: too many octaves for one scale.
+            raise ValueError(f"reciprocal: [lo, hi] = [{lo}, {hi}] spans too many octaves for frac_bits={frac_bits} "
+                             f"(N would need a scale of at least {max(frac_bits + 1, self.j1 + 1 + _START_BITS)} "
+                             f"bits and at most {self.n_scale}): pass a narrower lo, hi")
         # D0 = x (y0 s) at scale F + K below 2^61 for a <= _A_MAX.
         self.k_d0 = math.floor(_PRODUCT_LOG2 - frac_bits - math.log2(_A_MAX * _START / (1 << _START_BITS)))
         if self.k_d0 < self.j1 + 1 + _START_BITS or frac_bits + self.k_d0 <= _D_SCALE:
@@ -168,8 +171,8 @@ class _Plan:
 def _check_frac_bits(frac_bits: int) -> None:
     if isinstance(frac_bits, bool) or not isinstance(frac_bits, (int, np.integer)):
         raise TypeError(f"frac_bits must be an int, got {frac_bits!r}")
-    if not 1 <= frac_bits <= 30:
-        raise ValueError(f"reciprocal supports frac_bits in 1..30, got {frac_bits}")
+    if not 1 <= frac_bits <= 29:
+        raise ValueError(f"reciprocal supports frac_bits in 1..29, got {frac_bits}")
 
 
 def _encode(value: float, frac_bits: int) -> int:

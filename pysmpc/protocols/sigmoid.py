@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pysmpc.kernels.bits import pack_bits, unpack_bits
+from pysmpc.kernels.bits import n_words, pack_bits, unpack_bits
 from pysmpc.parties.party import Party
 from pysmpc.protocols import exp as exp_protocol
 from pysmpc.protocols import reciprocal as reciprocal_protocol
@@ -43,7 +43,7 @@ def sigmoid(party: Party, x: AShare, frac_bits: int = 16, tag: str = "sigmoid") 
     Cost: 32 rounds; 420.3 bytes per element per computing party (n a
     multiple of 64); P2 sends 506.6 bytes per element to P1.
     Ref: sigmoid as the reciprocal of 1 + e^-|x| on the sign-folded input,
-    as CrypTen (Knott et al., NeurIPS 2021, sec. 4.2); exp and reciprocal
+    as CrypTen's sigmoid (Knott et al., NeurIPS 2021); exp and reciprocal
     as protocols.exp and protocols.reciprocal.
     """
     flat = x.reshape(-1)
@@ -67,7 +67,7 @@ def sigmoid(party: Party, x: AShare, frac_bits: int = 16, tag: str = "sigmoid") 
 def _bit_range(bits: BShare, start: int, stop: int) -> BShare:
     """Bits start..stop-1 of a packed XOR sharing, repacked from 0 (local: XOR shares are bitwise)."""
     if bits.words is None:
-        return BShare(None, stop - start, bits.party, (-(-(stop - start) // 64),))
+        return BShare(None, stop - start, bits.party, (n_words(stop - start),))
     return BShare(pack_bits(unpack_bits(bits.words, bits.n)[start:stop]), stop - start, bits.party)
 
 

@@ -49,10 +49,9 @@ def softmax(party: Party, x: AShare, frac_bits: int = 16, tag: str = "softmax") 
     Cost: 4 ceil(log2 C) + 38 rounds (54 for C = 10). For C = 10 each
     computing party sends 277.6 bytes per element (rows a multiple of 64),
     P2 sends 331.6 bytes per element to P1; see `cost`.
-    Ref: softmax as exp(x - max) / sum as in CrypTen (Knott et al., NeurIPS
-    2021) sec. 4.2 and SecureML (Mohassel & Zhang, S&P 2017) sec. 4.3's
-    motivation; max by a tournament of comparisons as SecureNN (Wagh et al.,
-    PETS 2019).
+    Ref: softmax as exp(x - max) / sum as CrypTen's (Knott et al., NeurIPS
+    2021); max by a tournament of comparisons as SecureNN's maxpool (Wagh
+    et al., PETS 2019).
     """
     if len(x.shape) == 0:
         raise ValueError("softmax needs an axis: got a 0-d share")

@@ -25,8 +25,7 @@ def tanh(party: Party, x: AShare, frac_bits: int = 16, tag: str = "tanh") -> ASh
     sigmoid's); tanh(x) = +-1 to within that beyond |x| = (F + 1) ln 2 / 2.
     Cost: that of sigmoid: 32 rounds; 420.3 bytes per element per computing
     party (n a multiple of 64); P2 sends 506.6 bytes per element to P1.
-    Ref: CrypTen (Knott et al., NeurIPS 2021) sec. 4.2, tanh through the
-    sigmoid.
+    Ref: CrypTen's tanh through the sigmoid (Knott et al., NeurIPS 2021).
     """
     return (sigmoid(party, x * 2, frac_bits, tag=tag) * 2).add_public(-(1 << frac_bits))
 
