@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from helpers import FP, assert_cost, run_shared
 from pysmpc.protocols import clip as clip_protocol
@@ -47,3 +48,12 @@ def test_clip_keeps_batch_axes():
 def test_bad_bounds_are_refused(lo, hi, message):
     with pytest.raises(ValueError, match=message):
         run_shared(lambda p, a: clip(p, a, lo, hi), np.zeros(2, np.uint64))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.floats(-FP.max_value, FP.max_value), min_size=1, max_size=40),
+       st.floats(-100, 100), st.floats(0, 200))
+def test_clip_property(values, lo, width):
+    x = np.array(values)
+    z, _ = run_shared(lambda p, a: clip(p, a, lo, lo + width), FP.encode(x))
+    np.testing.assert_array_equal(z, _clip_exact(x, lo, lo + width), err_msg=f"x={values} lo={lo} hi={lo + width}")

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from helpers import FP, assert_cost, run_shared
 from pysmpc.protocols import sigmoid as sigmoid_protocol
@@ -41,3 +42,12 @@ def test_sigmoid_keeps_any_shape(shape):
     got = FP.decode(z)
     assert got.shape == shape and np.all(np.abs(got - _exact(x)) <= ABS_ERROR)
     assert_cost(parties, sigmoid_protocol.cost(shape), f"sigmoid {shape}")
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.floats(-FP.max_value, FP.max_value), min_size=1, max_size=30))
+def test_sigmoid_property(values):
+    x = np.array(values)
+    z, _ = run_shared(lambda p, a: sigmoid(p, a), FP.encode(x))
+    error = np.abs(FP.decode(z) - _exact(x))
+    assert error.max() <= ABS_ERROR, f"x={values} error={error}"

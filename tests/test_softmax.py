@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from helpers import FP, assert_cost, run_shared
 from pysmpc.protocols import softmax as softmax_protocol
@@ -61,3 +62,11 @@ def test_softmax_rounds_grow_with_log_classes():
 def test_softmax_needs_a_nonempty_last_axis(shape):
     with pytest.raises(ValueError, match="softmax"):
         run_shared(lambda p, a: softmax(p, a), np.zeros(shape, np.uint64))
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 12), st.lists(st.floats(-2**14, 2**14), min_size=12, max_size=12))
+def test_softmax_property(classes, values):
+    x = np.array(values[:classes]).reshape(1, classes)
+    got, _ = _run(x)
+    assert np.abs(got - _exact(x)).max() <= ABS_ERROR, f"x={x}"

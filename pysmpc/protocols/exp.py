@@ -95,16 +95,17 @@ def exp_nonpositive(party: Party, x: AShare, frac_bits: int = 16, tag: str = "ex
     2. [y] = exp_in_range(x) for upper = 0 (18 rounds).
     3. y - select(y, [x < low]) (1 round): 0 below low.
 
-    Error (F = 16): |exp(x) - e^x| <= 2^-15 for every x <= 0. x > 0 is
-    outside its range: the result is meaningless for x > 0.35 (the squares
-    pass 2^61) and has the error of exp_in_range beyond upper below that.
+    Error (F = 16): |exp(x) - e^x| <= 2^-15 for every x <= 0, 0 exactly
+    below low. x > 0 is outside its range: up to x = ln 4 the last square
+    stays below 2^62 and the result keeps exp's bound; beyond it is
+    meaningless.
     Cost: 22 rounds; 193.4 bytes per element per computing party (n a
     multiple of 64); P2 sends 248.9 bytes per element to P1.
     Ref: as exp.
     """
     low, _ = exp_limits(frac_bits)
-    y = exp_in_range(party, x, frac_bits, upper=0.0, tag=tag)
     below = msb(party, (x - _encode(low, frac_bits)).reshape(-1), tag=tag + ":cmp")
+    y = exp_in_range(party, x, frac_bits, upper=0.0, tag=tag)
     return y - select(party, y.reshape(-1), below, tag=tag + ":select").reshape(x.shape)
 
 
@@ -138,9 +139,9 @@ def exp_in_range(party: Party, x: AShare, frac_bits: int = 16, upper: float = 0.
     plan = _plan(frac_bits, float(upper))
     shift_up = plan.base_scale - (frac_bits + SQUARINGS)
     t = x * (1 << shift_up)
-    half_t_squared = truncate(party, square(party, t, tag=tag + ":base"), plan.base_scale + 1, tag=tag + ":base")
-    cube_term = truncate(party, mul(party, half_t_squared * plan.third, t, tag=tag + ":base"),
-                         plan.base_scale + plan.third_bits, tag=tag + ":base")
+    half_t_squared = truncate(party, square(party, t, tag=tag + ":t2"), plan.base_scale + 1, tag=tag + ":t2")
+    cube_term = truncate(party, mul(party, half_t_squared * plan.third, t, tag=tag + ":t3"),
+                         plan.base_scale + plan.third_bits, tag=tag + ":t3")
     v = (t + half_t_squared + cube_term).add_public(1 << plan.base_scale)
     for k, (scale, next_scale) in enumerate(zip(plan.scales, plan.scales[1:])):
         v = truncate(party, square(party, v, tag=f"{tag}:{k}"), 2 * scale - next_scale, tag=f"{tag}:{k}")

@@ -69,12 +69,11 @@ def reciprocal(party: Party, x: AShare, frac_bits: int = 16, lo: float | None = 
 
     Error (F = 16, measured in tests/test_reciprocal.py):
     |reciprocal(x) - 1/x| <= 2^-15 + 2^-21 / x over [lo, hi] (relative
-    1.5e-7 from 4 iterations; the rest rounding). Slightly outside
-    [2^j0, 2^(j1+1)) the iteration still converges (a in [0.39, 1.11]:
-    about 1e-6 relative); further below (x -> 0, or lo/2 when lo is an octave
-    bound) the result falls short of 1/x and stays below 20 2^-(j0+1)
-    (x = 0 gives that value); far above 2^(j1+1), or for x < 0, it is
-    meaningless (the iteration diverges).
+    1.5e-7 from 4 iterations; the rest rounding). Outside [lo, hi]: for x
+    in [0.78 2^j0, 2.22 2^j1] (a in [0.39, 1.11]) the iteration still
+    converges to about 1e-6 relative; below that the result falls short of
+    1/x and stays below 20 2^-(j0+1) (x = 0 gives that value); well above
+    2.22 2^j1, and for x < 0, the iteration diverges: meaningless.
     Cost (default range, F = 16: 29 comparisons): 14 rounds; 1135.9 bytes
     per element per computing party (n a multiple of 64); P2 sends 913.4
     bytes per element to P1. lo, hi in one octave (as [1, 2]): 9 rounds,
@@ -88,43 +87,42 @@ def reciprocal(party: Party, x: AShare, frac_bits: int = 16, lo: float | None = 
     plan = _Plan(frac_bits, lo, hi)
     flat = x.reshape(-1)
     n = flat.size
-    y0_scale = _START_BITS  # y0 = _START / 2^_START_BITS
     if plan.thresholds:
         # [x >= 2^j] = [2^j - 1ulp - x < 0]: the sign bit of an exact difference.
         below = concat_shares([(-flat).add_public(_encode(2.0**j, frac_bits) - 1) for j in plan.thresholds])
         bits = bit_to_arith(party, msb(party, below, tag=tag + ":cmp"), tag=tag + ":b2a")
         c = bits.reshape(len(plan.thresholds), n)
         # y0 s at scale K for D0 and at scale S_N for N0; both exact (dyadic).
-        start_s = _scaled_s(c, plan.thresholds, plan.j0, plan.k_d0 - y0_scale) * _START
-        n0 = _scaled_s(c, plan.thresholds, plan.j0, plan.n_scale - y0_scale) * _START
+        start_s = _scaled_s(c, plan.thresholds, plan.j0, plan.k_d0 - _START_BITS) * _START
+        n0 = _scaled_s(c, plan.thresholds, plan.j0, plan.n_scale - _START_BITS) * _START
         d0 = truncate(party, mul(party, flat, start_s, tag=tag + ":d0"), frac_bits + plan.k_d0 - _D_SCALE,
                       tag=tag + ":d0")
     else:
-        start_s_public = _START << (plan.k_d0 - y0_scale - (plan.j0 + 1))
+        start_s_public = _START << (plan.k_d0 - _START_BITS - (plan.j0 + 1))
         d0 = truncate(party, flat * start_s_public, frac_bits + plan.k_d0 - _D_SCALE, tag=tag + ":d0")
-        n0 = _START << (plan.n_scale - y0_scale - (plan.j0 + 1))  # public N0 = y0 s at scale S_N
-    n_share, d = n0, d0
+        n0 = _START << (plan.n_scale - _START_BITS - (plan.j0 + 1))  # public N0 = y0 s at scale S_N
+    # numerator: a share, or a public int while it is y0 s with s public.
+    numerator, denominator = n0, d0
     for i in range(ITERATIONS):
-        f = (-d).add_public(2 << _D_SCALE)
+        factor = (-denominator).add_public(2 << _D_SCALE)
         last = i == ITERATIONS - 1
         # N at S_N times F at S_D lands at S_N + S_D; truncating by S_D
         # returns N to S_N and D (at 2 S_D) to S_D; the last lands on F.
         shift = plan.n_scale + _D_SCALE - frac_bits if last else _D_SCALE
-        if isinstance(n_share, int):
+        if isinstance(numerator, int):
             # N0 is public: N0 F is local, D0 F = 2 D0 - D0^2 needs a square only.
-            n_next = f * n_share
-            d_next = (d * (2 << _D_SCALE)) - square(party, d, tag=f"{tag}:{i}")
-            products = stack_shares([n_next, d_next])
+            products = stack_shares([factor * numerator,
+                                     denominator * (2 << _D_SCALE) - square(party, denominator, tag=f"{tag}:{i}")])
         elif last:
-            products = mul(party, n_share, f, tag=f"{tag}:{i}")
+            products = mul(party, numerator, factor, tag=f"{tag}:{i}")
         else:
-            products = mul(party, stack_shares([n_share, d]), f, tag=f"{tag}:{i}")
+            products = mul(party, stack_shares([numerator, denominator]), factor, tag=f"{tag}:{i}")
         products = truncate(party, products, shift, tag=f"{tag}:{i}")
         if last:
-            n_share = products
+            numerator = products
         else:
-            n_share, d = products[0], products[1]
-    return n_share.reshape(x.shape)
+            numerator, denominator = products[0], products[1]
+    return numerator.reshape(x.shape)
 
 
 def _scaled_s(c: AShare, thresholds: list[int], j0: int, scale: int) -> AShare:
