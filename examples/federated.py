@@ -29,10 +29,13 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, help="DP-SGD to this epsilon (needs pip install 'pysmpc[dp]')")
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--tcp", action="store_true", help="run the cluster as three worker processes over TCP")
+    parser.add_argument("--train-subset", type=int, help="train on the first N training images (a quick run)")
+    parser.add_argument("--test-subset", type=int, help="test on the first N test images")
     args = parser.parse_args()
 
     train, test = load_mnist(args.data), load_mnist(args.data, "test")
-    config = FederatedConfig(owners=3, rounds=args.rounds, epsilon=args.epsilon, delta=args.delta)
+    config = FederatedConfig(owners=3, rounds=args.rounds, epsilon=args.epsilon, delta=args.delta,
+                             train_subset=args.train_subset, test_subset=args.test_subset)
     cluster = pysmpc.TcpCluster() if args.tcp else pysmpc.LocalCluster()
     with cluster:
         result = run_federated(cluster, config, train, test)   # one line per round: accuracy, owners, cost

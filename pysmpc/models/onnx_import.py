@@ -1,6 +1,9 @@
 """Read ONNX models (e.g. exported from PyTorch) into an NHWC Graph.
 
-ONNX convolutions are NCHW. The importer converts each conv kernel from
+ONNX convolutions are NCHW. A model with an image input keeps that as its
+``input_layout`` ('NCHW'): ``Model.predict`` and ``Client`` (with
+``input_layout="NCHW"``) take (N, C, H, W) arrays, as the source model
+does, and transpose them once. The importer converts each conv kernel from
 OIHW to HWIO and, for the first Gemm/MatMul after a Flatten or Reshape,
 reorders the kernel rows from PyTorch's C-H-W flatten order to the graph's
 H-W-C order, so the NHWC graph computes exactly what the NCHW model does.
@@ -111,9 +114,9 @@ def _graph_from_onnx(model, source: str, where: list) -> Graph:
         raise ValueError(f"{source}: expected one model input, got {[i.name for i in inputs]}")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
     if len(dims) == 4 and None not in dims[1:]:
-        shape = (dims[2], dims[3], dims[1])  # NCHW -> HWC
+        shape, layout = (dims[2], dims[3], dims[1]), "NCHW"  # the graph computes HWC
     elif len(dims) == 2 and dims[1] is not None:
-        shape = (dims[1],)
+        shape, layout = (dims[1],), "NHWC"  # no channels: nothing to transpose
     else:
         raise ValueError(f"{source}: input shape {dims} is not (N, C, H, W) or (N, F) with fixed sizes")
 
@@ -257,6 +260,6 @@ def _graph_from_onnx(model, source: str, where: list) -> Graph:
     if softmax is not None:
         notes.append(f"final {softmax.op_type} {softmax.name!r} dropped: the graph outputs logits, "
                      f"the client applies softmax")
-    return Graph(shape, layers, source=source, notes=notes)
+    return Graph(shape, layers, source=source, notes=notes, input_layout=layout)
 
 
