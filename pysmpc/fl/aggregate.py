@@ -160,6 +160,7 @@ def secure_aggregate(updates, cluster, *, mean: bool = False, noise_std: float =
     if mean:
         vector = vector / len(rep.counted)
     out, offset = [], 0
+    assert shapes is not None  # set by the first update; no update at all raised above
     for shape in shapes:
         size = int(np.prod(shape, dtype=np.int64))
         out.append(vector[offset : offset + size].reshape(shape))

@@ -182,7 +182,9 @@ def run_federated(cluster, cfg: FederatedConfig, train, test, graph=None, log=pr
         q = min(1.0, cfg.lot_size / n_total)
         steps_per_round = max(1, int(round(cfg.epochs_per_round / q)))
         total_steps = steps_per_round * cfg.rounds
-        sigma = cfg.noise_multiplier or noise_multiplier_for(cfg.epsilon, cfg.delta, q, total_steps)
+        epsilon = cfg.epsilon
+        assert epsilon is not None  # dp is on exactly when an epsilon is given
+        sigma = cfg.noise_multiplier or noise_multiplier_for(epsilon, cfg.delta, q, total_steps)
         accountant = PrivacyAccountant(sigma, q, cfg.delta)
         result.noise_multiplier, result.sample_rate = sigma, q
         # The owners' sampling must be unpredictable to the model owner (amplification by sampling).
@@ -210,7 +212,8 @@ def run_federated(cluster, cfg: FederatedConfig, train, test, graph=None, log=pr
         if dp:
             for _ in range(steps_per_round):
                 present = _present(cfg, rng)
-                updates = [(lambda k=k: _dp_owner_sum(graph, weights, *owners[k], q, cfg.clip_norm, samplers[k]))
+                updates = [(lambda k=k: _dp_owner_sum(graph, weights, owners[k][0], owners[k][1], q, cfg.clip_norm,
+                                                            samplers[k]))
                            if present[k] else None for k in range(cfg.owners)]
                 total, rep = secure_aggregate(updates, cluster, noise_std=sigma * cfg.clip_norm, report=True,
                                               min_owners=min(2, cfg.owners))

@@ -55,6 +55,7 @@ class GraphError(ValueError):
 
 def _pair(value, what: str) -> tuple[int, int]:
     """Return (a, b) from an int or a 2-sequence of positive ints."""
+    pair: tuple[int, ...]
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         pair = (int(value), int(value))
     else:
@@ -64,7 +65,7 @@ def _pair(value, what: str) -> tuple[int, int]:
             raise GraphError(f"{what} must be an int or a pair of ints, got {value!r}") from None
     if len(pair) != 2 or min(pair) < 1:
         raise GraphError(f"{what} must be a pair of positive ints, got {value!r}")
-    return pair
+    return pair[0], pair[1]
 
 
 @dataclass

@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = ["LAYOUTS", "check_layout", "model_input_to_nhwc", "batch_to_nhwc", "shape_in_layout"]
 
+#: The input layouts a Graph may record: channels last (the engine's) and channels first (PyTorch's).
 LAYOUTS = ("NHWC", "NCHW")
 
 

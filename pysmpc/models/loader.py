@@ -101,6 +101,7 @@ def _read_in_child(reader, path: str, timeout: float) -> Graph:
         code = 0
         try:
             os.close(read_end)
+            outcome: tuple[bool, object]
             try:
                 outcome = (True, _read(reader, path))
             except Exception as exc:  # noqa: BLE001 - everything goes back to the parent

@@ -137,7 +137,7 @@ class SharedModel:
         self.key = f"model-{next(_model_ids)}"
         self.frac_bits = cluster.frac_bits
         self.profile: list = []
-        self._tensors = []
+        self._tensors: list = []
         self._stopped = False
         self._run_ids = itertools.count()
         self._input_masks: dict[int, list] = {}  # batch size -> [(prepared run id, input mask A)]
