@@ -145,6 +145,28 @@ def test_ping_pong_of_known_size_adds_its_serialization_time_each_way():
     assert median <= allowed, f"median round trip {median * 1e3:.2f} ms, over {allowed * 1e3:.2f} ms for {claim * 1e3:.0f} ms"
 
 
+def test_set_link_changes_the_delay_of_what_is_read_from_then_on():
+    server = _Server(_echo)
+    with LinkRelay(LOOPBACK, server.address, delay=0.0) as relay, _connect(relay) as sock:
+        message = b"p" * 100
+        times = {}
+        for delay in (0.0, 15e-3, 1e-3):
+            relay.set_link(delay, None)
+            rtts = []
+            for _ in range(7):
+                start = time.perf_counter()
+                sock.sendall(message)
+                assert _recv_exactly(sock, len(message)) == message
+                rtts.append(time.perf_counter() - start)
+            times[delay] = statistics.median(rtts)
+            assert min(rtts) >= 2 * delay - EARLY and times[delay] <= _allowed(2 * delay), (
+                f"round trips {[round(t * 1e3, 2) for t in rtts]} ms after set_link({delay})")
+        sock.shutdown(socket.SHUT_WR)
+        with pytest.raises(ValueError, match="in flight"):  # 1 Gbit/s over 1 s does not fit 4 MiB
+            relay.set_link(1.0, 1e9)
+    server.join()
+
+
 # -- rate -----------------------------------------------------------------------------------------------
 def test_bulk_transfer_runs_at_the_configured_rate():
     rate, delay, size = 80e6, 5e-3, 8_000_000  # 10 MB/s: 0.8 s of transfer
@@ -315,6 +337,12 @@ def test_command_line_relay_counts_each_direction_over_its_control_socket(tmp_pa
         server.join()
         (conn,) = _control(control, "stats", proc)["connections"]
         assert conn["peer_to_target"]["bytes"] == conn["target_to_peer"]["bytes"] == 5000
+        assert _control(control, "set 0.5 1000", proc) == {"ok": True}
+        stats = _control(control, "stats", proc)
+        assert (stats["delay_s"], stats["rate_bits_per_s"]) == (0.0005, 1e9)
+        assert _control(control, "set 1 none", proc) == {"ok": True}
+        assert _control(control, "stats", proc)["rate_bits_per_s"] is None
+        assert "expected 'set" in _control(control, "set -1 none", proc)["error"]
         assert _control(control, "reset", proc) == {"ok": True}
         assert _control(control, "stats", proc)["connections"] == []  # the closed one is forgotten
         assert "unknown command" in _control(control, "bogus", proc)["error"]

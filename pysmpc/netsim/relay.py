@@ -28,8 +28,9 @@ slow start at the link's round-trip time), loss, jitter and reordering.
 Threads, not asyncio: asyncio's selector rounds timeouts up to whole
 milliseconds, too coarse for a 0.5 ms LAN delay; `select` with a float
 timeout wakes within tens of microseconds. `--control PATH` serves the
-relay's counters over a Unix socket (one JSON line per "stats" or "reset"
-command), reachable from any network namespace.
+relay's counters over a Unix socket, reachable from any network namespace:
+one JSON line answers each command line, "stats", "reset" (zero the
+counters) or "set DELAY_MS RATE_MBIT|none" (change the link).
 """
 
 from __future__ import annotations
@@ -136,32 +137,26 @@ class LinkRelay:
     at most `buffer_bytes` (default: 4 MiB, or 2 * rate * delay when that
     is larger) and reads at most `chunk_bytes` at a time; byte order and
     content are kept. Use as a context manager, or start() and close().
+    `set_link` changes the delay and rate for the bytes read from then on
+    (one set of connections, measured over several links in turn).
     `stats()` lists every connection's counters; `reset_stats()` zeroes them.
     """
 
     def __init__(self, listen: tuple[str, int], target: tuple[str, int], *, delay: float = 0.0,
                  rate_bits_per_s: float | None = None, burst_bytes: int = 0, buffer_bytes: int | None = None,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, connect_timeout: float = 10.0):
-        if not (delay >= 0 and math.isfinite(delay)):
-            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
-        if rate_bits_per_s is not None and not (rate_bits_per_s > 0 and math.isfinite(rate_bits_per_s)):
-            raise ValueError(f"rate_bits_per_s must be positive (or None for no cap), got {rate_bits_per_s!r}")
+        _check_link(delay, rate_bits_per_s)
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes!r}")
-        in_flight = 0 if rate_bits_per_s is None else rate_bits_per_s / 8 * delay
         if buffer_bytes is None:
-            buffer_bytes = max(DEFAULT_BUFFER_BYTES, int(2 * in_flight))
-        elif buffer_bytes < max(chunk_bytes, in_flight):
-            # A buffer smaller than what is in flight caps the rate at buffer / delay, not rate.
-            raise ValueError(f"buffer_bytes={buffer_bytes} must hold one chunk ({chunk_bytes}) and the "
-                             f"{in_flight:.0f} bytes in flight at {rate_bits_per_s} bit/s over {delay} s")
-        self.listen = listen
-        self.target = target
-        self.delay = float(delay)
-        self.rate_bits_per_s = rate_bits_per_s
-        self.burst_bytes = burst_bytes
+            buffer_bytes = max(DEFAULT_BUFFER_BYTES, int(2 * _in_flight(delay, rate_bits_per_s)))
         self.buffer_bytes = int(buffer_bytes)
         self.chunk_bytes = int(chunk_bytes)
+        self._check_buffer(delay, rate_bits_per_s)
+        self.listen = listen
+        self.target = target
+        self.burst_bytes = burst_bytes
+        self._link = (float(delay), rate_bits_per_s)  # replaced whole by set_link: pumps read it without a lock
         self.connect_timeout = connect_timeout
         self._listener: socket.socket | None = None
         self._closing = threading.Event()
@@ -169,6 +164,27 @@ class LinkRelay:
         self._connections: list[_Connection] = []
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
+
+    @property
+    def delay(self) -> float:
+        return self._link[0]
+
+    @property
+    def rate_bits_per_s(self) -> float | None:
+        return self._link[1]
+
+    def set_link(self, delay: float, rate_bits_per_s: float | None) -> None:
+        """Change the link: bytes read from now on get the new delay and rate (those held keep theirs)."""
+        _check_link(delay, rate_bits_per_s)
+        self._check_buffer(delay, rate_bits_per_s)
+        self._link = (float(delay), rate_bits_per_s)
+
+    def _check_buffer(self, delay: float, rate_bits_per_s: float | None) -> None:
+        in_flight = _in_flight(delay, rate_bits_per_s)
+        if self.buffer_bytes < max(self.chunk_bytes, in_flight):
+            # A buffer smaller than what is in flight caps the rate at buffer / delay, not rate.
+            raise ValueError(f"buffer_bytes={self.buffer_bytes} must hold one chunk ({self.chunk_bytes}) and the "
+                             f"{in_flight:.0f} bytes in flight at {rate_bits_per_s} bit/s over {delay} s")
 
     # -- lifecycle -------------------------------------------------------------
     @property
@@ -261,7 +277,7 @@ class LinkRelay:
     def _pump(self, conn: _Connection, src: socket.socket, dst: socket.socket, stats: _DirectionStats) -> None:
         """Carry one direction: read, stamp with the link's delivery time, hold, write on in order."""
         _tighten_timer_slack()
-        bucket = None if self.rate_bits_per_s is None else TokenBucket(self.rate_bits_per_s / 8, self.burst_bytes)
+        link, bucket = None, None
         queue: deque[list] = deque()  # [delivery time, memoryview of what is left to write]
         eof = False
         try:
@@ -303,8 +319,11 @@ class LinkRelay:
                     if not data:
                         eof = True
                         continue
+                    if self._link is not link:  # first chunk, or set_link since the last one
+                        link = self._link
+                        bucket = None if link[1] is None else TokenBucket(link[1] / 8, self.burst_bytes)
                     leaves = now if bucket is None else bucket.departure(len(data), now)
-                    queue.append([leaves + self.delay, memoryview(data)])
+                    queue.append([leaves + link[0], memoryview(data)])
                     with self._lock:
                         stats.buffered += len(data)
                         stats.peak_buffered = max(stats.peak_buffered, stats.buffered)
@@ -319,6 +338,18 @@ class LinkRelay:
                     conn.closed = True
                     conn.peer_sock.close()
                     conn.target_sock.close()
+
+
+def _check_link(delay: float, rate_bits_per_s: float | None) -> None:
+    if not (delay >= 0 and math.isfinite(delay)):
+        raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+    if rate_bits_per_s is not None and not (rate_bits_per_s > 0 and math.isfinite(rate_bits_per_s)):
+        raise ValueError(f"rate_bits_per_s must be positive (or None for no cap), got {rate_bits_per_s!r}")
+
+
+def _in_flight(delay: float, rate_bits_per_s: float | None) -> float:
+    """Bytes a link of this rate holds while they cross it: rate x delay (0 without a cap)."""
+    return 0.0 if rate_bits_per_s is None else rate_bits_per_s / 8 * delay
 
 
 def _tighten_timer_slack() -> None:
@@ -362,10 +393,12 @@ def _serve_control(relay: LinkRelay, path: str, stop: threading.Event) -> None:
                     if command == "reset":
                         relay.reset_stats()
                         reply = {"ok": True}
+                    elif command.startswith("set "):
+                        reply = _set_link(relay, command.split()[1:])
                     elif command == "stats":
                         reply = relay.stats()
                     else:
-                        reply = {"error": f"unknown command {command!r}: send 'stats' or 'reset'"}
+                        reply = {"error": f"unknown command {command!r}: send 'stats', 'reset' or 'set DELAY_MS RATE_MBIT|none'"}
                     stream.write(json.dumps(reply).encode() + b"\n")
                     stream.flush()
     finally:
@@ -374,6 +407,16 @@ def _serve_control(relay: LinkRelay, path: str, stop: threading.Event) -> None:
             os.unlink(path)
         except OSError:
             pass
+
+
+def _set_link(relay: LinkRelay, words: list[str]) -> dict:
+    """'set DELAY_MS RATE_MBIT' (RATE_MBIT may be 'none'): change the link for what is read from now on."""
+    try:
+        delay_ms, rate_mbit = words
+        relay.set_link(float(delay_ms) / 1000, None if rate_mbit == "none" else float(rate_mbit) * 1e6)
+    except ValueError as exc:
+        return {"error": f"expected 'set DELAY_MS RATE_MBIT|none': {exc}"}
+    return {"ok": True}
 
 
 def main(argv=None) -> int:
@@ -385,7 +428,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rate-mbit", type=float, default=None, help="rate cap of each direction (Mbit/s; none: no cap)")
     parser.add_argument("--buffer-bytes", type=int, default=None, help="most bytes one direction holds")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES)
-    parser.add_argument("--control", default=None, help="Unix socket path answering 'stats' and 'reset'")
+    parser.add_argument("--control", default=None,
+                        help="Unix socket path answering 'stats', 'reset' and 'set DELAY_MS RATE_MBIT|none'")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
