@@ -185,23 +185,25 @@ def make_certs(topo: Topology) -> dict[str, Path]:
 def run(topo: Topology, tls: dict[str, Path], profiles: dict, batches, repeats: int) -> list[dict]:
     """Start the three workers and their relays, run the model owner's half, stop them; its rows."""
     hosts = ",".join(f"{HOSTS[p]}:{RELAY_PORT}" for p in ("p0", "p1", "p2"))
-    controls = {}
+    controls, pids = {}, {}
     for party in range(3):
         host = f"p{party}"
         worker = topo.start(host, f"worker-P{party}",
                             [str(Path(__file__).resolve()), "worker", "--party", str(party), "--hosts", hosts,
                              "--tls-dir", str(tls[host])])
         _wait_listening(topo, worker, f"worker-P{party}", WORKER_PORT)
+        pids[f"P{party}"] = worker.pid  # ip netns exec, then the launcher, exec the worker: one pid
         controls[f"P{party}"] = str(topo.run_dir / f"relay-P{party}.sock")
         # Unshaped to start with; the model owner switches every relay to each profile in turn.
         relay = topo.start(host, f"relay-P{party}",
                            ["-m", "pysmpc.netsim.relay", "--listen", f"{HOSTS[host]}:{RELAY_PORT}",
                             "--to", f"127.0.0.1:{WORKER_PORT}", "--control", controls[f"P{party}"]])
         _wait_path(topo, relay, f"relay-P{party}", Path(controls[f"P{party}"]))
+        pids[f"relay-P{party}"] = relay.pid
     out = topo.run_dir / "rows.json"
     owner = topo.start("mo", "model-owner",
                        [str(Path(__file__).resolve()), "model-owner", "--hosts", hosts, "--tls-dir", str(tls["mo"]),
-                        "--relays", json.dumps(controls), "--profiles", json.dumps(profiles),
+                        "--relays", json.dumps(controls), "--pids", json.dumps(pids), "--profiles", json.dumps(profiles),
                         "--batches", ",".join(map(str, batches)), "--repeats", str(repeats), "--out", str(out)])
     shown = 0
     while True:  # echo the model owner's progress lines as they come
@@ -269,7 +271,7 @@ def model_owner_main(args) -> int:
     import numpy as np
 
     import pysmpc as sy
-    from network_measure import RelayCounters, measure
+    from network_measure import CpuClock, RelayCounters, measure
     from pysmpc.models import load_samples, shipped_model_path
 
     images, _ = load_samples()
@@ -278,6 +280,7 @@ def model_owner_main(args) -> int:
     with cluster:
         rows = measure(cluster, model, np.asarray(images), args.batches, args.repeats,
                        RelayCounters(json.loads(args.relays)), json.loads(args.profiles),
+                       cpu=CpuClock(dict(json.loads(args.pids), MO=os.getpid())),
                        progress=lambda s: print(s, flush=True))
     Path(args.out).write_text(json.dumps(rows))
     return 0
@@ -285,25 +288,34 @@ def model_owner_main(args) -> int:
 
 # -- report ----------------------------------------------------------------------------------------------------------
 def report(rows: list[dict]) -> str:
-    """Markdown tables: measured beside the analytic model, then each link's rounds and bytes."""
+    """Markdown tables: measured beside the analytic models, CPU per prediction, each link's rounds and bytes."""
     from network_measure import predict_latency
 
+    rows = sorted(rows, key=lambda r: (r["batch"], list(PROFILES).index(r["profile"])))
     compute = {row["batch"]: row for row in rows if row["profile"] == "unshaped"}
-    lines = ["| profile | batch | online latency (median) | images/s | model: compute + round trips x RTT + "
-             "bytes / rate | error | model, rounds x one-way | error | offline (prepare) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for row in sorted(rows, key=lambda r: (r["batch"], list(PROFILES).index(r["profile"]))):
+    lines = ["| profile | batch | online latency (median) | images/s | rtt model: compute + round trips x RTT + "
+             "bytes / rate | error | one-way model | error | overlap model | error | offline (prepare) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
         delay, rate = PROFILES[row["profile"]]
         cells = [row["profile"], str(row["batch"]), f"{row['latency_ms']:.1f} ms", f"{row['images_per_s']:,.0f}"]
         if rate is None:
-            cells += ["(the compute time)", "", "", ""]
+            cells += ["(the compute time)", "", "", "", "", ""]
         else:
             m = predict_latency(row, compute[row["batch"]], delay, rate)
-            cells += [f"{m['predicted_ms']:.1f} ms = {m['compute_ms']:.1f} + {m['round_trips']} x "
-                      f"{2 * delay * 1e3:g} + {m['transfer_ms']:.1f}", f"{m['error']:+.0%}",
-                      f"{m['predicted_one_way_ms']:.1f} ms", f"{m['error_one_way']:+.0%}"]
+            cells += [f"{m['rtt_ms']:.1f} ms = {m['compute_ms']:.1f} + {m['round_trips']} x {2 * delay * 1e3:g} + "
+                      f"{m['transfer_ms']:.1f}", f"{m['rtt_error']:+.0%}",
+                      f"{m['one_way_ms']:.1f} ms", f"{m['one_way_error']:+.0%}",
+                      f"{m['overlap_ms']:.1f} ms", f"{m['overlap_error']:+.0%}"]
         cells.append(f"{row['offline_ms']:.0f} ms")
         lines.append("| " + " | ".join(cells) + " |")
+    processes = ["P0", "P1", "P2", "relay-P0", "relay-P1", "relay-P2", "MO"]
+    lines += ["", "CPU time per online prediction (ms, user + system, all threads):", "",
+              "| profile | batch | " + " | ".join(processes) + " |", "|---|---|" + "---|" * len(processes)]
+    for row in rows:
+        cpu = row.get("cpu_ms", {})
+        lines.append(f"| {row['profile']} | {row['batch']} | "
+                     + " | ".join(f"{cpu[p]:.0f}" if p in cpu else "-" for p in processes) + " |")
     lines += ["", "| batch | rounds P0-P1 (plan) | P0>P1 | P1>P0 | MO>P0 | P0>MO | MO>P1 | P1>MO "
               "| P2's links | P2>P0 + P2>P1 while preparing |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in compute.values():
@@ -349,6 +361,7 @@ def main(argv=None) -> int:
     owner.add_argument("--tls-dir", required=True)
     owner.add_argument("--relays", required=True)
     owner.add_argument("--profiles", required=True)
+    owner.add_argument("--pids", required=True)
     owner.add_argument("--batches", type=_batches, required=True)
     owner.add_argument("--repeats", type=int, required=True)
     owner.add_argument("--out", required=True)
@@ -380,6 +393,7 @@ def main(argv=None) -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):  # Ctrl-C is KeyboardInterrupt already
         signal.signal(signum, _interrupt)
     topo = Topology()
+    load_before = os.getloadavg()[0]
     try:
         topo.build()
         tls = make_certs(topo)
@@ -397,9 +411,12 @@ def main(argv=None) -> int:
         return 130
     finally:
         topo.close()
+    load = (load_before, os.getloadavg()[0])
     if args.json:
-        Path(args.json).write_text(json.dumps({"profiles": {p: PROFILES[p] for p in profiles}, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"profiles": {p: PROFILES[p] for p in profiles}, "load_average": load,
+                                               "rows": rows}, indent=1))
     print(report(rows))
+    print(f"Load average (1 min) of this host: {load[0]:.1f} before, {load[1]:.1f} after, on {os.cpu_count()} cores.")
     return 0
 
 

@@ -8,6 +8,7 @@ namespace) and returns one row per link profile and batch size;
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import time
@@ -17,7 +18,7 @@ import numpy as np
 from pysmpc.parties.channel import is_offline_tag
 from pysmpc.serve.benchmark import traffic_per_image
 
-__all__ = ["RelayCounters", "measure", "predict_latency", "ADDRESS_NAMES"]
+__all__ = ["RelayCounters", "CpuClock", "measure", "predict_latency", "ADDRESS_NAMES"]
 
 # Who sits at each address of bench/network.py's topology (the model owner is "MO").
 ADDRESS_NAMES = {"10.77.0.10": "P0", "10.77.0.11": "P1", "10.77.0.12": "P2", "10.77.0.20": "MO"}
@@ -61,6 +62,22 @@ class RelayCounters:
         return sent
 
 
+class CpuClock:
+    """CPU seconds (user + system, all threads, 10 ms ticks) that named processes have used: /proc/PID/stat."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def read(self) -> dict[str, float]:
+        used = {}
+        for name, pid in self.pids.items():
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+            used[name] = (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime
+        return used
+
+
 def _ask(path: str, command: str) -> dict:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
@@ -70,7 +87,8 @@ def _ask(path: str, command: str) -> dict:
 
 
 def measure(cluster, model, images: np.ndarray, batches, repeats: int, relays: RelayCounters,
-            profiles: dict[str, tuple[float, float | None]], progress=print) -> list[dict]:
+            profiles: dict[str, tuple[float, float | None]], cpu: CpuClock | None = None,
+            progress=print) -> list[dict]:
     """Time private predictions on prepared material as `pysmpc bench` does, under each link profile in turn.
 
     Per batch: one warm-up prediction and one whose traffic is counted,
@@ -82,7 +100,8 @@ def measure(cluster, model, images: np.ndarray, batches, repeats: int, relays: R
     apart), predict (online, timed). Cycling, rather than one profile after
     the other, spreads the load of a shared host evenly over the profiles,
     so their differences are the network's. One row per (profile, batch);
-    latency is the median online time.
+    latency is the median online time. With `cpu`, each row also has the
+    CPU seconds each process used per online prediction (their mean).
     """
     shared = model.share(cluster)
     rows = []
@@ -105,18 +124,23 @@ def measure(cluster, model, images: np.ndarray, batches, repeats: int, relays: R
                            link_bytes=relays.link_bytes())
             online = {name: [] for name in profiles}
             offline = {name: [] for name in profiles}
+            cpu_used = {name: {} for name in profiles}
             for _ in range(repeats):
                 for name, (delay, rate) in profiles.items():
                     relays.set_link(delay, rate)
                     offline[name].append(shared.prepare(batch)["seconds"])
+                    cpu_before = cpu.read() if cpu else {}
                     start = time.perf_counter()
                     shared.predict(x)
                     online[name].append(time.perf_counter() - start)
+                    for process, seconds in (cpu.read() if cpu else {}).items():
+                        cpu_used[name][process] = cpu_used[name].get(process, 0.0) + seconds - cpu_before[process]
             for name in profiles:
                 latency = statistics.median(online[name])
                 rows.append(dict(counted, profile=name, latency_ms=1000 * latency,
                                  latency_ms_all=[1000 * t for t in online[name]], images_per_s=batch / latency,
-                                 offline_ms=1000 * statistics.median(offline[name])))
+                                 offline_ms=1000 * statistics.median(offline[name]),
+                                 cpu_ms={p: 1000 * t / repeats for p, t in cpu_used[name].items()}))
                 progress(f"  {name} batch {batch}: {1000 * latency:.1f} ms online (median of {repeats}), "
                          f"{batch / latency:,.0f} images/s, {counted['worker_rounds']} rounds")
     finally:
@@ -138,7 +162,7 @@ def _protocol_rounds(tags: dict) -> int:
 def predict_latency(row: dict, compute_row: dict, delay: float, rate_bits_per_s: float) -> dict:
     """The analytic model of one online prediction over links of one-way `delay` and rate `rate_bits_per_s`.
 
-    latency = compute + round trips x RTT + bytes / bandwidth, where
+    rtt model:      compute + round trips x RTT + bytes / rate, where
       compute     = the latency measured with no delay and no rate cap
                     (`compute_row`: same processes, TLS and relays);
       round trips = the workers' protocol rounds (P0 <-> P1) + 1 (the
@@ -147,9 +171,14 @@ def predict_latency(row: dict, compute_row: dict, delay: float, rate_bits_per_s:
                     link direction: the input (MO>P0 or MO>P1, sent in
                     parallel), the protocol (P0>P1 or P1>P0: both send at
                     once on a full-duplex link), the output (P0>MO or P1>MO).
-    `one_way_ms` is the same with each protocol round costing one one-way
-    delay instead of an RTT: in an exchange both parties send at once, so a
-    round waits for one crossing, not a question and its answer.
+    one-way model:  the same with each protocol round costing one one-way
+                    delay: in an exchange both parties send at once, so a
+                    round waits for one crossing, not a question and its
+                    answer (the model owner's call and reply stay one RTT).
+    overlap model:  the one-way model with max(compute, bytes / rate) for
+                    compute + bytes / rate: the lower bound when moving the
+                    bytes (TLS, copies), which the unshaped run counts as
+                    compute, happens while they cross the slower link.
     """
     link = row["link_bytes"]
     phase_bytes = (max(link["MO>P0"], link["MO>P1"]) + max(link["P0>P1"], link["P1>P0"])
@@ -157,9 +186,11 @@ def predict_latency(row: dict, compute_row: dict, delay: float, rate_bits_per_s:
     transfer = phase_bytes * 8 / rate_bits_per_s
     compute = compute_row["latency_ms"] / 1000
     round_trips = row["worker_rounds"] + 1
-    rtt_model = compute + round_trips * 2 * delay + transfer
-    one_way_model = compute + row["worker_rounds"] * delay + 2 * delay + transfer
+    one_way_latency = row["worker_rounds"] * delay + 2 * delay
+    models = {"rtt": compute + round_trips * 2 * delay + transfer,
+              "one_way": compute + one_way_latency + transfer,
+              "overlap": max(compute, transfer) + one_way_latency}
+    measured = row["latency_ms"] / 1000
     return {"compute_ms": 1000 * compute, "round_trips": round_trips, "transfer_ms": 1000 * transfer,
-            "predicted_ms": 1000 * rtt_model, "predicted_one_way_ms": 1000 * one_way_model,
-            "error": row["latency_ms"] / (1000 * rtt_model) - 1,
-            "error_one_way": row["latency_ms"] / (1000 * one_way_model) - 1}
+            **{f"{name}_ms": 1000 * t for name, t in models.items()},
+            **{f"{name}_error": measured / t - 1 for name, t in models.items()}}
