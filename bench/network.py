@@ -316,14 +316,18 @@ def report(rows: list[dict]) -> str:
         cpu = row.get("cpu_ms", {})
         lines.append(f"| {row['profile']} | {row['batch']} | "
                      + " | ".join(f"{cpu[p]:.0f}" if p in cpu else "-" for p in processes) + " |")
-    lines += ["", "| batch | rounds P0-P1 (plan) | P0>P1 | P1>P0 | MO>P0 | P0>MO | MO>P1 | P1>MO "
-              "| P2's links | P2>P0 + P2>P1 while preparing |", "|---|---|---|---|---|---|---|---|---|---|"]
+    online_links = ("P0>P1", "P1>P0", "MO>P0", "P0>MO", "MO>P1", "P1>MO")
+    offline_links = ("P2>P0", "P2>P1", "P2>MO")
+    lines += ["", "Wire bytes (TLS records included) per link direction, counted by the relays; rounds from P0's "
+              "channel (the plan's in brackets):", "",
+              "| batch | rounds P0-P1 | " + " | ".join(online_links) + " | P2's links | while preparing: "
+              + " | ".join(offline_links) + " |", "|---|---|" + "---|" * (len(online_links) + 1 + len(offline_links))]
     for row in compute.values():
         b, off = row["link_bytes"], row["offline_link_bytes"]
         p2 = sum(v for k, v in b.items() if "P2" in k)
         lines.append(f"| {row['batch']} | {row['worker_rounds']} ({row['planned_rounds']}) | "
-                     + " | ".join(_mb(b[k]) for k in ("P0>P1", "P1>P0", "MO>P0", "P0>MO", "MO>P1", "P1>MO"))
-                     + f" | {_mb(p2)} | {_mb(off['P2>P0'] + off['P2>P1'])} |")
+                     + " | ".join(_mb(b[k]) for k in online_links) + f" | {_mb(p2)} | "
+                     + " | ".join(_mb(off[k]) for k in offline_links) + " |")
     spread = [f"{r['profile']} batch {r['batch']}: {min(r['latency_ms_all']):.1f}-{max(r['latency_ms_all']):.1f} ms"
               for r in rows]
     lines += ["", "Range of the timed runs: " + "; ".join(spread) + "."]
@@ -331,6 +335,8 @@ def report(rows: list[dict]) -> str:
 
 
 def _mb(n: int) -> str:
+    if n == 0:
+        return "0"
     return f"{n / 1e6:.3f} MB" if n < 1e7 else f"{n / 1e6:.1f} MB"
 
 

@@ -27,7 +27,8 @@ slow start at the link's round-trip time), loss, jitter and reordering.
 
 Threads, not asyncio: asyncio's selector rounds timeouts up to whole
 milliseconds, too coarse for a 0.5 ms LAN delay; `select` with a float
-timeout wakes within tens of microseconds. `--control PATH` serves the
+timeout wakes within tens of microseconds (and limits a relay to about
+500 connections: descriptors below 1024). `--control PATH` serves the
 relay's counters over a Unix socket, reachable from any network namespace:
 one JSON line answers each command line, "stats", "reset" (zero the
 counters) or "set DELAY_MS RATE_MBIT|none" (change the link).
@@ -330,6 +331,10 @@ class LinkRelay:
         except OSError as exc:  # a reset, or the other pump aborted the connection
             if conn.error is None and not self._closing.is_set():
                 conn.error = f"{type(exc).__name__}: {exc}"
+            conn.abort()
+        except ValueError:  # select() takes descriptors below FD_SETSIZE (1024) only
+            conn.error = f"too many open descriptors for select() (socket {src.fileno()}): relay fewer connections"
+            log.error("%s: %s", conn.peer, conn.error)
             conn.abort()
         finally:
             with self._lock:
