@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -372,9 +371,10 @@ def main(argv=None) -> int:
     owner.add_argument("--repeats", type=int, required=True)
     owner.add_argument("--out", required=True)
     parser.add_argument("--profiles", default="lan,wan",
-                        help=f"comma-separated, of {', '.join(PROFILES)} (unshaped always runs first)")
+                        help=f"comma-separated, of {', '.join(PROFILES)} "
+                             "(unshaped always runs: the models take their compute time from it)")
     parser.add_argument("--batches", type=_batches, default=[1, 256])
-    parser.add_argument("--repeats", type=int, default=7, help="timed predictions per profile and batch size (median)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed predictions per profile and batch size (median)")
     parser.add_argument("--json", default=None, help="also write every row to this file")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))  # this tree's pysmpc (with its netsim relay), as the namespaces' PYTHONPATH
@@ -412,11 +412,16 @@ def main(argv=None) -> int:
     except SetupError as exc:
         print(f"bench/network.py: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a worker, relay or the model owner failed: what it said is in exc
+        print(f"bench/network.py: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: tearing the topology down", file=sys.stderr)
         return 130
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave namespaces behind
         topo.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     load = (load_before, os.getloadavg()[0])
     if args.json:
         Path(args.json).write_text(json.dumps({"profiles": {p: PROFILES[p] for p in profiles}, "load_average": load,

@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -32,6 +33,8 @@ from pysmpc.netsim.relay import LinkRelay, TokenBucket
 RTT_SLACK_S, RTT_SLACK_FRACTION = 0.5e-3, 0.03
 EARLY = 2e-4  # clock granularity: no round trip may be shorter than the claim by more
 LOOPBACK = ("127.0.0.1", 0)
+# The command-line relay runs from here, so `python -m` finds the installed pysmpc, not an unbuilt source tree.
+OUTSIDE = tempfile.gettempdir()
 
 
 # -- servers on the far side of the relay ---------------------------------------------------
@@ -324,7 +327,7 @@ def test_command_line_relay_counts_each_direction_over_its_control_socket(tmp_pa
     control = tmp_path / "relay.sock"
     proc = subprocess.Popen([sys.executable, "-m", "pysmpc.netsim.relay", "--listen", "127.0.0.1:0",
                              "--to", f"127.0.0.1:{server.address[1]}", "--delay-ms", "2", "--rate-mbit", "100",
-                             "--control", str(control)], stderr=subprocess.PIPE, text=True)
+                             "--control", str(control)], stderr=subprocess.PIPE, text=True, cwd=OUTSIDE)
     try:
         stats = _control(control, "stats", proc)
         assert stats["delay_s"] == 0.002 and stats["rate_bits_per_s"] == 100e6
@@ -355,7 +358,8 @@ def test_command_line_relay_counts_each_direction_over_its_control_socket(tmp_pa
 
 def test_command_line_relay_rejects_a_bad_rate():
     proc = subprocess.run([sys.executable, "-m", "pysmpc.netsim.relay", "--listen", "127.0.0.1:0",
-                           "--to", "127.0.0.1:9", "--rate-mbit", "0"], capture_output=True, text=True, timeout=30)
+                           "--to", "127.0.0.1:9", "--rate-mbit", "0"], capture_output=True, text=True, timeout=60,
+                          cwd=OUTSIDE)
     assert proc.returncode == 2 and "rate_bits_per_s must be positive" in proc.stderr
 
 
