@@ -92,7 +92,8 @@ class Topology:
         _ip("-n", switch, "link", "set", "br0", "up")
         for host, address in HOSTS.items():
             # The pair is made inside the namespaces, so no name ever appears in the host's own namespace.
-            _ip("-n", switch, "link", "add", f"v-{host}", "type", "veth", "peer", "name", "eth0", "netns", self.ns(host))
+            _ip("-n", switch, "link", "add", f"v-{host}", "type", "veth",
+                "peer", "name", "eth0", "netns", self.ns(host))
             _ip("-n", switch, "link", "set", f"v-{host}", "master", "br0", "up")
             _ip("-n", self.ns(host), "addr", "add", f"{address}/24", "dev", "eth0")
             _ip("-n", self.ns(host), "link", "set", "eth0", "up")
@@ -202,7 +203,8 @@ def run(topo: Topology, tls: dict[str, Path], profiles: dict, batches, repeats: 
     out = topo.run_dir / "rows.json"
     owner = topo.start("mo", "model-owner",
                        [str(Path(__file__).resolve()), "model-owner", "--hosts", hosts, "--tls-dir", str(tls["mo"]),
-                        "--relays", json.dumps(controls), "--pids", json.dumps(pids), "--profiles", json.dumps(profiles),
+                        "--relays", json.dumps(controls), "--pids", json.dumps(pids),
+                        "--profiles", json.dumps(profiles),
                         "--batches", ",".join(map(str, batches)), "--repeats", str(repeats), "--out", str(out)])
     shown = 0
     while True:  # echo the model owner's progress lines as they come

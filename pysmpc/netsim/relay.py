@@ -403,7 +403,8 @@ def _serve_control(relay: LinkRelay, path: str, stop: threading.Event) -> None:
                     elif command == "stats":
                         reply = relay.stats()
                     else:
-                        reply = {"error": f"unknown command {command!r}: send 'stats', 'reset' or 'set DELAY_MS RATE_MBIT|none'"}
+                        reply = {"error": f"unknown command {command!r}: "
+                                          "send 'stats', 'reset' or 'set DELAY_MS RATE_MBIT|none'"}
                     stream.write(json.dumps(reply).encode() + b"\n")
                     stream.flush()
     finally:
@@ -430,7 +431,8 @@ def main(argv=None) -> int:
     parser.add_argument("--listen", type=_parse_address, required=True, help="HOST:PORT to accept connections on")
     parser.add_argument("--to", type=_parse_address, required=True, help="HOST:PORT to carry each connection to")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay of each direction (ms)")
-    parser.add_argument("--rate-mbit", type=float, default=None, help="rate cap of each direction (Mbit/s; none: no cap)")
+    parser.add_argument("--rate-mbit", type=float, default=None,
+                        help="rate cap of each direction (Mbit/s; default: no cap)")
     parser.add_argument("--buffer-bytes", type=int, default=None, help="most bytes one direction holds")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES)
     parser.add_argument("--control", default=None,
