@@ -244,12 +244,14 @@ class LinkRelay:
         thread.start()
 
     def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None  # start() set it before starting this thread
         while not self._closing.is_set():
-            ready, _, _ = select.select([self._listener], [], [], _IDLE_POLL)
+            ready, _, _ = select.select([listener], [], [], _IDLE_POLL)
             if not ready:
                 continue
             try:
-                sock, addr = self._listener.accept()
+                sock, addr = listener.accept()
             except OSError:
                 continue
             conn = _Connection(peer=_fmt(addr[:2]), peer_sock=sock)
@@ -341,8 +343,8 @@ class LinkRelay:
                 conn.pumps_left -= 1
                 if conn.pumps_left == 0:
                     conn.closed = True
-                    conn.peer_sock.close()
-                    conn.target_sock.close()
+                    src.close()
+                    dst.close()
 
 
 def _check_link(delay: float, rate_bits_per_s: float | None) -> None:
@@ -395,6 +397,7 @@ def _serve_control(relay: LinkRelay, path: str, stop: threading.Event) -> None:
             with client, client.makefile("rwb") as stream:
                 for line in stream:
                     command = line.strip().decode(errors="replace")
+                    reply: dict
                     if command == "reset":
                         relay.reset_stats()
                         reply = {"ok": True}
