@@ -209,15 +209,23 @@ def _fl_demo(args) -> int:
                           dp_lr=args.dp_lr,
                           train_subset=args.train_subset, test_subset=args.test_subset, dropout=args.dropout,
                           seed=args.seed, progress=args.progress)
-    train, test = load_mnist(args.data), load_mnist(args.data, "test")
-    if args.tcp:
-        from pysmpc.runtime.tcp import TcpCluster
+    from pysmpc.fl.data import find_mnist
 
-        cluster, where = TcpCluster(spawn=True, ephemeral_ports=True), "three worker processes over TCP"
-    else:
+    cfg.data_dir = str(find_mnist(args.data))
+    test = load_mnist(cfg.data_dir, "test")
+    if args.in_process:
         from pysmpc import LocalCluster
 
-        cluster, where = LocalCluster(), "three in-process parties"
+        train = load_mnist(cfg.data_dir)
+        cluster, where = LocalCluster(), "three in-process parties (owners are objects of this process)"
+    else:
+        from pysmpc.runtime.tcp import TcpCluster
+
+        train = None  # each owner process loads its own part; this process never holds training data
+        cfg.owner_processes, cfg.tls_dir = True, args.tls_dir
+        cluster = TcpCluster(spawn=True, hosts=args.hosts.split(","), tls_dir=args.tls_dir)
+        where = (f"three worker processes over TCP{' with TLS' if args.tls_dir else ''}; each owner in its own "
+                 "process shares its update straight to P0 and P1")
     mode = f"DP-SGD, epsilon <= {cfg.epsilon} at delta {cfg.delta}" if cfg.epsilon is not None else "FedAvg, no DP"
     print(f"Federated training of the seed CNN on MNIST ({mode}); updates summed by {where}.", flush=True)
     try:
@@ -230,6 +238,23 @@ def _fl_demo(args) -> int:
     print(f"accuracy: {result.accuracy:.4f}")
     if result.epsilon is not None:
         print(f"epsilon: {result.epsilon:.3f}")
+    return 0
+
+
+def _fl_owner(args) -> int:
+    from pysmpc.fl import Owner
+
+    with np.load(args.update) as data:
+        arrays = [data[k] for k in data.files]
+    require_dp = {"noise_multiplier": args.min_noise_multiplier} if args.min_noise_multiplier else None
+    owner = Owner(args.hosts, args.name, tls_dir=args.tls_dir, min_owners=args.min_owners, require_dp=require_dp,
+                  allow_cleartext=args.allow_cleartext, timeout=args.timeout)
+    receipt = owner.submit(args.round, arrays)
+    dp = receipt.rules.get("dp")
+    print(f"owner {args.name}: submitted {len(arrays)} arrays to round {args.round}: "
+          f"{receipt.bytes_sent[0]} bytes of shares to P0 and {receipt.bytes_sent[1]} to P1; the round reveals sums of "
+          f"at least {receipt.rules['min_owners']} owners"
+          + (f", with DP noise multiplier {dp['noise_multiplier']:g} (clip {dp['clip_norm']:g})" if dp else ""))
     return 0
 
 
@@ -307,8 +332,9 @@ def _certs(args) -> int:
                      for i, e in enumerate(entries)) or "HOST0:PORT,HOST1:PORT,HOST2:PORT"
     if entries:
         parse_hosts(hosts)  # a bad port is an error, before anything is written
+    owners = [o.strip() for o in (args.owners or "").split(",") if o.strip()]
     directory = make_cluster_certs(args.directory, hosts=[*extra, *LOOPBACK_NAMES], party_hosts=party_hosts,
-                                   days=args.days, overwrite=args.force)
+                                   days=args.days, overwrite=args.force, owners=owners)
     where = {i: f" at {party_hosts[i][0]}" if i in party_hosts else "" for i in (P0, P1, DEALER)}
     roles = [(P0, f"P0{where[P0]}"), (P1, f"P1{where[P1]}"), (DEALER, f"P2 (the dealer){where[DEALER]}"),
              (CLIENT, "the model owner (pysmpc serve) and every client (pysmpc query)")]
@@ -317,6 +343,9 @@ def _certs(args) -> int:
     print("\nCopy to each machine's TLS directory (its --tls-dir), over a channel you trust:")
     for index, role in roles:
         print(f"  {role}:\n      {' '.join(str(directory / f) for f in endpoint_files(index))}")
+    for name in owners:
+        print(f"  data owner {name} (pysmpc fl-owner --name {name}):\n      {directory / 'ca.pem'} "
+              f"{directory / f'owner-{name}.pem'} {directory / f'owner-{name}.key'}")
     print(f"Keep {directory / 'ca.key'} off the workers (offline if you can): whoever has it can issue any "
           "party's certificate. Each .key (mode 0600) goes to its own machine only.")
     print("\nThen start each worker N (0, 1, 2) on its machine, serve, and query:")
@@ -350,7 +379,7 @@ def _progress(iterable, enabled: bool, unit: str):
 
 
 COMMANDS = {"demo": _demo, "inspect": _inspect, "serve": _serve, "query": _query, "fl-demo": _fl_demo,
-            "bench": _bench, "certs": _certs}
+            "fl-owner": _fl_owner, "bench": _bench, "certs": _certs}
 
 
 def main(argv=None) -> int:

@@ -143,7 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="DP: the delta of (epsilon, delta)-DP")
     fl.add_argument("--data", metavar="DIR",
                     help="directory of the MNIST IDX files (default: $PYSMPC_MNIST_DIR, ./mnist, ...)")
-    fl.add_argument("--tcp", action="store_true", help="aggregate with three worker processes over TCP")
+    fl.add_argument("--in-process", action="store_true",
+                    help="run the workers as threads and the owners as objects of this process (tests); by "
+                         "default the workers are three processes over TCP and each owner is a process of its own")
+    fl.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2 for the workers this command starts")
+    fl.add_argument("--tls-dir", metavar="DIR",
+                    help="certificates from `pysmpc certs DIR --owners owner-0,owner-1,...`: the workers, the "
+                         "aggregator (client) and each owner (owner-K) use TLS")
     fl.add_argument("--local-epochs", type=positive_real, default=1.0,
                     help="FedAvg: local epochs per round")
     fl.add_argument("--clip", type=positive_real, default=1.0,
@@ -157,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--test-subset", type=positive, metavar="N", help="use the first N test images")
     fl.add_argument("--seed", type=int, default=0, help="data split and initialisation (DP noise is never seeded)")
     fl.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    owner = command("fl-owner", "a data owner: share an update (.npz) straight to P0 and P1 for a round")
+    owner.add_argument("update", help=".npz file of the update's arrays, in the round's order (numpy.savez)")
+    owner.add_argument("--round", required=True, help="the round id the aggregator opened")
+    owner.add_argument("--name", required=True, help="this owner's name (with TLS: its certificate owner-NAME.pem)")
+    owner.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2 (the update goes to P0 and P1 only)")
+    owner.add_argument("--tls-dir", metavar="DIR",
+                       help="ca.pem and this owner's owner-NAME.pem/.key (pysmpc certs --owners NAME)")
+    owner.add_argument("--allow-cleartext", action="store_true",
+                       help="no TLS although some hosts are not loopback (the shares cross the network in the clear)")
+    owner.add_argument("--min-owners", type=_number(int, 2), default=2, metavar="N",
+                       help="refuse a round that would reveal sums of fewer owners than this")
+    owner.add_argument("--min-noise-multiplier", type=positive_real, metavar="SIGMA",
+                       help="refuse a round without DP noise of at least this multiplier")
+    owner.add_argument("--timeout", type=positive_real, default=30.0, metavar="SECONDS",
+                       help="seconds to wait for a worker")
 
     bench = command("bench", "latency, throughput, traffic and rounds of private inference, beside plaintext")
     bench.add_argument("--model", help="a model file instead of the shipped CNN")
@@ -176,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("directory", help="where to write them (becomes the --tls-dir of the other commands)")
     certs.add_argument("--hosts", help="host[:port] of P0,P1,P2: each goes into that party's certificate "
                                        "(subject alternative name); the same --hosts as worker and serve")
+    certs.add_argument("--owners", metavar="NAMES",
+                       help="comma-separated data owners to certify too (owner-NAME.pem/.key, common name owner:NAME)")
     certs.add_argument("--san", action="append", metavar="NAME",
                        help="another host name or IP for every certificate (repeatable)")
     certs.add_argument("--days", type=positive, default=825, help="validity in days")

@@ -88,7 +88,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict:
 
 def test_every_option_has_help_and_shows_its_default():
     commands = _subcommands(build_parser())
-    assert set(commands) == {"demo", "inspect", "serve", "query", "fl-demo", "bench", "certs", "worker"}
+    assert set(commands) == {"demo", "inspect", "serve", "query", "fl-demo", "fl-owner", "bench", "certs", "worker"}
     commands["worker"] = worker.build_parser("pysmpc worker")  # `pysmpc worker` runs the worker's own parser
     for name, parser in commands.items():
         text = parser.format_help()

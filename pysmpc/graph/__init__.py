@@ -7,11 +7,13 @@ model as a PyTorch module (the baseline a PyTorch user would run).
 """
 
 from pysmpc.graph.graph import KINDS, Graph, GraphError, Layer, conv_padding
+from pysmpc.graph.layout import LAYOUTS
 from pysmpc.graph.plain import fixed_point_trace, run_fixed_point, run_float
 from pysmpc.graph.torch_module import to_torch
 
 __all__ = [
     "KINDS",
+    "LAYOUTS",
     "Graph",
     "GraphError",
     "Layer",

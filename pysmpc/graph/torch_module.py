@@ -36,7 +36,7 @@ def to_torch(graph: Graph, dtype=None):
     def tensor(array: np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
 
-    modules = []
+    modules: list[nn.Module] = []
     for layer, in_shape in zip(graph.layers, graph.shapes()):
         if layer.kind == "conv2d":
             kernel, bias = layer.weights["kernel"], layer.weights["bias"]
@@ -49,7 +49,7 @@ def to_torch(graph: Graph, dtype=None):
             conv = nn.Conv2d(cin, cout, (kh, kw), stride=tuple(layer.params["stride"]), padding=padding, dtype=dtype)
             with torch.no_grad():
                 conv.weight.copy_(tensor(kernel.transpose(3, 2, 0, 1)))
-                conv.bias.copy_(tensor(bias))
+                conv.bias.copy_(tensor(bias))  # type: ignore[union-attr]  # Conv2d has a bias by default
             modules.append(conv)
         elif layer.kind == "dense":
             kernel, bias = layer.weights["kernel"], layer.weights["bias"]

@@ -10,12 +10,13 @@ import numpy as np
 
 __all__ = ["IMAGE_FORMATS", "MAX_PIXELS", "MISSING_PILLOW", "load_image"]
 
-# A query image is small (MNIST: 28 x 28); a larger one is refused before it
-# is decoded, so a few bytes of compressed data cannot inflate to gigabytes.
+#: The most pixels a query image may have. A query image is small (MNIST: 28 x 28); a larger one is
+#: refused before it is decoded, so a few bytes of compressed data cannot inflate to gigabytes.
 MAX_PIXELS = 1 << 20
-# The Pillow formats read: the common raster ones. Formats Pillow decodes
-# through another program (EPS through Ghostscript) are not among them.
+#: The Pillow formats read: the common raster ones. Formats Pillow decodes through another
+#: program (EPS through Ghostscript) are not among them.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+#: The message of the ImportError raised when an image file is given and Pillow is missing.
 MISSING_PILLOW = "reading image files needs Pillow: pip install 'pysmpc[images]' (or pip install Pillow)"
 
 

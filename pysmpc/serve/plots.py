@@ -10,9 +10,10 @@ import os
 
 __all__ = ["MISSING_MATPLOTLIB", "require_matplotlib", "plot_bench", "plot_layers"]
 
+#: The message of the ImportError raised when a figure is asked for and matplotlib is missing.
 MISSING_MATPLOTLIB = "plotting needs matplotlib: pip install 'pysmpc[plot]' (or pip install matplotlib)"
 
-# One colour per system, so a system keeps its colour across figures.
+# One colour per system, so that a system keeps its colour across figures.
 _COLOURS = {"plaintext numpy (float64)": "#7f7f7f", "pytorch": "#ee4c2c",
             "pysmpc in-process": "#1f77b4", "pysmpc tcp": "#2ca02c"}
 
