@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "default the workers are three processes over TCP and each owner is a process of its own")
     fl.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2 for the workers this command starts")
     fl.add_argument("--tls-dir", metavar="DIR",
-                    help="certificates from `pysmpc certs DIR --owners owner-0,owner-1,...`: the workers, the "
-                         "aggregator (client) and each owner (owner-K) use TLS")
+                    help="certificates from `pysmpc certs DIR --owners hospital-0,hospital-1,...`: the workers, "
+                         "the aggregator (client) and each owner (hospital-K, one per --owners) use TLS")
     fl.add_argument("--local-epochs", type=positive_real, default=1.0,
                     help="FedAvg: local epochs per round")
     fl.add_argument("--clip", type=positive_real, default=1.0,
