@@ -8,7 +8,7 @@ import numpy as np
 
 from pysmpc.parties.party import CLIENT, P0, P1
 from pysmpc.sharing.fixedpoint import FixedPoint
-from pysmpc.sharing.prg import PRG, new_seed
+from pysmpc.sharing.prg import PRG
 from pysmpc.sharing.shares import share
 
 __all__ = ["BaseCluster", "ClusterError", "PARTY_KEYS", "DEFAULT_TIMEOUT"]
@@ -51,7 +51,7 @@ class BaseCluster:
         self.timeout = timeout
         self._ids = itertools.count()
         self._broken: str | None = None
-        self._client_prg = PRG(new_seed())
+        self._client_prg = PRG.fresh()  # reseeded in a forked child: no two children deal the same shares
         self.client_channel = None
 
     @property
