@@ -37,7 +37,7 @@ def _demo(args) -> int:
         for i in _progress(range(count), args.progress, "images"):
             # As a server does while it waits: the dealer's material first (offline;
             # the secure argmax's is still dealt during the query).
-            offline += shared.prepare(1)["seconds"]
+            offline += shared.prepare(1, reveal=args.reveal)["seconds"]
             start = time.perf_counter()
             answer = shared.predict(images[i : i + 1], reveal=args.reveal)
             predicted = int(answer.reshape(-1).argmax() if args.reveal == "logits" else answer[0])
@@ -83,9 +83,10 @@ def _serve(args) -> int:
     with cluster:
         model.share(cluster)
         print(f"serving {args.model} (input {model.input_shape}, output {model.output_shape}) "
-              f"for {args.requests} requests", flush=True)
+              f"for {args.requests} requests" + (", labels only" if args.reveal == "argmax" else ""), flush=True)
         start = time.perf_counter()
-        served = model.serve(num_requests=args.requests, max_batch=args.max_batch, max_rows=args.max_rows)
+        served = model.serve(num_requests=args.requests, max_batch=args.max_batch, max_rows=args.max_rows,
+                             reveal=args.reveal)
         elapsed = time.perf_counter() - start
         model.stop_sharing()
     failed = cluster.last_serve["failed"]
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "and pN.pem/.key for the workers it starts")
     serve.add_argument("--allow-cleartext", action="store_true",
                        help="no TLS although some hosts are not loopback (shares cross the network in the clear)")
+    serve.add_argument("--reveal", choices=("logits", "argmax"), default="logits",
+                       help="the most a client may learn: logits (truncated to the model's fractional bits) or "
+                            "labels only (argmax: logits queries are refused)")
     serve.add_argument("--max-batch", type=int, default=16, help="queries arriving together run as one batch")
     serve.add_argument("--max-rows", type=int, default=256,
                        help="most inputs in one batch; a single query with more is refused (default 256)")

@@ -236,7 +236,7 @@ def test_serving_survives_bad_clients_and_answers_the_next_one(model, images):
         tag, payload = silent.recv_control(P0, timeout=10)
         assert tag == "query:error" and b"no input share from the client" in bytes(payload), (tag, payload)
         tag, payload = partial.recv_control(P0, timeout=10)
-        assert tag == "query:error" and b"party 1, 2 could not use this query (it did not reach" in bytes(payload)
+        assert tag == "query:error" and b"P1, P2: this query never reached that worker" in bytes(payload)
         assert time.monotonic() - start < 5
         for channel in (silent, garbage, partial):
             channel.close()

@@ -57,3 +57,27 @@ def test_a_bad_query_is_answered_with_an_error_and_serving_goes_on():
 def test_query_without_connect_is_a_clear_error():
     with pytest.raises(RuntimeError, match="connect_to_model"):
         sy.Client().query_model(np.zeros((28, 28, 1)))
+
+
+def test_a_server_that_reveals_labels_only_refuses_logits_queries_in_process():
+    rng = np.random.default_rng(2)
+    model = sy.Model(seed_cnn(rng))
+    image = rng.uniform(0, 1, (28, 28, 1))
+    outcome = {}
+    with sy.LocalCluster() as cluster:
+        model.share(cluster)
+        client = sy.Client().connect_to_model((1, 28, 28, 1), (1, 10), cluster)
+
+        def queries():
+            try:
+                client.query_model(image)
+            except sy.ClusterError as exc:
+                outcome["logits"] = exc
+            outcome["argmax"] = client.query_model(image, reveal="argmax")
+
+        t = threading.Thread(target=queries)
+        t.start()
+        model.serve(num_requests=2, reveal="argmax")
+        t.join()
+    assert "reveals only argmax" in str(outcome["logits"])
+    assert outcome["argmax"][0] == model.predict(image[None])[0].argmax()

@@ -11,6 +11,7 @@ from pysmpc.parties.local import LocalNetwork
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party, exchange_seeds
 from pysmpc.runtime.cluster import BaseCluster, ClusterError
 from pysmpc.runtime.ops import run_op
+from pysmpc.runtime.queries import allowed_reveals
 
 __all__ = ["LocalCluster", "run_parties"]
 
@@ -178,21 +179,26 @@ class LocalCluster(BaseCluster):
         return value
 
     def serve_model(self, shared_model, num_requests: int | None = None, timeout: float | None = None,
-                    progress: bool = False) -> int:
+                    progress: bool = False, reveal: str = "logits") -> int:
         """Answer queued client queries with `shared_model`; returns how many were served.
 
         Blocks until `num_requests` queries were answered (None: until
         `timeout` passes with no query). A failed query is answered with its
-        error and does not stop the loop.
+        error and does not stop the loop. `reveal` is the most a client may
+        learn, as TcpCluster.serve_model: "argmax" refuses logits queries.
         """
+        allowed = allowed_reveals(reveal)
         served = 0
         while num_requests is None or served < num_requests:
             try:
-                x, reveal, reply = self._queries.get(timeout=timeout)
+                x, asked, reply = self._queries.get(timeout=timeout)
             except queue.Empty:
                 break
             try:
-                reply.put((True, shared_model.predict(x, reveal=reveal)))
+                if asked not in allowed:
+                    raise ClusterError(f"this server reveals only {' or '.join(allowed)} (the model owner's policy); "
+                                       f"a {asked!r} query is refused: ask for reveal='argmax'")
+                reply.put((True, shared_model.predict(x, reveal=asked)))
             except Exception as exc:  # noqa: BLE001 - the client gets the error
                 reply.put((False, exc))
                 if self._broken:

@@ -34,6 +34,7 @@ from pysmpc.parties.socket import (
 )
 from pysmpc.runtime import wire
 from pysmpc.runtime.cluster import DEFAULT_TIMEOUT, BaseCluster, ClusterError
+from pysmpc.runtime.queries import allowed_reveals
 from pysmpc.sharing.shares import share
 
 __all__ = ["TcpCluster", "DEFAULT_HOSTS", "DEFAULT_TIMEOUT"]
@@ -273,7 +274,7 @@ class TcpCluster(BaseCluster):
     # -- serving client queries ----------------------------------------------------------
     def serve_model(self, shared_model, num_requests: int, max_batch: int = 16, max_rows: int = 256,
                     idle_timeout: float | None = None, query_timeout: float | None = None,
-                    max_restarts: int = 3) -> int:
+                    max_restarts: int = 3, reveal: str = "logits") -> int:
         """Have the workers answer `num_requests` client queries; block until they have.
 
         Clients connect to the workers directly (`submit_query`, from any
@@ -290,7 +291,13 @@ class TcpCluster(BaseCluster):
         up to `max_restarts` times; the queries lost in flight count as
         failed (queued ones were not started: their clients get an error and
         do not count). Any other error, or one restart too many, is raised.
+
+        `reveal` is the most a client may learn: "logits" (the default:
+        logits, truncated to the model's fractional bits, or labels) or
+        "argmax" (labels only: a logits query is refused with an error to
+        its client).
         """
+        allowed_reveals(reveal)  # a bad policy fails here, not on the workers
         if num_requests is None or int(num_requests) < 1:
             raise ValueError(f"num_requests must be a positive int over TCP, got {num_requests!r}")
         served = failed = restarts = 0
@@ -298,8 +305,9 @@ class TcpCluster(BaseCluster):
             self.progress = {}
             try:
                 results, _ = self.call("serve", shared_model.key, int(num_requests) - served - failed,
-                                       shared_model.frac_bits, list(shared_model.graph.input_shape), max_batch,
-                                       max_rows, idle_timeout, query_timeout, wait=math.inf)
+                                       shared_model.frac_bits, list(shared_model.graph.input_shape),
+                                       max_batch=max_batch, max_rows=max_rows, idle_timeout=idle_timeout,
+                                       query_timeout=query_timeout, reveal=reveal, wait=math.inf)
             except ClusterError as exc:
                 if not exc.lost or not self.spawn or restarts >= max_restarts:
                     self.last_serve = {"served": served, "failed": failed, "restarts": restarts}

@@ -13,6 +13,8 @@ from pysmpc.graph.secure import input_maskable, plan_cost
 from pysmpc.parties.dealer import INPUT_MASK_TAG
 from pysmpc.parties.party import DEALER
 from pysmpc.protocols.cost import Cost
+from pysmpc.runtime.ops import reveal_output_truncated
+from pysmpc.runtime.queries import REVEAL_MODES
 from pysmpc.sharing.fixedpoint import FixedPoint
 from pysmpc.serve._coerce import whole_number
 
@@ -53,13 +55,15 @@ class Model:
         return run_fixed_point(self.graph, x, frac_bits=frac_bits)
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
-        """Per-layer online cost of one private prediction of `batch` inputs (no sharing needed).
+        """Per-layer online cost of one private prediction of `batch` inputs' logits (no sharing needed).
 
-        prepared: on material made by SharedModel.prepare, whose input mask
-        saves the first product's round when the first layer allows.
+        The last row, "output", is the truncation of the logits to F
+        fractional bits before they are revealed (1 round). prepared: on
+        material made by SharedModel.prepare, whose input mask saves the
+        first product's round when the first layer allows.
         """
         plan = make_plan(self.graph)
-        return plan_cost(plan, self.graph.shapes(), batch, truncate_output=False,
+        return plan_cost(plan, self.graph.shapes(), batch, truncate_output=True,
                          input_open=prepared and input_maskable(plan))
 
     def share(self, cluster) -> "SharedModel":
@@ -126,7 +130,7 @@ class SharedModel:
         self._tensors = []
         self._stopped = False
         self._run_ids = itertools.count()
-        self._input_masks: dict[int, list] = {}  # batch size -> [(prepared run id, input mask A)]
+        self._input_masks: dict[tuple, list] = {}  # (batch size, reveal) -> [(prepared run id, input mask A)]
         self._load()
         if hasattr(cluster, "on_restart"):
             cluster.on_restart(self._load)
@@ -145,11 +149,8 @@ class SharedModel:
         self.cluster.call("load_model", self.key, self.plan)
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
-        """Per-layer online cost of one private prediction of `batch` inputs (logits).
-
-        prepared: on material made by prepare(), as Model.cost.
-        """
-        return plan_cost(self.plan, self.graph.shapes(), batch, truncate_output=False,
+        """Per-layer online cost of one private prediction of `batch` inputs' logits, as Model.cost."""
+        return plan_cost(self.plan, self.graph.shapes(), batch, truncate_output=True,
                          input_open=prepared and input_maskable(self.plan))
 
     def _check_input(self, x) -> np.ndarray:
@@ -161,7 +162,7 @@ class SharedModel:
             raise ValueError(f"input shape {x.shape} does not fit the model's input {expected} (with or without a batch axis)")
         return x
 
-    def prepare(self, batch: int = 1, count: int = 1) -> dict:
+    def prepare(self, batch: int = 1, count: int = 1, reveal: str = "logits") -> dict:
         """Make the dealer material of `count` predictions of `batch` inputs now, ahead of them.
 
         Offline work: P2 deals everything those runs need, and P0 and P1
@@ -170,15 +171,19 @@ class SharedModel:
         first layer allows (graph.secure.input_maskable), P2 also sends
         this caller each run's input mask A: predict() then sends x - A
         to P0 and P1, and the first layer opens nothing (one round fewer).
+        The material is for predict(reveal=`reveal`): logits include their
+        final truncation, the argmax's material is dealt during the query.
         Returns the wall time and the bytes each party holds.
         """
         batch, count = whole_number(batch, "batch"), whole_number(count, "count")
         if batch < 1 or count < 1:
             raise ValueError(f"batch and count must be positive, got {batch} and {count}")
+        _check_reveal(reveal)
+        truncate_output = reveal_output_truncated(reveal)
         shape = [batch, *self.graph.input_shape]
         start = time.perf_counter()
         if not input_maskable(self.plan):
-            results, _ = self.cluster.call("prepare", self.key, shape, self.frac_bits, False, count)
+            results, _ = self.cluster.call("prepare", self.key, shape, self.frac_bits, truncate_output, count)
         else:
             ids = [f"{batch}:{next(self._run_ids)}" for _ in range(count)]
             channel = self.cluster.client_channel
@@ -186,27 +191,29 @@ class SharedModel:
             def receive_masks():
                 return [channel.recv(DEALER, tag=INPUT_MASK_TAG) for _ in ids]
 
-            results, masks = self.cluster.call("prepare", self.key, shape, self.frac_bits, False, count,
+            results, masks = self.cluster.call("prepare", self.key, shape, self.frac_bits, truncate_output, count,
                                                input_mask_ids=ids, client=receive_masks)
-            self._input_masks.setdefault(batch, []).extend(zip(ids, masks))
+            self._input_masks.setdefault((batch, reveal), []).extend(zip(ids, masks))
         return {"seconds": time.perf_counter() - start, "stored_bytes": [r["stored_bytes"] for r in results]}
 
     def predict(self, x, reveal: str = "logits") -> np.ndarray:
         """Private prediction: share x, run the model on shares, reveal here only (one call).
 
-        Runs on material made by prepare() for this batch size if there is
-        some left (the model's layers; the argmax's material is dealt
-        during the query), else P2 deals it while the query runs.
+        Runs on material made by prepare() for this batch size and reveal
+        mode if there is some left (the model's layers; the argmax's
+        material is dealt during the query), else P2 deals it while the
+        query runs.
 
-        reveal="logits" returns float logits; reveal="argmax" runs the secure
+        reveal="logits" returns float logits, securely truncated to the
+        model's fractional bits before they leave the parties (within one
+        unit in the last place, 2^-F); reveal="argmax" runs the secure
         argmax and reveals only the labels (int array).
         """
-        if reveal not in ("logits", "argmax"):
-            raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
+        _check_reveal(reveal)
         x = self._check_input(x)
         encoded = self.cluster.encode(x, self.frac_bits)
         args = (self.key, list(x.shape), self.frac_bits)
-        masks = self._input_masks.get(x.shape[0])
+        masks = self._input_masks.get((x.shape[0], reveal))
         if masks:
             mask_id, mask = masks.pop(0)
             results, y_ring = self.cluster.call_on_masked_input("predict", encoded - mask, *args, mask_id=mask_id,
@@ -221,7 +228,11 @@ class SharedModel:
         return fmt.decode(y_ring)
 
     def serve(self, num_requests: int | None = None, **kwargs) -> int:
-        """Answer num_requests client queries (a whole number: 3 or 3.0, as R passes 3)."""
+        """Answer num_requests client queries (a whole number: 3 or 3.0, as R passes 3).
+
+        Keyword arguments go to the cluster's serve_model (TcpCluster):
+        e.g. reveal="argmax" restricts clients to labels.
+        """
         serve = getattr(self.cluster, "serve_model", None)
         if serve is None:
             raise NotImplementedError(f"{type(self.cluster).__name__} cannot serve remote clients")
@@ -241,6 +252,11 @@ class SharedModel:
         self.cluster.call("unload_model", self.key)
         self.cluster.call("free", [t.tid for t in self._tensors])
         self._tensors = []
+
+
+def _check_reveal(reveal) -> None:
+    if reveal not in REVEAL_MODES:
+        raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
 
 
 def _profile_rows(table: dict) -> list[dict]:
