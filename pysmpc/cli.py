@@ -72,33 +72,65 @@ def _inspect(args) -> int:
 
 
 def _serve(args) -> int:
+    import logging
+    import signal
+
     from pysmpc import Cluster, Worker, load_model
 
-    model = load_model(args.model)
+    # One line per query (time, rows, reveal mode, online ms) on stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    serve_log = logging.getLogger("pysmpc.serve")
+    serve_log.addHandler(handler)
+    serve_log.setLevel(logging.INFO)
+    serve_log.propagate = False
+
+    def terminate(signum, frame):  # SIGTERM before or after serving: stop as Ctrl-C does (serve() handles its own)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    model = load_model(args.model, input_range=args.input_range)
+    if model.input_range is None:
+        print(f"note: {args.model} records no input range, so clients cannot check their inputs' scale: pass "
+              "--input-range LOW,HIGH (e.g. 0,1)", file=sys.stderr, flush=True)
     hosts = args.hosts.split(",")
     cluster = Cluster(*(Worker(h, auto_managed=not args.manual) for h in hosts), tls_dir=args.tls_dir,
                       allow_cleartext=args.allow_cleartext, max_frame_bytes=args.max_frame_bytes)
-    print(f"starting the cluster on {', '.join(hosts)}" + (" (workers started by hand)" if args.manual else ""),
-          flush=True)
-    with cluster:
-        model.share(cluster)
-        print(f"serving {args.model} (input {model.input_shape}, output {model.output_shape}) "
-              f"for {args.requests} requests" + (", labels only" if args.reveal == "argmax" else ""), flush=True)
-        start = time.perf_counter()
-        served = model.serve(num_requests=args.requests, max_batch=args.max_batch, max_rows=args.max_rows,
-                             reveal=args.reveal)
-        elapsed = time.perf_counter() - start
-        model.stop_sharing()
-    failed = cluster.last_serve["failed"]
-    print(f"served {served} requests ({failed} refused) in {elapsed:.1f} s")
-    return 0 if failed == 0 else 1
+    how_long = f"for {args.requests} requests" if args.requests else "until Ctrl-C or SIGTERM"
+    try:
+        print(f"starting the cluster on {', '.join(hosts)}" + (" (workers started by hand)" if args.manual else ""),
+              flush=True)
+        with cluster:
+            model.share(cluster)
+            print(f"serving {args.model} (input {model.input_shape}, output {model.output_shape}) {how_long}"
+                  + (", labels only" if args.reveal == "argmax" else ""), flush=True)
+            start = time.perf_counter()
+            served = model.serve(num_requests=args.requests, max_batch=args.max_batch, max_rows=args.max_rows,
+                                 reveal=args.reveal)
+            elapsed = time.perf_counter() - start
+            model.stop_sharing()
+    except KeyboardInterrupt:
+        print("interrupted: the workers were stopped", flush=True)
+        return 130
+    last = cluster.last_serve
+    stopped = f"stopped by {last['stopped']}: " if last["stopped"] in ("SIGINT", "SIGTERM") else ""
+    print(f"{stopped}served {served} requests ({last['failed']} refused) in {elapsed:.1f} s", flush=True)
+    return 0
 
 
 def _query(args) -> int:
+    import logging
+
     from pysmpc import Client, Cluster, Worker
     from pysmpc.models import load_samples
     from pysmpc.serve.images import load_image
 
+    # The client's notes (an image scaled to the model's range, a worker waited for) as plain lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pysmpc query: %(message)s"))
+    for name in ("pysmpc.client", "pysmpc.cluster"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).propagate = False
     cluster = Cluster(*(Worker(h, auto_managed=False) for h in args.hosts.split(",")), tls_dir=args.tls_dir,
                       allow_cleartext=args.allow_cleartext)
     queries = [(path, load_image(path), None) for path in args.images]
@@ -107,10 +139,17 @@ def _query(args) -> int:
         queries += [(f"sample {k}", images[k], int(labels[k])) for k in args.sample]
     if not queries:
         raise ValueError("nothing to query: give image files (.png, .npy) or --sample K")
-    client = Client(timeout=args.timeout)
+    served = cluster.describe_model(wait=args.wait)
+    if args.classes is not None:
+        output = (1, args.classes)
+    elif served is not None:
+        output = (1, *served["output_shape"])
+    else:
+        raise ValueError("the workers serve no model yet, so its output size is unknown: pass --classes N, or "
+                         "--wait SECONDS for the model to be served")
+    client = Client(timeout=args.timeout).connect_to_model(batch_input_shape=(1, *queries[0][1].shape),
+                                                           batch_output_shape=output, cluster=cluster)
     for name, image, label in queries:
-        client.connect_to_model(batch_input_shape=(1, *image.shape), batch_output_shape=(1, args.classes),
-                                cluster=cluster)
         start = time.perf_counter()
         result = client.query_model(image, reveal=args.reveal)
         elapsed = 1000 * (time.perf_counter() - start)
@@ -270,9 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(fn=_inspect)
 
     hosts_default = "localhost:4000,localhost:4001,localhost:4002"
-    serve = sub.add_parser("serve", help="share a model to three workers and answer N client queries")
+    serve = sub.add_parser("serve", help="share a model to three workers and answer client queries")
     serve.add_argument("model")
-    serve.add_argument("--requests", type=int, required=True, help="how many queries to answer")
+    serve.add_argument("--requests", type=int, default=None,
+                       help="how many queries to answer (refused ones do not count); default: until Ctrl-C or "
+                            "SIGTERM")
     serve.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
     serve.add_argument("--manual", action="store_true",
                        help="connect to workers started by hand (pysmpc worker) instead of starting them")
@@ -280,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "and pN.pem/.key for the workers it starts")
     serve.add_argument("--allow-cleartext", action="store_true",
                        help="no TLS although some hosts are not loopback (shares cross the network in the clear)")
+    serve.add_argument("--input-range", metavar="LOW,HIGH",
+                       help="the input values the model was trained on, e.g. 0,1 (default: as the model file "
+                            "records it); clients scale or refuse queries by it")
     serve.add_argument("--reveal", choices=("logits", "argmax"), default="logits",
                        help="the most a client may learn: logits (truncated to the model's fractional bits) or "
                             "labels only (argmax: logits queries are refused)")
@@ -292,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(fn=_serve)
 
     query = sub.add_parser("query", help="query a served model with images; only this process sees the result")
-    query.add_argument("images", nargs="*", help=".png or .npy images (MNIST style: white digit on black)")
+    query.add_argument("images", nargs="*",
+                       help=".png or .npy images (MNIST style: white digit on black); uint8 pixels are scaled to the "
+                            "served model's input range, other values must lie in it")
     query.add_argument("--sample", type=int, action="append", help="query shipped MNIST test image K (repeatable)")
     query.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
     query.add_argument("--tls-dir", help="ca.pem and this client's client.pem/.key (pysmpc certs)")
@@ -300,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="no TLS although some hosts are not loopback (the input's shares cross the network "
                             "in the clear)")
     query.add_argument("--reveal", choices=("logits", "argmax"), default="logits")
-    query.add_argument("--classes", type=int, default=10, help="size of the model's output")
+    query.add_argument("--classes", type=int, default=None,
+                       help="size of the model's output (default: as the workers describe the served model)")
+    query.add_argument("--wait", type=float, default=0.0,
+                       help="seconds to wait for workers that are not reachable yet (default: fail at once)")
     query.add_argument("--show-logits", action="store_true")
     query.add_argument("--timeout", type=float, default=60.0)
     query.set_defaults(fn=_query)

@@ -49,19 +49,21 @@ def _png(path, pixels: np.ndarray, colour: int, filters):
 def test_png_grey_with_every_filter(tmp_path, filters):
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
     _png(tmp_path / "x.png", pixels, 0, filters)
-    np.testing.assert_allclose(load_image(tmp_path / "x.png")[..., 0], pixels / 255.0)
+    image = load_image(tmp_path / "x.png")
+    assert image.dtype == np.uint8  # as stored: the query path scales it for the model (serve/inputs.py)
+    np.testing.assert_array_equal(image[..., 0], pixels)
 
 
 def test_png_rgba_is_averaged_to_grey(tmp_path):
     pixels = np.random.default_rng(1).integers(0, 256, (5, 7, 4), dtype=np.uint8)
     _png(tmp_path / "c.png", pixels, 6, [4, 1])
-    np.testing.assert_allclose(load_image(tmp_path / "c.png")[..., 0], pixels[..., :3].mean(axis=2) / 255.0)
+    np.testing.assert_array_equal(load_image(tmp_path / "c.png")[..., 0], np.rint(pixels[..., :3].mean(axis=2)))
 
 
 def test_npy_uint8_and_errors(tmp_path):
     np.save(tmp_path / "a.npy", np.full((28, 28), 255, np.uint8))
-    assert load_image(tmp_path / "a.npy").shape == (28, 28, 1)
-    assert load_image(tmp_path / "a.npy").max() == 1.0
+    image = load_image(tmp_path / "a.npy")
+    assert image.shape == (28, 28, 1) and image.dtype == np.uint8 and image.max() == 255
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="not a PNG"):
         load_image(tmp_path / "bad.png")

@@ -122,6 +122,31 @@ class HonestClient:
         return self.result
 
 
+class Serving:
+    """model.serve() until stopped, in a thread: batches are as large as the queue allows (up to max_batch)."""
+
+    def __init__(self, model, **kwargs):
+        self.model, self.served, self.error = model, None, None
+
+        def run():
+            try:
+                self.served = model.serve(None, idle_timeout=60, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - raised by stop()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> int:
+        """Stop serving (after the batch in hand); how many queries were answered."""
+        self.model.stop_serving()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "serving did not stop"
+        if self.error is not None:
+            raise self.error
+        return self.served
+
+
 def expected_logits(model, x):
     return model.predict_fixed_point(x[None], frac_bits=F)[0]
 
@@ -139,10 +164,12 @@ def test_shapes_told_differently_to_p0_and_p1_cannot_move_another_clients_rows(s
     first = RawQuery(cluster, {P0: request(1), P1: request(2), DEALER: request(1)}).send({P0: shares(1), P1: shares(2)})
     x = np.random.default_rng(1).uniform(0, 1, IMAGE)
     honest = HonestClient(cluster, x, monkeypatch)
-    second = RawQuery(cluster, {P0: request(2), P1: request(1), DEALER: request(2)}).send({P0: shares(2), P1: shares(1)})
-    served_count = model.serve(num_requests=3, idle_timeout=60)
+    second = RawQuery(cluster, {P0: request(2), P1: request(1), DEALER: request(2)})
+    second.send({P0: shares(2), P1: shares(1)})
+    serving = Serving(model)  # all three queued: one batch, A's rows, the honest row, B's rows
     np.testing.assert_allclose(honest.answer()[0], expected_logits(model, x), atol=64 / 2**F)
-    assert served_count == 1 and cluster.last_serve == {"served": 1, "failed": 2, "restarts": 0}
+    assert serving.stop() == 1
+    assert cluster.last_serve == {"served": 1, "failed": 2, "restarts": 0, "stopped": "stop_serving()"}
     for attacker in (first, second):
         said = attacker.answers()
         for i in (P0, P1):
@@ -157,8 +184,9 @@ def test_a_batch_size_told_differently_to_the_dealer_cannot_stop_the_server(serv
     attacker.send({P0: shares(1), P1: shares(1)})
     x = np.random.default_rng(3).uniform(0, 1, IMAGE)
     honest = HonestClient(cluster, x, monkeypatch)
-    assert model.serve(num_requests=2, idle_timeout=60) == 1
+    serving = Serving(model)
     np.testing.assert_allclose(honest.answer()[0], expected_logits(model, x), atol=64 / 2**F)
+    assert serving.stop() == 1 and cluster.last_serve["failed"] == 1
     said = attacker.answers()
     assert "P2: shape [2, 28, 28, 1]" in said[P0] and "the workers were told different things" in said[P1], said
     check_later_query_is_answered(model, cluster, monkeypatch, seed=4)
@@ -171,8 +199,9 @@ def test_a_reveal_mode_told_differently_cannot_mix_modes_in_a_batch(served, monk
     attacker.send({P0: shares(1), P1: shares(1)})
     x = np.random.default_rng(5).uniform(0, 1, IMAGE)
     honest = HonestClient(cluster, x, monkeypatch)
-    assert model.serve(num_requests=2, idle_timeout=60) == 1
+    serving = Serving(model)
     np.testing.assert_allclose(honest.answer()[0], expected_logits(model, x), atol=64 / 2**F)
+    assert serving.stop() == 1 and cluster.last_serve["failed"] == 1
     said = attacker.answers()
     assert "reveal 'argmax'" in said[P0] and "the workers were told different things" in said[P0], said
     check_later_query_is_answered(model, cluster, monkeypatch, seed=6)
@@ -215,12 +244,13 @@ def test_slow_and_silent_clients_cost_only_their_own_queries(served, monkeypatch
     x = np.random.default_rng(7).uniform(0, 1, IMAGE)
     honest = HonestClient(cluster, x, monkeypatch)
     start = time.monotonic()
+    serving = Serving(model, query_timeout=2.0)
     try:
-        assert model.serve(num_requests=4, idle_timeout=60, query_timeout=2.0) == 1
+        np.testing.assert_allclose(honest.answer()[0], expected_logits(model, x), atol=64 / 2**F)
+        assert time.monotonic() - start < 10, "the bad clients held the batch longer than the query timeout"
     finally:
         stop.set()
-    assert time.monotonic() - start < 10, "the bad clients held the batch longer than the query timeout"
-    np.testing.assert_allclose(honest.answer()[0], expected_logits(model, x), atol=64 / 2**F)
+        assert serving.stop() == 1 and cluster.last_serve["failed"] == 3
     for query in silent:
         said = query.answers()
         assert "no input share from the client within the server's query_timeout" in said[P0], said
@@ -233,8 +263,9 @@ def test_a_server_that_reveals_labels_only_refuses_logits_queries(served, monkey
     x = np.random.default_rng(9).uniform(0, 1, IMAGE)
     asks_logits = RawQuery(cluster, {i: request(1) for i in PARTIES}).send({P0: shares(1), P1: shares(1)})
     honest = HonestClient(cluster, x, monkeypatch, reveal="argmax")
-    assert model.serve(num_requests=2, idle_timeout=60, reveal="argmax") == 1
+    serving = Serving(model, reveal="argmax")
     assert honest.answer()[0] == expected_logits(model, x).argmax()
+    assert serving.stop() == 1 and cluster.last_serve["failed"] == 1
     said = asks_logits.answers()
     assert "this server reveals only argmax" in said[P0] and "refused" in said[P1], said
     with pytest.raises(ValueError, match="reveal must be"):

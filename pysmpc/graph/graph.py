@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["KINDS", "Graph", "GraphError", "Layer", "conv_padding"]
+__all__ = ["KINDS", "INPUT_RANGE_KEY", "Graph", "GraphError", "Layer", "check_input_range", "conv_padding"]
 
 KINDS = ("conv2d", "avg_pool2d", "max_pool2d", "relu", "flatten", "dense")
 
@@ -46,6 +46,34 @@ _WEIGHTS = {
 
 class GraphError(ValueError):
     """A graph or layer is malformed: unknown kind, bad weights or shapes."""
+
+
+# Where a model file records its input range: an HDF5 root attribute (Keras
+# .h5/.hdf5) or an ONNX metadata_props entry, "low,high" or two numbers.
+INPUT_RANGE_KEY = "pysmpc_input_range"
+
+
+def check_input_range(value, what: str = "input_range") -> tuple[float, float] | None:
+    """Return value as (low, high) floats with low < high, both finite; None stays None.
+
+    Accepts a pair of numbers or the text "low,high" (as a file stores it).
+
+    Raises:
+        GraphError: anything else, naming `what`.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        low, high = (float(v) for v in np.asarray(value, dtype=object).reshape(-1))
+    except (TypeError, ValueError):
+        raise GraphError(f"{what} must be two numbers (low, high), got {str(value)[:80]!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise GraphError(f"{what} must be finite with low < high, got ({low:g}, {high:g})")
+    return (low, high)
 
 
 def _pair(value, what: str) -> tuple[int, int]:
@@ -210,6 +238,9 @@ class Graph:
     ``source`` says where the graph came from (a file path or a framework);
     ``notes`` records what an importer changed, e.g. a final softmax that was
     dropped (the client applies it) or a batch norm folded into a conv.
+    ``input_range`` is (low, high), the values the model was trained on
+    (e.g. (0, 1) for pixels divided by 255), where the file records it
+    (INPUT_RANGE_KEY); None when unknown.
     The graph is validated on construction; call ``validate()`` again after
     editing it.
     """
@@ -218,6 +249,7 @@ class Graph:
     layers: list
     source: str = ""
     notes: list = field(default_factory=list)
+    input_range: tuple | None = None
 
     def __post_init__(self) -> None:
         self.layers = list(self.layers)
@@ -236,6 +268,7 @@ class Graph:
             raise GraphError(f"input_shape must be a tuple of ints, got {self.input_shape!r}") from None
         if not self.input_shape or min(self.input_shape) < 1:
             raise GraphError(f"input_shape must be non-empty with positive sizes, got {self.input_shape}")
+        self.input_range = check_input_range(self.input_range)
         if not self.layers:
             raise GraphError("graph has no layers")
         seen = set()

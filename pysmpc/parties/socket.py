@@ -997,13 +997,15 @@ def _deadline_idle(deadline: float, what: str, check: Callable[[], None] | None 
 
 def connect_peer(address: tuple[str, int], me: int, peer: int, *, session: str, tls: TlsConfig | None = None,
                  timeout: float = 30.0, max_frame_bytes: int = DEFAULT_MAX_FRAME,
-                 check: Callable[[], None] | None = None, extra: dict | None = None):
+                 check: Callable[[], None] | None = None, extra: dict | None = None, answer: dict | None = None):
     """Connect to `peer` at `address`, retrying until it listens; exchange hellos. Returns the stream.
 
     `check()` is called while waiting and may raise (e.g. the peer's
     process died). `extra` adds fields to our hello (a client query says
-    what it asks for there). Raises PeerTimeout when `timeout` passes, ChannelError
-    when the peer is not who it should be or refuses us.
+    what it asks for there); `answer`, if given, receives the fields of the
+    peer's hello (a worker describes its model there). Raises PeerTimeout
+    when `timeout` passes, ChannelError when the peer is not who it should
+    be or refuses us.
     """
     host, port = address
     deadline = time.monotonic() + timeout
@@ -1040,6 +1042,8 @@ def connect_peer(address: tuple[str, int], me: int, peer: int, *, session: str, 
         if hello.get("party") != peer or hello.get("session") != session:
             raise ChannelError(f"{where} answered as party {hello.get('party')!r} of session "
                                f"{hello.get('session')!r}, expected party {peer} of session {session!r}")
+        if answer is not None:
+            answer.update(hello)
         return stream
     except OSError as exc:
         # A peer that drops us mid-handshake (e.g. it refused our TLS certificate)
@@ -1083,9 +1087,13 @@ def accept_peer(sock: socket.socket, me: int, *, tls: TlsConfig | None = None, t
         raise
 
 
-def reply_hello(stream, me: int, session: str, *, error: str | None = None, timeout: float = 10.0) -> None:
-    """Answer a peer's hello: accept it into `session`, or refuse it with `error` (then close)."""
-    fields = {"party": me, "session": session, "version": VERSION}
+def reply_hello(stream, me: int, session: str, *, error: str | None = None, timeout: float = 10.0,
+                info: dict | None = None) -> None:
+    """Answer a peer's hello: accept it into `session`, or refuse it with `error` (then close).
+
+    `info` adds fields to the answer (e.g. the model a worker serves).
+    """
+    fields = {**(info or {}), "party": me, "session": session, "version": VERSION}
     if error is not None:
         fields["error"] = error
     try:

@@ -19,6 +19,7 @@ from pysmpc.protocols import argmax as argmax_protocol
 from pysmpc.protocols import compare, conv2d, matmul, mul, pool, relu, select, truncate
 from pysmpc.graph.secure import load_plan, run_plan
 from pysmpc.protocols.open import open_arith, reveal_to
+from pysmpc.runtime.queries import ServedModels
 from pysmpc.sharing.shares import AShare
 
 __all__ = ["OPS", "run_op"]
@@ -206,9 +207,11 @@ def _plan_tensors(party: Party, plan: list) -> dict:
     return {tid: _get(party, tid) for tid in ids}
 
 
-def op_load_model(party: Party, model_key: str, plan: list) -> None:
+def op_load_model(party: Party, model_key: str, plan: list, description: dict | None = None) -> None:
     """Keep a model's plan and open its weight masks once (graph.secure.load_plan).
 
+    `description` (input and output shapes, input range, fractional bits)
+    is what this party tells clients about the model (queries.ServedModels).
     A worker first finishes loading its Numba kernels (runtime.worker): the
     first use of a kernel takes seconds, and within an inference its peers
     would wait that long for this party, close to their timeout.
@@ -217,6 +220,8 @@ def op_load_model(party: Party, model_key: str, plan: list) -> None:
     if kernels_ready is not None:
         kernels_ready.wait()
     load_plan(party, model_key, plan, _plan_tensors(party, plan))
+    if description is not None:
+        party.store.setdefault("served_models", ServedModels()).add(model_key, description)
 
 
 def op_infer(party: Party, out: int, model_key: str, x: int, frac_bits: int, truncate_output: bool = False) -> dict:
@@ -361,6 +366,8 @@ def _run_model(party: Party, model_key: str, x: AShare, frac_bits: int, truncate
 
 
 def op_unload_model(party: Party, model_key: str) -> None:
+    if "served_models" in party.store:
+        party.store["served_models"].remove(model_key)
     plan = party.store.pop(("plan", model_key), [])
     party.store.pop(("prepared", model_key), None)
     party.store.pop(("masked", model_key), None)

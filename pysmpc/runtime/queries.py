@@ -19,8 +19,8 @@ from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.party import CLIENT
 from pysmpc.parties.socket import FRAME_HEADER_ROOM
 
-__all__ = ["QueryInbox", "Query", "DEFAULT_MAX_AGE", "REVEAL_MODES", "allowed_reveals", "check_request",
-           "request_layout", "query_frame_limit"]
+__all__ = ["QueryInbox", "Query", "ServedModels", "DEFAULT_MAX_AGE", "REVEAL_MODES", "allowed_reveals",
+           "check_request", "request_layout", "query_frame_limit"]
 
 log = logging.getLogger("pysmpc.queries")
 
@@ -206,3 +206,44 @@ def query_frame_limit(request, max_frame_bytes: int) -> int:
     for s in shape:
         elements *= s
     return min(max_frame_bytes, 8 * elements + FRAME_HEADER_ROOM)
+
+
+class ServedModels:
+    """What a worker tells a client about the model it serves, before any query (thread-safe).
+
+    The model owner describes each model it loads (its input and output
+    shapes without the batch axis, its input range, its fractional bits);
+    the serving loop adds the reveal policy while it runs. A client's
+    "describe" hello is answered from here (runtime/worker.py), so a client
+    can check its shapes and scale its input before it sends anything.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._models: dict = {}
+        self._serving: tuple | None = None  # (model key, reveal policy)
+
+    def add(self, key, description: dict) -> None:
+        with self._lock:
+            self._models[key] = dict(description)
+
+    def remove(self, key) -> None:
+        with self._lock:
+            self._models.pop(key, None)
+            if self._serving is not None and self._serving[0] == key:
+                self._serving = None
+
+    def serving(self, key, reveal: str | None) -> None:
+        """Mark `key` as the model being served with policy `reveal` (None: serving ended)."""
+        with self._lock:
+            self._serving = None if reveal is None else (key, reveal)
+
+    def describe(self) -> dict | None:
+        """The served model's description with its reveal policy; else the only loaded model's; else None."""
+        with self._lock:
+            if self._serving is not None and self._serving[0] in self._models:
+                key, reveal = self._serving
+                return {**self._models[key], "reveal": reveal}
+            if len(self._models) == 1:
+                return {**next(iter(self._models.values())), "reveal": None}
+            return None

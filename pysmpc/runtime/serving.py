@@ -49,7 +49,7 @@ from pysmpc.runtime.ops import _run_model, _stock, op_prepare, reveal_output_tru
 from pysmpc.runtime.queries import allowed_reveals, request_layout
 from pysmpc.sharing.shares import AShare, concat_shares
 
-__all__ = ["serve"]
+__all__ = ["serve", "STOP_SERVING_TAG"]
 
 _log = logging.getLogger("pysmpc.serving")
 PARTIES = (P0, P1, DEALER)
@@ -57,6 +57,10 @@ PARTIES = (P0, P1, DEALER)
 _MAX_REASON = 500
 # Seconds past the input deadline after which a client still sending its share is hung up on.
 _HANG_UP_AFTER = 1.0
+# How often P0, waiting for queries, looks whether the caller asked it to stop.
+_STOP_POLL = 0.25
+# The control message a caller sends P0 to end serving (TcpCluster.stop_serving).
+STOP_SERVING_TAG = "ctl:stop-serving"
 
 
 @dataclass(frozen=True)
@@ -78,16 +82,23 @@ class _Batch:
     queries: list  # this party's Query for each, or None when it never reached this party
 
 
-def serve(party: Party, model_key: str, num_requests: int, frac_bits: int, input_shape: list,
+def serve(party: Party, model_key: str, num_requests: int | None, frac_bits: int, input_shape: list,
           max_batch: int = 16, max_rows: int = 256, idle_timeout: float | None = None,
           prepare_ahead: bool = True, query_timeout: float | None = None, reveal: str = "logits") -> dict:
-    """Serve client queries that arrive at the workers (TCP), `num_requests` of them (steps in the module docstring).
+    """Answer client queries that arrive at the workers (TCP): steps in the module docstring.
+
+    Serving ends once `num_requests` queries were answered (refused ones do
+    not count), when `idle_timeout` seconds pass with no query, or when the
+    caller sends P0 "ctl:stop-serving" (None: serve until then; P0 looks
+    for it whenever it waits for queries, and stops between batches).
 
     `reveal` is the most a client may learn: "logits" (logits or labels)
     or "argmax" (labels only; a logits query is refused with an error).
 
     P0 tells the caller how far it got before and after each batch (a
-    "ctl:progress" control message: served, failed, in flight). With
+    "ctl:progress" control message: served, failed, in flight, and after a
+    batch one record per query: its rows, reveal mode, online
+    milliseconds, or why it was refused), and logs each query. With
     prepare_ahead, the dealer's material for a batch of one is made before
     the first query and, after each batch, for the next batch of the same
     size and reveal mode (offline, while waiting for queries; op_prepare).
@@ -101,25 +112,47 @@ def serve(party: Party, model_key: str, num_requests: int, frac_bits: int, input
     worker takes no more queries.
 
     Query traffic is added to the party's stats under "query:<tag>".
-    Returns {"served": ok, "failed": bad}.
+    Returns {"served": answered, "failed": refused or not delivered,
+    "stopped": why serving ended}, as P0 counts them ("done", "idle",
+    "stop requested" or "caller gone"; P1 and P2 follow P0).
     """
     inbox = party.store.get("query_inbox")
     if inbox is None or not hasattr(party.channel, "send_control"):
         raise RuntimeError("this cluster takes no client queries: serving needs workers over TCP")
     limits = _Limits(int(frac_bits), tuple(int(s) for s in input_shape), int(max_rows), allowed_reveals(reveal))
     query_timeout = party.channel.timeout if query_timeout is None else float(query_timeout)
+    served_models = party.store.get("served_models")
+    if served_models is not None:
+        served_models.serving(model_key, reveal)
+    try:
+        return _serve_loop(party, model_key, inbox, num_requests, limits, max_batch, max_rows, idle_timeout,
+                           prepare_ahead, query_timeout)
+    finally:
+        if served_models is not None:
+            served_models.serving(model_key, None)
+
+
+def _serve_loop(party, model_key, inbox, num_requests, limits: _Limits, max_batch, max_rows, idle_timeout,
+                prepare_ahead, query_timeout) -> dict:
+    """serve()'s loop over batches."""
     served = failed = 0
+    stopped = "done"
     if prepare_ahead:
         _prepare(party, model_key, 1, limits, limits.allowed[0])
-    while served + failed < num_requests:
+    while True:
         batch = None
         try:
-            batch = _agree_on_batch(party, inbox, min(max_batch, num_requests - served - failed), max_rows,
-                                    idle_timeout, query_timeout)
+            # Only P0 counts answers (only it knows which reached their client):
+            # it announces an empty batch when done, and P1 and P2 follow it.
+            wanted = max_batch if num_requests is None else min(max_batch, num_requests - served)
+            batch, why = _agree_on_batch(party, inbox, wanted, max_rows, idle_timeout, query_timeout)
             if batch is None:
+                stopped = why
                 break
             _report_progress(party, served, failed, in_flight=len(batch.queries))
-            answered, rows = _serve_batch(party, model_key, batch, limits, query_timeout)
+            start = time.perf_counter()
+            outcomes, rows = _serve_batch(party, model_key, batch, limits, query_timeout)
+            online_ms = 1000 * (time.perf_counter() - start)
         except BaseException as exc:
             reason = f"party {party.index} stopped serving: {type(exc).__name__}: {exc}"
             for query in batch.queries if batch is not None else ():
@@ -132,14 +165,35 @@ def serve(party: Party, model_key: str, num_requests: int, frac_bits: int, input
                 if query is not None:
                     party.channel.absorb(query.channel, "query")
                     query.channel.close()
+        answered = sum(outcome is None for outcome in outcomes)
         served += answered
-        failed += len(batch.queries) - answered
-        _report_progress(party, served, failed, in_flight=0)
-        if prepare_ahead and rows and served + failed < num_requests:
+        failed += len(outcomes) - answered
+        records = _query_records(party, batch, outcomes, online_ms)
+        _report_progress(party, served, failed, in_flight=0, queries=records)
+        if prepare_ahead and rows:
             # Idle until the next query: make its material now (offline), for
-            # the batch size and reveal mode just seen, so it runs without waiting on P2.
+            # the batch size and reveal mode just seen, so it runs without waiting
+            # on P2. After every batch that ran, also the last: the three parties
+            # must make the same material, and only P0 knows which batch is last.
             _prepare(party, model_key, rows, limits, batch.reveal)
-    return {"served": served, "failed": failed}
+    return {"served": served, "failed": failed, "stopped": stopped}
+
+
+def _query_records(party, batch: _Batch, outcomes: list, online_ms: float) -> list[dict]:
+    """One record per query of a batch for the caller's log (P0; also logged here)."""
+    if party.index != P0:
+        return []
+    records = []
+    for query, layout, outcome in zip(batch.queries, batch.layouts, outcomes):
+        record = {"query": query.id[:8], "rows": layout["shape"][0], "reveal": layout["reveal"],
+                  "online_ms": round(online_ms, 1), "refused": outcome}
+        records.append(record)
+        if outcome is None:
+            _log.info("query %s: %d row(s), %s, %.1f ms online", record["query"], record["rows"], record["reveal"],
+                      online_ms)
+        else:
+            _log.info("query %s refused: %s", record["query"], outcome)
+    return records
 
 
 def _prepare(party, model_key, rows: int, limits: _Limits, reveal: str) -> None:
@@ -149,10 +203,10 @@ def _prepare(party, model_key, rows: int, limits: _Limits, reveal: str) -> None:
         op_prepare(party, model_key, list(shape), limits.frac_bits, truncate_output=truncate_output)
 
 
-def _report_progress(party, served: int, failed: int, in_flight: int) -> None:
-    """P0 tells the caller how far serving got, so it can count what a lost worker cut short."""
+def _report_progress(party, served: int, failed: int, in_flight: int, queries: list = ()) -> None:
+    """P0 tells the caller how far serving got, so it can count what a lost worker cut short, and log each query."""
     if party.index == P0:
-        progress = {"served": served, "failed": failed, "in_flight": in_flight}
+        progress = {"served": served, "failed": failed, "in_flight": in_flight, "queries": list(queries)}
         party.channel.send_control(CLIENT, "ctl:progress", json.dumps(progress).encode())
 
 
@@ -168,37 +222,71 @@ def _recv_from_party(party, frm: int, expected: str, timeout):
 
 
 # -- step 1 -----------------------------------------------------------------------------
-def _agree_on_batch(party, inbox, max_batch, max_rows, idle_timeout, query_timeout) -> _Batch | None:
-    """The same batch, in the same order and layout, on all three parties (None: stop serving)."""
+def _agree_on_batch(party, inbox, max_batch, max_rows, idle_timeout, query_timeout) -> tuple[_Batch | None, str]:
+    """The same batch, in the same order and layout, on all three parties; (None, why) to stop serving."""
     if party.index == P0:
-        queries = inbox.next_batch(max_batch, max_rows, timeout=idle_timeout)
+        queries, why = _wait_for_queries(party, inbox, max_batch, max_rows, idle_timeout) if max_batch else ([], "done")
         layouts = [request_layout(q.request) for q in queries]
         # next_batch batches queries of one key only, reveal mode included.
         reveal = layouts[0]["reveal"] if queries else None
         announcement = {"reveal": reveal, "queries": [[q.id, layout] for q, layout in zip(queries, layouts)]}
         for j in (P1, DEALER):
             party.channel.send_control(j, "serve:next", json.dumps(announcement).encode())
-        return _Batch(reveal, layouts, queries) if queries else None
+        return (_Batch(reveal, layouts, queries), "") if queries else (None, why)
     # Waiting for P0 has no time limit: serving may idle for hours. If P0
     # dies the connection drops; if it stalls, the caller's liveness check
     # (heartbeats) notices and ends the session.
     announcement = json.loads(bytes(_recv_from_party(party, P0, "serve:next", timeout=None)))
     entries = announcement["queries"]
     if not entries:
-        return None
+        return None, "P0 stopped"
     # One deadline for the batch: a client that reached P0 only costs one wait, not one per query.
     deadline = time.monotonic() + query_timeout
     queries = [inbox.take(query_id, timeout=max(0.0, deadline - time.monotonic())) for query_id, _ in entries]
-    return _Batch(announcement["reveal"], [layout for _, layout in entries], queries)
+    return _Batch(announcement["reveal"], [layout for _, layout in entries], queries), ""
+
+
+def _wait_for_queries(party, inbox, max_batch, max_rows, idle_timeout) -> tuple[list, str]:
+    """P0: the next batch from the inbox, or ([], why) when idle_timeout passes or the caller says stop.
+
+    The caller sends "ctl:stop-serving" on its connection to P0 (stop_serving,
+    Ctrl-C, SIGTERM), which nothing else reads while this op runs: look at
+    it every _STOP_POLL seconds while no query waits.
+    """
+    deadline = None if idle_timeout is None else time.monotonic() + idle_timeout
+    while True:
+        wait = _STOP_POLL if deadline is None else max(0.0, min(_STOP_POLL, deadline - time.monotonic()))
+        queries = inbox.next_batch(max_batch, max_rows, timeout=wait)
+        if queries:
+            return queries, ""
+        why = _caller_says_stop(party)
+        if why:
+            return [], why
+        if deadline is not None and time.monotonic() >= deadline:
+            return [], "idle"
+
+
+def _caller_says_stop(party) -> str:
+    """"stop requested" or "caller gone" if the caller asked P0 to stop serving or left; "" otherwise."""
+    try:
+        tag, _ = party.channel.recv_control(CLIENT, timeout=0.01)
+    except PeerTimeout:
+        return ""
+    except ChannelError:  # the caller is gone: nobody would read our result
+        return "caller gone"
+    if tag == STOP_SERVING_TAG:
+        return "stop requested"
+    _log.warning("%s: ignored a '%s' message from the caller while serving", party.name, tag)
+    return ""
 
 
 # -- step 2 -----------------------------------------------------------------------------
-def _serve_batch(party, model_key, batch: _Batch, limits: _Limits, query_timeout) -> tuple[int, int]:
-    """Steps 2-3 for one agreed batch; returns how many of its queries were answered, and the rows run.
+def _serve_batch(party, model_key, batch: _Batch, limits: _Limits, query_timeout) -> tuple[list, int]:
+    """Steps 2-3 for one agreed batch: each query's outcome (None: answered, else why not), and the rows run.
 
     The rows run are the same on every party (they follow the announced
-    layouts and the agreed refusals); the answered count may differ (a
-    client gone before its answer).
+    layouts and the agreed refusals); the outcomes may differ (a client
+    gone before its answer).
     """
     deadline = time.monotonic() + query_timeout
     shares, reasons = [], []
@@ -207,13 +295,20 @@ def _serve_batch(party, model_key, batch: _Batch, limits: _Limits, query_timeout
         shares.append(share)
         reasons.append(reason)
     refusals = _agree_on_refusals(party, reasons, query_timeout)
-    for query, refused in zip(batch.queries, refusals):
-        if refused and query is not None and party.index in (P0, P1):
-            query.fail(_refusal_message(refused))
-    good = [(query, share) for query, share, refused in zip(batch.queries, shares, refusals) if not refused]
+    outcomes: list = [None] * len(refusals)
+    for k, (query, refused) in enumerate(zip(batch.queries, refusals)):
+        if refused:
+            outcomes[k] = _refusal_message(refused)
+            if query is not None and party.index in (P0, P1):
+                query.fail(outcomes[k])
+    good = [k for k, refused in enumerate(refusals) if not refused]
     if not good:
-        return 0, 0
-    return _answer(party, model_key, batch.reveal, good, limits.frac_bits), sum(s.shape[0] for _, s in good)
+        return outcomes, 0
+    undelivered = _answer(party, model_key, batch.reveal, [(batch.queries[k], shares[k]) for k in good],
+                          limits.frac_bits)
+    for k, problem in zip(good, undelivered):
+        outcomes[k] = problem
+    return outcomes, sum(shares[k].shape[0] for k in good)
 
 
 def _check_query(party, query, layout: dict, batch_reveal: str, limits: _Limits, deadline: float):
@@ -311,7 +406,8 @@ def _agree_on_refusals(party, reasons: list, query_timeout: float) -> list[dict]
     refusals = [{} if r is None else {party.index: r} for r in reasons]
     for j in others:
         # A peer may still be taking the batch's queries and reading their input (query_timeout).
-        theirs = json.loads(bytes(_recv_from_party(party, j, "serve:ok", timeout=party.channel.timeout + query_timeout)))
+        wait = party.channel.timeout + query_timeout
+        theirs = json.loads(bytes(_recv_from_party(party, j, "serve:ok", timeout=wait)))
         if not isinstance(theirs, list) or len(theirs) != len(reasons):
             raise RuntimeError(f"{party.name}: party {j} sent {str(theirs)[:80]} as refusals for a batch of "
                                f"{len(reasons)}")
@@ -332,22 +428,23 @@ def _refusal_message(refused: dict) -> str:
 
 
 # -- step 3 -----------------------------------------------------------------------------
-def _answer(party, model_key, reveal: str, good: list, frac_bits: int) -> int:
-    """One run of the model for the batch; each client gets its rows. Returns how many got them."""
+def _answer(party, model_key, reveal: str, good: list, frac_bits: int) -> list:
+    """One run of the model for the batch; each client gets its rows. Returns, per query, None or why it got none."""
     x = concat_shares([share for _, share in good], axis=0)
     y, out_bits = _run_model(party, model_key, x, frac_bits, truncate_output=reveal_output_truncated(reveal))
     if reveal == "argmax":
         y, out_bits = argmax_protocol.argmax(party, y), 0
     if party.index == DEALER:
-        return len(good)
-    row, delivered = 0, 0
+        return [None] * len(good)
+    row, outcomes = 0, []
     scale = np.array([out_bits], dtype=np.uint64)
     for query, share in good:
         n = share.shape[0]
         try:
             query.channel.send(CLIENT, [np.ascontiguousarray(y.value[row : row + n]), scale], tag="output")
-            delivered += 1
+            outcomes.append(None)
         except ChannelError as exc:  # the client hung up: its loss, not the other clients'
             _log.warning("%s: could not send query %s its answer: %s", party.name, query.id, exc)
+            outcomes.append(f"the answer could not be delivered: {exc}")
         row += n
-    return delivered
+    return outcomes

@@ -26,8 +26,13 @@ without it the worker refuses to start unless --allow-cleartext forces it.
 A connection whose hello carries a `query` is a client query for the model
 being served (runtime/queries.py, op "serve"); one that comes before the
 session exists waits for it (a worker restarted by its cluster takes up
-the queries that reached it while it started). Anyone else is refused as
-busy during a session.
+the queries that reached it while it started). A client's hello with
+`describe` is answered with the model being served (its shapes, input
+range and reveal policy; none before the session and the model exist),
+then closed. Anyone else is refused as busy during a session.
+
+`--exit-with-parent PID` (TcpCluster passes its own pid) ends the worker
+as soon as the process that spawned it is gone, even killed without a word.
 
 `--fault SPEC` (fault tests only; parties/faults.py) delays or drops this
 worker's protocol frames.
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -66,7 +72,8 @@ from pysmpc.parties.socket import (
 from pysmpc.runtime import wire
 from pysmpc.runtime.cluster import DEFAULT_TIMEOUT
 from pysmpc.runtime.ops import run_op
-from pysmpc.runtime.queries import Query, QueryInbox, check_request, query_frame_limit
+from pysmpc.runtime.queries import Query, QueryInbox, ServedModels, check_request, query_frame_limit
+from pysmpc.runtime.serving import STOP_SERVING_TAG
 
 __all__ = ["main", "serve"]
 
@@ -96,6 +103,9 @@ def main(argv=None) -> int:
                         help="seconds to wait for the client (default: for ever)")
     parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME)
     parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # socket bound by TcpCluster
+    parser.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
+                        help="exit as soon as process PID, which started this worker, is gone (TcpCluster passes "
+                             "its own pid: a killed model owner leaves no worker behind)")
     parser.add_argument("--fault", action="append", default=[], help=argparse.SUPPRESS)  # fault tests only
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -107,6 +117,12 @@ def main(argv=None) -> int:
 
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format=f"%(asctime)s pysmpc-worker P{args.party} %(levelname)s %(message)s")
+    if args.exit_with_parent is not None:
+        _exit_with_parent(args.exit_with_parent)
+        # Ctrl-C at a terminal reaches the whole process group: the owner
+        # stops serving and then its workers, which must not die under it first.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         hosts = parse_hosts(args.hosts)
         tls = TlsConfig(args.tls_dir, args.party) if args.tls_dir else None
@@ -133,9 +149,45 @@ def main(argv=None) -> int:
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:
+        log.info("stopped by a signal; exiting")
         return 130
     finally:
         listener.close()
+
+
+def _terminate(signum, frame):
+    """SIGTERM ends the worker as Ctrl-C does: its connections close and its peers see it leave."""
+    raise KeyboardInterrupt
+
+
+# How often a spawned worker looks whether the process that started it is still there.
+_PARENT_POLL = 0.5
+
+
+def _exit_with_parent(pid: int) -> None:
+    """Exit this process as soon as `pid` is no longer its parent (it died, even by SIGKILL, and left no goodbye).
+
+    A worker waiting for a session, or serving, may not notice its
+    owner's connection close for a while (or ever, before the owner
+    connected); an orphan is re-parented, which is checked here every
+    _PARENT_POLL seconds. Portable where prctl(PR_SET_PDEATHSIG) is not,
+    and unlike it not tied to the thread that spawned the worker.
+    """
+    def gone():
+        # Each log record is flushed as it is written; logging.shutdown() could
+        # wait on a handler lock another thread holds.
+        log.error("the process that started this worker (pid %s) is gone; exiting", pid)
+        os._exit(4)
+
+    if os.getppid() != pid:
+        gone()
+
+    def watch():
+        while os.getppid() == pid:
+            time.sleep(_PARENT_POLL)
+        gone()
+
+    threading.Thread(target=watch, daemon=True, name="pysmpc-parent-watch").start()
 
 
 def _address(sock: socket.socket) -> str:
@@ -163,16 +215,19 @@ def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None =
         log.warning("fault injected: %s", spec)
     stop = threading.Event()
     inbox = QueryInbox()
+    served_models = ServedModels()
     for hello, stream in session.early_queries:
         _queue_query(index, hello["session"], hello["query"], stream, inbox, timeout, max_frame_bytes)
     threading.Thread(target=_accept_extra,
-                     args=(index, listener, tls, channel.session, stop, inbox, timeout, max_frame_bytes),
+                     args=(index, listener, tls, channel.session, stop, inbox, served_models, timeout,
+                           max_frame_bytes),
                      daemon=True, name="pysmpc-accept").start()
     heartbeat = _Heartbeat(channel, session.heartbeat)
     try:
         try:
             party = Party(index, channel, exchange_seeds(index, channel))
             party.store["query_inbox"] = inbox
+            party.store["served_models"] = served_models
             party.store["kernels_ready"] = kernels_ready
         except ChannelError as exc:
             channel.send_control(CLIENT, "ctl:error", f"party {index}: seed exchange failed: {exc}".encode())
@@ -267,6 +322,9 @@ def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes
             except (ChannelError, OSError) as exc:
                 log.warning("refused a connection from %s:%s: %s", addr[0], addr[1], exc)
                 continue
+            if peer == CLIENT and hello.get("describe"):
+                _describe(index, hello["session"], stream, None)  # no session: no model yet
+                continue
             if "query" in hello:
                 if peer == CLIENT and len(early) < _MAX_EARLY_QUERIES:
                     early.append((hello, stream))
@@ -342,9 +400,9 @@ def _refuse_all(index: int, queries: list, reason: str) -> None:
             stream.close()
 
 
-def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: QueryInbox, timeout: float,
-                  max_frame_bytes: int) -> None:
-    """During a session: queue client queries for the serving loop; refuse anyone else (busy)."""
+def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: QueryInbox,
+                  served_models: ServedModels, timeout: float, max_frame_bytes: int) -> None:
+    """During a session: queue client queries for the serving loop, describe the model; refuse anyone else (busy)."""
     while not stop.is_set():
         try:
             sock, addr = listener.accept()
@@ -363,11 +421,23 @@ def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: Q
             if peer == CLIENT and isinstance(request, dict):
                 _queue_query(index, hello["session"], request, stream, inbox, timeout, max_frame_bytes)
                 return
+            if peer == CLIENT and hello.get("describe"):
+                _describe(index, hello["session"], stream, served_models.describe())
+                return
             reply_hello(stream, index, hello["session"], error=f"P{index} is busy with session {session}")
             log.warning("refused %s from %s:%s: busy", "the client" if peer == CLIENT else f"P{peer}",
                         addr[0], addr[1])
 
         threading.Thread(target=refuse, daemon=True).start()
+
+
+def _describe(index, session, stream, description: dict | None) -> None:
+    """Answer a client's "describe" hello with the served model (None: none yet), then hang up."""
+    try:
+        reply_hello(stream, index, str(session)[:64], info={"model": description})
+    except (ChannelError, OSError):
+        pass
+    stream.close()
 
 
 def _queue_query(index, query_id, request, stream, inbox: QueryInbox, timeout, max_frame_bytes) -> None:
@@ -410,6 +480,8 @@ def _loop(party: Party, channel: SocketChannel, heartbeat: _Heartbeat) -> int:
         if tag == "ctl:shutdown":
             log.info("client said goodbye; exiting")
             return 0
+        if tag == STOP_SERVING_TAG:  # meant for a serving loop that ended before it came
+            continue
         name = "?"
         try:
             if tag != "ctl:call":
@@ -435,4 +507,11 @@ def _loop(party: Party, channel: SocketChannel, heartbeat: _Heartbeat) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Skip the interpreter's teardown: freeing a served model's arrays and
+    # the JIT-compiled kernels takes seconds on a busy machine, during which
+    # the worker looks alive to whoever waits for it to go.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -19,34 +19,34 @@ MAX_PIXELS = 1 << 20
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Return an image as float64 (H, W, 1) in [0, 1] (MNIST style: 0 is background).
+    """Return an image as stored, (H, W, C): uint8 pixels 0-255 from a PNG or a uint8 .npy, else as the .npy holds it.
 
-    .npy: used as is if float or bool (values must already be in [0, 1]),
-    divided by 255 if uint8; (H, W) gains a channel axis. .png: 8-bit
-    greyscale, RGB or with alpha, not interlaced; colour is averaged to grey.
-    At most MAX_PIXELS pixels.
+    No scaling here: the query path (Client.query_model, serve/inputs.py)
+    fits every input to the served model's input range the same way, so a
+    file and an array give the same answer (a uint8 image is divided by
+    255 for a model trained on [0, 1], with a note). .npy: real or bool
+    dtypes; (H, W) gains a channel axis. .png: 8-bit greyscale, RGB or
+    with alpha, not interlaced; colour is averaged to grey (rounded to
+    uint8). At most MAX_PIXELS pixels.
 
     Raises:
         ValueError: not a readable .npy or PNG file, the wrong dtype, shape
-            or size, or values that are not finite or outside [0, 1]; the
-            message names the file and the problem.
+            or size, or values that are not finite; the message names the
+            file and the problem.
     """
     path = os.fspath(path)
     if path.endswith(".npy"):
         image = _read_npy(path)
     elif path.lower().endswith(".png"):
-        image = _read_png(path) / 255.0
+        image = _read_png(path)
     else:
         raise ValueError(f"{path}: query images must be .png or .npy files")
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or min(image.shape) < 1:
         raise ValueError(f"{path}: expected an (H, W) or (H, W, C) image, got shape {image.shape}")
-    if not np.all(np.isfinite(image)):
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
         raise ValueError(f"{path}: the image contains NaN or infinite values")
-    if image.min() < 0 or image.max() > 1:
-        raise ValueError(f"{path}: pixel values must lie in [0, 1] (uint8 images are divided by 255), "
-                         f"got [{image.min():g}, {image.max():g}]")
     return image
 
 
@@ -78,8 +78,7 @@ def _read_npy(path: str) -> np.ndarray:
     if len(data) != count * dtype.itemsize:
         raise ValueError(f"{path}: not a valid .npy file: {len(data)} bytes of data, the header says "
                          f"{count * dtype.itemsize}")
-    image = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
-    return image.astype(np.float64) / (255.0 if dtype == np.uint8 else 1.0)
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C").copy()
 
 
 def _read_png(path: str) -> np.ndarray:
@@ -128,7 +127,7 @@ def _read_png(path: str) -> np.ndarray:
     image = pixels.reshape(height, width, channels).astype(np.float64)
     if channels in (2, 4):  # drop alpha
         image = image[..., :-1]
-    return image.mean(axis=2)
+    return np.rint(image.mean(axis=2)).astype(np.uint8)
 
 
 def _unfilter_row(kind: int, row: np.ndarray, out: np.ndarray, y: int, bpp: int) -> None:

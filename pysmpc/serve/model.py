@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
-
+import logging
 import time
 
 import numpy as np
 
 from pysmpc.graph import Graph, conv_padding, run_fixed_point, run_float
+from pysmpc.graph.graph import check_input_range
 from pysmpc.graph.secure import input_maskable, plan_cost
 from pysmpc.parties.dealer import INPUT_MASK_TAG
 from pysmpc.parties.party import DEALER
@@ -17,10 +18,12 @@ from pysmpc.runtime.ops import reveal_output_truncated
 from pysmpc.runtime.queries import REVEAL_MODES
 from pysmpc.sharing.fixedpoint import FixedPoint
 from pysmpc.serve._coerce import whole_number
+from pysmpc.serve.inputs import to_model_input
 
 __all__ = ["Model", "SharedModel", "make_plan"]
 
 _model_ids = itertools.count()
+_log = logging.getLogger("pysmpc.model")
 
 
 class Model:
@@ -29,15 +32,27 @@ class Model:
     `predict(x)` is the float reference; `share(cluster)` sends the weights
     to the cluster as shares only and returns a `SharedModel` whose
     `predict` is private.
+
+    `input_range` (low, high) is what the model was trained on, e.g. (0, 1)
+    for pixels divided by 255: given here once, or read from the model file
+    where it records it (Graph.input_range). Clients are told it, so a
+    query outside it is converted with a note (uint8 pixels) or refused
+    (serve/inputs.py); None (unknown) leaves float queries unchecked.
     """
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, input_range=None):
         self.graph = graph
+        if input_range is not None:
+            graph.input_range = check_input_range(input_range)
         self._shared: SharedModel | None = None
 
     @property
     def input_shape(self) -> tuple:
         return self.graph.input_shape
+
+    @property
+    def input_range(self) -> tuple | None:
+        return self.graph.input_range
 
     @property
     def output_shape(self) -> tuple:
@@ -83,8 +98,13 @@ class Model:
         """Answer client queries with the shared model; see SharedModel.serve."""
         return self.shared.serve(num_requests, **kwargs)
 
+    def stop_serving(self) -> None:
+        """End a serve() running in another thread; see SharedModel.stop_serving."""
+        if self._shared is not None:
+            self._shared.stop_serving()
+
     def stop_sharing(self) -> None:
-        """Drop the model's shares from the cluster."""
+        """Drop the model's shares from the cluster (a serve() in another thread is stopped first)."""
         if self._shared is not None:
             self._shared.stop()
             self._shared = None
@@ -131,9 +151,16 @@ class SharedModel:
         self._stopped = False
         self._run_ids = itertools.count()
         self._input_masks: dict[tuple, list] = {}  # (batch size, reveal) -> [(prepared run id, input mask A)]
+        self._noted = False  # whether an input conversion was announced
         self._load()
         if hasattr(cluster, "on_restart"):
             cluster.on_restart(self._load)
+
+    def describe(self) -> dict:
+        """What the workers tell clients about this model (queries.ServedModels): shapes, input range, format."""
+        return {"input_shape": list(self.graph.input_shape), "output_shape": list(self.graph.output_shape()),
+                "input_range": None if self.graph.input_range is None else list(self.graph.input_range),
+                "frac_bits": self.frac_bits}
 
     def _load(self) -> None:
         """Share each weight (fresh shares) and have the parties load the plan."""
@@ -146,7 +173,7 @@ class SharedModel:
             return tensor.tid
 
         self.plan = make_plan(self.graph, share_weight)
-        self.cluster.call("load_model", self.key, self.plan)
+        self.cluster.call("load_model", self.key, self.plan, description=self.describe())
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs' logits, as Model.cost."""
@@ -154,7 +181,11 @@ class SharedModel:
                          input_open=prepared and input_maskable(self.plan))
 
     def _check_input(self, x) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
+        x, note = to_model_input(x, self.graph.input_range, what="input")
+        if note is not None:
+            # Said once per shared model: a loop of predictions would repeat it.
+            (_log.debug if self._noted else _log.warning)("%s", note)
+            self._noted = True
         expected = tuple(self.graph.input_shape)
         if x.shape == expected:
             x = x[None]
@@ -228,10 +259,12 @@ class SharedModel:
         return fmt.decode(y_ring)
 
     def serve(self, num_requests: int | None = None, **kwargs) -> int:
-        """Answer num_requests client queries (a whole number: 3 or 3.0, as R passes 3).
+        """Answer num_requests client queries (a whole number: 3 or 3.0, as R passes 3); return how many.
 
-        Keyword arguments go to the cluster's serve_model (TcpCluster):
-        e.g. reveal="argmax" restricts clients to labels.
+        None serves until stop_serving() (from another thread), Ctrl-C or
+        SIGTERM. Refused queries do not count. Keyword arguments go to the
+        cluster's serve_model (TcpCluster.serve_model): e.g.
+        reveal="argmax" restricts clients to labels.
         """
         serve = getattr(self.cluster, "serve_model", None)
         if serve is None:
@@ -240,10 +273,29 @@ class SharedModel:
             num_requests = whole_number(num_requests, "num_requests")
         return serve(self, num_requests, **kwargs)
 
+    def stop_serving(self, wait: float | None = None) -> None:
+        """End a serve() running in another thread once the batch in hand is answered.
+
+        With `wait`, block up to that many seconds until it has returned.
+        Does nothing when no serve() runs.
+        """
+        stop = getattr(self.cluster, "stop_serving", None)
+        if stop is None or not self.cluster.serving:
+            return
+        stop()
+        deadline = time.monotonic() + (wait or 0.0)
+        while self.cluster.serving and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def stop(self) -> None:
-        """Drop the model's shares from the parties (idempotent; nothing to do once the cluster is gone)."""
+        """Drop the model's shares from the parties (idempotent; nothing to do once the cluster is gone).
+
+        A serve() running in another thread is stopped first.
+        """
         if self._stopped:
             return
+        if getattr(self.cluster, "serving", False):
+            self.stop_serving(wait=self.cluster.timeout + 5)
         self._stopped = True
         if hasattr(self.cluster, "forget_restart"):
             self.cluster.forget_restart(self._load)
