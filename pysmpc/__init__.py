@@ -20,6 +20,9 @@ __version__ = "0.1.0"
 def load_model(path, input_range=None) -> Model:
     """Load a Keras (.hdf5, .h5, .keras) or ONNX (.onnx) model file for private serving.
 
+    The Model takes inputs in the file's own layout: NHWC for Keras, NCHW
+    for ONNX image models (``Model.input_layout``).
+
     input_range: (low, high), the values the model was trained on, e.g.
     (0, 1) for pixels divided by 255. The file's own record (the HDF5
     attribute or ONNX metadata entry "pysmpc_input_range") is used when
@@ -39,11 +42,23 @@ def from_keras(keras_model, input_range=None) -> Model:
     return Model(_from_keras(keras_model), input_range=input_range)
 
 
-def from_torch(module, example_input, input_range=None) -> Model:
-    """Wrap a live PyTorch module (exported to ONNX in memory, then imported); input_range as load_model."""
+def from_torch(module, example_input, input_range=None, **export_kwargs) -> Model:
+    """Wrap a live PyTorch module: export it to ONNX, then import it.
+
+    Args:
+        module: a ``torch.nn.Module`` (exported in eval mode; its mode is restored).
+        example_input: one input batch as the module takes it, e.g.
+            ``torch.zeros(1, 1, 28, 28)`` (NCHW).
+        export_kwargs: passed to ``torch.onnx.export``, e.g.
+            ``opset_version=18`` or ``dynamo=False`` (torch's TorchScript exporter).
+
+    The Model takes NCHW inputs like the module (``Model.input_layout``);
+    input_range as load_model. Needs ``pip install 'pysmpc[torch]'``
+    (torch, onnx, onnxscript).
+    """
     from pysmpc.models import from_torch as _from_torch
 
-    return Model(_from_torch(module, example_input), input_range=input_range)
+    return Model(_from_torch(module, example_input, **export_kwargs), input_range=input_range)
 
 
 __all__ = [

@@ -169,15 +169,23 @@ def _fl_demo(args) -> int:
                           dp_lr=args.dp_lr,
                           train_subset=args.train_subset, test_subset=args.test_subset, dropout=args.dropout,
                           seed=args.seed, progress=args.progress)
-    train, test = load_mnist(args.data), load_mnist(args.data, "test")
-    if args.tcp:
-        from pysmpc.runtime.tcp import TcpCluster
+    from pysmpc.fl.data import find_mnist
 
-        cluster, where = TcpCluster(spawn=True), "three worker processes over TCP"
-    else:
+    cfg.data_dir = str(find_mnist(args.data))
+    test = load_mnist(cfg.data_dir, "test")
+    if args.in_process:
         from pysmpc import LocalCluster
 
-        cluster, where = LocalCluster(), "three in-process parties"
+        train = load_mnist(cfg.data_dir)
+        cluster, where = LocalCluster(), "three in-process parties (owners are objects of this process)"
+    else:
+        from pysmpc.runtime.tcp import TcpCluster
+
+        train = None  # each owner process loads its own part; this process never holds training data
+        cfg.owner_processes, cfg.tls_dir = True, args.tls_dir
+        cluster = TcpCluster(spawn=True, hosts=args.hosts.split(","), tls_dir=args.tls_dir)
+        where = (f"three worker processes over TCP{' with TLS' if args.tls_dir else ''}; each owner in its own "
+                 "process shares its update straight to P0 and P1")
     mode = f"DP-SGD, epsilon <= {cfg.epsilon} at delta {cfg.delta}" if cfg.epsilon is not None else "FedAvg, no DP"
     print(f"Federated training of the seed CNN on MNIST ({mode}); updates summed by {where}.", flush=True)
     try:
@@ -190,6 +198,23 @@ def _fl_demo(args) -> int:
     print(f"accuracy: {result.accuracy:.4f}")
     if result.epsilon is not None:
         print(f"epsilon: {result.epsilon:.3f}")
+    return 0
+
+
+def _fl_owner(args) -> int:
+    from pysmpc.fl import Owner
+
+    with np.load(args.update) as data:
+        arrays = [data[k] for k in data.files]
+    require_dp = {"noise_multiplier": args.min_noise_multiplier} if args.min_noise_multiplier else None
+    owner = Owner(args.hosts, args.name, tls_dir=args.tls_dir, min_owners=args.min_owners, require_dp=require_dp,
+                  allow_cleartext=args.allow_cleartext, timeout=args.timeout)
+    receipt = owner.submit(args.round, arrays)
+    dp = receipt.rules.get("dp")
+    print(f"owner {args.name}: submitted {len(arrays)} arrays to round {args.round}: "
+          f"{receipt.bytes_sent[0]} bytes of shares to P0 and {receipt.bytes_sent[1]} to P1; the round reveals sums of "
+          f"at least {receipt.rules['min_owners']} owners"
+          + (f", with DP noise multiplier {dp['noise_multiplier']:g} (clip {dp['clip_norm']:g})" if dp else ""))
     return 0
 
 
@@ -246,8 +271,9 @@ def _certs(args) -> int:
                      for i, e in enumerate(entries)) or "HOST0:PORT,HOST1:PORT,HOST2:PORT"
     if entries:
         parse_hosts(hosts)  # a bad port is an error, before anything is written
+    owners = [o.strip() for o in (args.owners or "").split(",") if o.strip()]
     directory = make_cluster_certs(args.directory, hosts=[*extra, *LOOPBACK_NAMES], party_hosts=party_hosts,
-                                   days=args.days, overwrite=args.force)
+                                   days=args.days, overwrite=args.force, owners=owners)
     where = {i: f" at {party_hosts[i][0]}" if i in party_hosts else "" for i in (P0, P1, DEALER)}
     roles = [(P0, f"P0{where[P0]}"), (P1, f"P1{where[P1]}"), (DEALER, f"P2 (the dealer){where[DEALER]}"),
              (CLIENT, "the model owner (pysmpc serve) and every client (pysmpc query)")]
@@ -256,6 +282,9 @@ def _certs(args) -> int:
     print("\nCopy to each machine's TLS directory (its --tls-dir), over a channel you trust:")
     for index, role in roles:
         print(f"  {role}:\n      {' '.join(str(directory / f) for f in endpoint_files(index))}")
+    for name in owners:
+        print(f"  data owner {name} (pysmpc fl-owner --name {name}):\n      {directory / 'ca.pem'} "
+              f"{directory / f'owner-{name}.pem'} {directory / f'owner-{name}.key'}")
     print(f"Keep {directory / 'ca.key'} off the workers (offline if you can): whoever has it can issue any "
           "party's certificate. Each .key (mode 0600) goes to its own machine only.")
     print("\nThen start each worker N (0, 1, 2) on its machine, serve, and query:")
@@ -360,7 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--epsilon", type=float, help="train with DP-SGD to this epsilon (needs pysmpc[dp])")
     fl.add_argument("--delta", type=float, default=1e-5)
     fl.add_argument("--data", help="directory of the MNIST IDX files (default: $PYSMPC_MNIST_DIR, ./mnist, ...)")
-    fl.add_argument("--tcp", action="store_true", help="aggregate with three worker processes over TCP")
+    fl.add_argument("--in-process", action="store_true",
+                    help="run the workers as threads and the owners as objects of this process (tests); by "
+                         "default the workers are three processes over TCP and each owner is a process of its own")
+    fl.add_argument("--hosts", default="localhost:4000,localhost:4001,localhost:4002",
+                    help="host:port of P0,P1,P2 for the workers this command starts")
+    fl.add_argument("--tls-dir", help="certificates from `pysmpc certs DIR --owners owner-0,owner-1,...`: the "
+                                     "workers, the aggregator (client) and each owner (owner-K) use TLS")
     fl.add_argument("--local-epochs", type=float, default=1.0, help="FedAvg: local epochs per round")
     fl.add_argument("--clip", type=float, default=1.0, help="DP: per-example clipping norm C")
     fl.add_argument("--lot-size", type=int, default=2000, help="DP: expected examples per step over all owners")
@@ -371,6 +406,22 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--seed", type=int, default=0, help="data split and initialisation (DP noise is never seeded)")
     fl.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     fl.set_defaults(fn=_fl_demo)
+
+    owner = sub.add_parser("fl-owner", help="a data owner: share an update (.npz) straight to P0 and P1 for a round")
+    owner.add_argument("update", help=".npz file of the update's arrays, in the round's order (numpy.savez)")
+    owner.add_argument("--round", required=True, help="the round id the aggregator opened")
+    owner.add_argument("--name", required=True, help="this owner's name (with TLS: its certificate owner-NAME.pem)")
+    owner.add_argument("--hosts", default="localhost:4000,localhost:4001,localhost:4002",
+                       help="host:port of P0,P1,P2 (the update goes to P0 and P1 only)")
+    owner.add_argument("--tls-dir", help="ca.pem and this owner's owner-NAME.pem/.key (pysmpc certs --owners NAME)")
+    owner.add_argument("--allow-cleartext", action="store_true",
+                       help="no TLS although some hosts are not loopback (the shares cross the network in the clear)")
+    owner.add_argument("--min-owners", type=int, default=2,
+                       help="refuse a round that would reveal sums of fewer owners than this")
+    owner.add_argument("--min-noise-multiplier", type=float,
+                       help="refuse a round without DP noise of at least this multiplier")
+    owner.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a worker")
+    owner.set_defaults(fn=_fl_owner)
 
     bench = sub.add_parser("bench", help="latency, throughput, traffic and rounds of private inference")
     bench.add_argument("--model", help="a model file instead of the shipped CNN")
@@ -387,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("directory", help="where to write them (becomes the --tls-dir of the other commands)")
     certs.add_argument("--hosts", help="host[:port] of P0,P1,P2: each goes into that party's certificate "
                                        "(subject alternative name); the same --hosts as worker and serve")
+    certs.add_argument("--owners", metavar="NAMES",
+                       help="comma-separated data owners to certify too (owner-NAME.pem/.key, common name owner:NAME)")
     certs.add_argument("--san", action="append", metavar="NAME",
                        help="another host name or IP for every certificate (repeatable)")
     certs.add_argument("--days", type=int, default=825, help="validity in days (default 825)")

@@ -97,7 +97,7 @@ def test_fl_demo_with_epsilon_prints_it_last(mnist, capsys):
     pytest.importorskip("dp_accounting")
     from pysmpc.cli import main
 
-    code = main(["fl-demo", "--owners", "3", "--rounds", "1", "--epsilon", "2", "--delta", "1e-5", "--data", str(MNIST),
+    code = main(["fl-demo", "--in-process", "--owners", "3", "--rounds", "1", "--epsilon", "2", "--delta", "1e-5", "--data", str(MNIST),
                  "--train-subset", "1500", "--test-subset", "500", "--lot-size", "300", "--no-progress"])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0

@@ -55,28 +55,33 @@ class _Client(flwr.client.NumPyClient):
 
 
 def test_flower_round_trip_through_the_cluster():
+    """Three Flower clients share their updates straight to the cluster; the Flower server gets no parameters."""
     from flwr.common import parameters_to_ndarrays
     from flwr.compat.client.app import start_client
     from flwr.server import ServerConfig, start_server
 
     from pysmpc import LocalCluster
-    from pysmpc.fl.flower import SecureAggFedAvg
+    from pysmpc.fl import Owner
+    from pysmpc.fl.flower import SecureAggClient, SecureAggFedAvg
 
     address = f"127.0.0.1:{_free_port()}"
-    rounds = []
+    rounds, seen_by_server = [], []
     with LocalCluster() as cluster:
 
         class Recording(SecureAggFedAvg):
             def aggregate_fit(self, server_round, results, failures):
+                # What reached the Flower server from each client: no parameters at all.
+                seen_by_server.extend(parameters_to_ndarrays(r.parameters) for _, r in results)
                 params, metrics = super().aggregate_fit(server_round, results, failures)
-                rounds.append((parameters_to_ndarrays(params), metrics, self.last_report))
+                rounds.append((parameters_to_ndarrays(params), metrics, self.last_result))
                 return params, metrics
 
         strategy = Recording(cluster, min_fit_clients=3, min_available_clients=3, fraction_evaluate=0.0,
                              min_evaluate_clients=0)
         def client(k):
             _wait_for(address)  # a client that finds no server gives up, and the server would wait forever
-            start_client(server_address=address, client=_Client(k).to_client(), insecure=True)
+            secure = SecureAggClient(_Client(k), Owner(cluster, f"client-{k}"))
+            start_client(server_address=address, client=secure.to_client(), insecure=True)
 
         clients = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(3)]
         for c in clients:
@@ -90,11 +95,12 @@ def test_flower_round_trip_through_the_cluster():
             c.join(timeout=30)
     assert history is not None
     assert len(rounds) == 2
+    assert len(seen_by_server) == 6 and all(len(p) == 0 for p in seen_by_server), "the server saw parameters"
     # Weighted mean of offsets 1, 2, 3 with weights 10, 20, 30: (10 + 40 + 90) / 60 = 7/3 per round.
     step = (10 * 1 + 20 * 2 + 30 * 3) / 60
-    for r, (params, metrics, report) in enumerate(rounds, start=1):
-        np.testing.assert_allclose(params[0], np.full((2, 3), r * step), atol=1e-4)
-        np.testing.assert_allclose(params[1], np.full(3, r * step), atol=1e-4)
-        assert report.counted == [0, 1, 2]
+    for r, (params, metrics, result) in enumerate(rounds, start=1):
+        np.testing.assert_allclose(params[0], np.full((2, 3), r * step), atol=1e-3)
+        np.testing.assert_allclose(params[1], np.full(3, r * step), atol=1e-3)
+        assert result.counted == ["client-0", "client-1", "client-2"]
         assert metrics["secure_aggregation_owners"] == 3
-        assert metrics["secure_aggregation_bytes_per_owner"] == 16 * 9
+        assert metrics["secure_aggregation_bytes_per_owner"] == 16 * 10  # 9 weights and the example weight

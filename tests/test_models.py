@@ -254,6 +254,28 @@ def test_from_torch_live():
     np.testing.assert_allclose(run_float(graph, x), want, atol=1e-4)
 
 
+def test_from_torch_model_takes_nchw_and_export_options():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import pysmpc as sy
+
+    torch.manual_seed(1)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 10 * 10, 4))
+    x = np.random.default_rng(4).random((3, 2, 12, 12)).astype(np.float32)  # NCHW, as the module takes it
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).double().numpy()
+    # dynamo=False: torch's TorchScript exporter, which names nodes '/0/Conv' (the default one: 'node_conv2d')
+    model = sy.from_torch(net, x[:1], dynamo=False, opset_version=17)
+    assert model.input_layout == "NCHW" and model.input_shape == (2, 12, 12)
+    assert model.graph.layers[0].name == "/0/Conv", model.summary()
+    np.testing.assert_allclose(model.predict(x), want, atol=1e-4)
+    with pytest.raises(TypeError, match="sets f of torch.onnx.export itself"):
+        sy.from_torch(net, x[:1], f="elsewhere.onnx")
+    with pytest.raises(TypeError, match="takes a torch.nn.Module, got function"):
+        sy.from_torch(lambda t: t, x[:1])
+
+
 def test_a_recorded_input_range_is_read_from_hdf5_and_onnx(tmp_path):
     assert load_graph(shipped_model_path()).input_range == (0.0, 1.0)  # trained on pixels / 255
     assert load(KERAS_FILES[1]).input_range is None  # not recorded: unknown

@@ -54,3 +54,18 @@ def test_fixed_point_product_after_truncation(values):
     floor = np.array([e >> FP.frac_bits for e in exact])
     error = signed(z) - floor
     assert np.all((error == 0) | (error == 1)), (x, y, signed(z), floor)
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (70,), (3, 5)])
+def test_square_is_exact_in_the_ring_and_costs_half_a_mul(shape):
+    from pysmpc.protocols.mul import square
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 2**64, size=shape, dtype=np.uint64)
+    if x.size >= len(EDGE):
+        x.reshape(-1)[: len(EDGE)] = EDGE
+    z, parties = run_shared(lambda p, a: square(p, a), x)
+    np.testing.assert_array_equal(z, x * x, err_msg=f"shape {shape}")
+    assert_cost(parties, mul_protocol.cost_square(shape), f"square {shape}")
+    n = int(np.prod(shape))
+    assert mul_protocol.cost_square(shape).bytes_sent * 2 == mul_protocol.cost(shape, shape).bytes_sent or n == 0

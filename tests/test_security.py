@@ -118,3 +118,93 @@ def test_served_model_views_are_uniform(prepared):
         assert _chi_square_top_byte(words) < CHI2_LIMIT, f"P{i}: received words are not uniform"
     p2_online = [(tag, frm) for frm, tag, _ in recorders[2].messages]
     assert p2_online == [], "P2 received something during the query"
+
+
+# -- nonlinearities -------------------------------------------------------------------------
+def _nonlinearities():
+    from pysmpc.protocols.clip import relu6
+    from pysmpc.protocols.exp import exp, exp_nonpositive
+    from pysmpc.protocols.reciprocal import reciprocal
+    from pysmpc.protocols.sigmoid import sigmoid
+    from pysmpc.protocols.softmax import softmax
+    from pysmpc.protocols.tanh import tanh
+
+    # name: (program, input shape, random inputs' (low, high))
+    return {
+        "exp": (lambda p, a: exp(p, a), (256,), (-15, 12)),
+        "exp_nonpositive": (lambda p, a: exp_nonpositive(p, a), (256,), (-15, 0)),
+        "reciprocal": (lambda p, a: reciprocal(p, a), (64,), (0.01, 1000)),
+        "sigmoid": (lambda p, a: sigmoid(p, a), (128,), (-15, 15)),
+        "tanh": (lambda p, a: tanh(p, a), (128,), (-8, 8)),
+        "softmax": (lambda p, a: softmax(p, a), (16, 10), (-10, 10)),
+        "relu6": (lambda p, a: relu6(p, a), (1024,), (-10, 10)),
+    }
+
+
+def _secret_words(*plain_rings) -> np.ndarray:
+    """Each ring value, its negation and its shifts by 1..30 bits: the scales the protocols work at."""
+    words = []
+    for ring in plain_rings:
+        ring = np.asarray(ring, np.uint64).reshape(-1)
+        for shift in range(31):
+            shifted = ring << np.uint64(shift)
+            words += [shifted, np.negative(shifted)]
+    return np.unique(np.concatenate(words))
+
+
+@pytest.mark.parametrize("kind", ["random", "zeros", "constant"])
+@pytest.mark.parametrize("name", list(_nonlinearities()))
+def test_nonlinearity_views_are_uniform_and_contain_no_plaintext(name, kind):
+    program, shape, (low, high) = _nonlinearities()[name]
+    if kind == "random":
+        plain = np.random.default_rng(31).uniform(low, high, size=shape)
+    else:
+        plain = np.full(shape, 0.0 if kind == "zeros" else 1.5)
+    x = FP.encode(plain)
+    out, parties = run_shared(program, x, record=True)
+    secrets = _secret_words(x, out)
+    for party in parties[:2]:
+        words = _received_words(party)
+        assert len(words) > 5_000, f"{name}: {party.name} received only {len(words)} words"
+        leaked = np.intersect1d(words, secrets)
+        assert leaked.size == 0, f"{name}: {party.name} received plaintext values {leaked[:5]} ({kind} secrets)"
+        chi2 = _chi_square_top_byte(words)
+        assert chi2 < CHI2_LIMIT, f"{name}: {party.name}'s top bytes not uniform, chi2={chi2:.1f} ({kind})"
+    # What P0 and P1 open together (the sum of the two halves of each
+    # exchange) is masked too: an opening without its mask would show here.
+    opened = _opened_sums(parties[0], parties[1])
+    leaked = np.intersect1d(opened, secrets)
+    assert leaked.size == 0, f"{name}: an opening reveals plaintext values {leaked[:5]} ({kind} secrets)"
+    assert _received_words(parties[2]).size == 0, f"{name}: the dealer received data"
+
+
+def _opened_sums(p0, p1) -> np.ndarray:
+    """x0 + x1 mod 2^64 for every pair of words P0 and P1 exchanged, in order."""
+    def halves(party, peer):
+        return [(tag, data) for frm, tag, data in party.channel.recorder.messages if frm == peer]
+
+    sums = []
+    from_p1, from_p0 = halves(p0, 1), halves(p1, 0)
+    assert len(from_p1) == len(from_p0)
+    for (tag1, data1), (tag0, data0) in zip(from_p1, from_p0):
+        assert tag1 == tag0, (tag1, tag0)
+        for a, b in zip(data1 if isinstance(data1, (list, tuple)) else [data1],
+                        data0 if isinstance(data0, (list, tuple)) else [data0]):
+            sums.append(np.asarray(a).reshape(-1).view(np.uint64) + np.asarray(b).reshape(-1).view(np.uint64))
+    return np.concatenate(sums)
+
+
+@pytest.mark.parametrize("name", list(_nonlinearities()))
+def test_nonlinearity_dealer_traffic_does_not_depend_on_the_data(name):
+    program, shape, (low, high) = _nonlinearities()[name]
+
+    def dealer_traffic(plain):
+        _, parties = run_shared(program, FP.encode(plain), record=True)
+        return [d for frm, _t, d in parties[1].channel.recorder.messages if frm == 2]
+
+    first = dealer_traffic(np.full(shape, low))
+    second = dealer_traffic(np.random.default_rng(5).uniform(low, high, size=shape))
+    assert len(first) == len(second) > 0
+    for m1, m2 in zip(first, second):
+        for u, v in zip(m1 if isinstance(m1, list) else [m1], m2 if isinstance(m2, list) else [m2]):
+            np.testing.assert_array_equal(u, v)

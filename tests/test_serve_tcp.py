@@ -103,7 +103,8 @@ def test_concurrent_queries_are_batched_and_a_bad_one_is_refused(served):
 def test_the_workers_describe_the_served_model_and_wrong_shapes_are_clear_errors(served):
     model, cluster = served
     assert _client_cluster(cluster).describe_model() == {
-        "input_shape": [28, 28, 1], "output_shape": [10], "input_range": None, "frac_bits": 16, "reveal": None}
+        "input_shape": [28, 28, 1], "input_layout": "NHWC", "output_shape": [10], "input_range": None, "frac_bits": 16,
+        "reveal": None}
     with pytest.raises(ValueError, match=r"batch_output_shape \(1, 5\) does not match the served model's output "
                                          r"\(10,\) \(with a batch axis: \(N, 10\)\)"):
         sy.Client().connect_to_model((1, 28, 28, 1), (1, 5), _client_cluster(cluster))

@@ -1,168 +1,161 @@
-"""Secure aggregation: the cluster sums the data owners' updates and reveals only the sum."""
+"""Secure aggregation, the aggregator's side: open a round, ask for its sum; never see an update.
+
+The data owners send their updates' shares to P0 and P1 themselves
+(``pysmpc.fl.Owner``); the workers keep them in a round whose rules are
+fixed when it opens (``pysmpc.runtime.rounds``). The aggregator can only
+open rounds and DP series and ask for a round's sum, which P0 and P1
+reveal to it alone, once, if enough owners took part.
+
+    aggregator = Aggregator(cluster)
+    round_id = aggregator.open_round(shapes, min_owners=3)
+    ... each owner: Owner(hosts, name).submit(round_id, update) ...
+    result = aggregator.reveal(round_id, mean=True)   # result.total, result.counted
+"""
 
 from __future__ import annotations
 
+import math
+import secrets
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pysmpc.runtime.tensor import SharedTensor
+from pysmpc.parties.party import P0, P1
+from pysmpc.runtime.rounds import MIN_OWNERS_FLOOR
 
-__all__ = ["AggregationReport", "secure_aggregate"]
+__all__ = ["Aggregator", "RoundRefused", "RoundResult"]
+
+
+class RoundRefused(ValueError):
+    """The workers refused: a rule of the round or series forbids it (too few owners, budget spent, ...)."""
+
+
+def _verdict(results: list, what: str):
+    """P0's answer, after checking that P1 agrees; RoundRefused if they refused."""
+    answer_0, answer_1 = results[P0], results[P1]
+    if answer_0 != answer_1 and not (isinstance(answer_0, dict) and isinstance(answer_1, dict)
+                                     and answer_0.get("refused") and answer_1.get("refused")):
+        raise RuntimeError(f"P0 and P1 disagree on {what}: {answer_0} vs {answer_1}")
+    if isinstance(answer_0, dict) and "refused" in answer_0:
+        raise RoundRefused(answer_0["refused"])
+    return answer_0
 
 
 @dataclass
-class AggregationReport:
-    """What one aggregation round did and cost.
+class RoundResult:
+    """What the aggregator learns from one round.
 
-    ``counted`` and ``dropped`` are owner indices (positions in ``updates``).
-    ``bytes_per_owner`` maps each counted owner to the bytes it sent (its two
-    shares, to P0 and P1); ``bytes_to_receiver`` is what P0 and P1 sent the
-    receiver of the sum. ``seconds`` is the round's wall time, sharing to
-    reveal, without ``owner_seconds`` (time spent in owners' callables
-    computing their updates). ``noise_std`` is the std of the noise each of P0 and P1 added (0:
-    none).
+    ``total``: the sum (or mean) of the counted owners' updates, noisy in a
+    DP round, shaped like an update. ``counted``: the owners' names.
+    ``epsilon``: in a DP series, the privacy spent by the series so far
+    (the workers' accountant) at its delta; None otherwise. ``noise_std``:
+    the std of the noise each of P0 and P1 added. ``bytes_per_owner``: the
+    share bytes each counted owner sent to each worker (8 per element);
+    ``bytes_to_receiver``: what P0 and P1 sent the aggregator.
     """
 
+    round_id: str
+    total: list
     counted: list = field(default_factory=list)
-    dropped: list = field(default_factory=list)
+    epsilon: float | None = None
+    noise_std: float = 0.0
+    elements: int = 0
     bytes_per_owner: dict = field(default_factory=dict)
     bytes_to_receiver: int = 0
     seconds: float = 0.0
-    noise_std: float = 0.0
-    elements: int = 0
-    owner_seconds: float = 0.0
 
     def summary(self) -> str:
-        per_owner = max(self.bytes_per_owner.values(), default=0)
-        text = (f"counted owners {self.counted}" + (f", dropped {self.dropped}" if self.dropped else "")
-                + f"; {per_owner / 1e3:.1f} kB sent per owner; {self.seconds * 1e3:.0f} ms")
+        per_owner = 2 * max(self.bytes_per_owner.values(), default=0)
+        text = (f"counted owners {', '.join(self.counted)}; {per_owner / 1e3:.1f} kB sent per owner; "
+                f"{self.seconds * 1e3:.0f} ms")
+        if self.epsilon is not None:
+            text += f"; epsilon spent {self.epsilon:.3f}"
         return text
 
 
-def _resolve(update, index: int, rep: "AggregationReport"):
-    """Return the owner's list of float64 arrays, or None if it dropped out."""
-    if callable(update):
-        start = time.perf_counter()
-        try:
-            update = update()
-        except Exception:  # noqa: BLE001 - an owner that fails before sending has dropped out
-            return None
-        finally:
-            rep.owner_seconds += time.perf_counter() - start
-    if update is None:
-        return None
-    arrays = [np.asarray(a, dtype=np.float64) for a in update]
-    for k, a in enumerate(arrays):
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"owner {index}: array {k} of its update contains NaN or infinity")
-    return arrays
-
-
-def _client_bytes(cluster) -> int:
-    return sum(s.bytes_sent for s in cluster.client_channel.stats().values())
-
-
-def _client_bytes_received(cluster) -> int:
-    return sum(s.bytes_received for s in cluster.client_channel.stats().values())
-
-
-def secure_aggregate(updates, cluster, *, mean: bool = False, noise_std: float = 0.0, report: bool = False,
-                     min_owners: int = 1):
-    """Sum the owners' updates inside the cluster and reveal only the sum to the caller.
-
-    1. Each present owner flattens its update (a list of float arrays) into
-       one vector, encodes it in the cluster's fixed point (F fractional
-       bits, round to nearest) and secret-shares it: a uniform share to P0,
-       the difference to P1 (communicates: 8 bytes per element to each).
-    2. P0 and P1 add the owners' shares: local, no communication.
-    3. With ``noise_std`` > 0, P0 and P1 each add Gaussian noise of that std
-       drawn from their own CSPRNG (op ``add_gaussian``): local. The sum
-       then carries both noises (variance 2 noise_std^2); either alone has
-       std noise_std, so a party that removes its own leaves the other's.
-    4. P0 and P1 send their shares of the sum to the caller, who adds them
-       (communicates: 8 bytes per element from each). No party opens
-       anything: P0 and P1 each see uniform shares only, P2 sees nothing.
-
-    Dropouts: an entry of ``updates`` that is None, or a callable (called
-    here, in order) that returns None or raises, is an owner that dropped
-    out before sending; the round completes with the others. An owner that
-    has sent its shares is counted. With ``mean`` the sum is divided by the
-    number of owners counted (public) after it is revealed.
-
-    Cost per round: each owner sends 16 bytes per element; the caller
-    receives 16 bytes per element; 0 rounds between P0 and P1.
+class Aggregator:
+    """Opens secure-aggregation rounds on a cluster and receives their sums (and nothing else).
 
     Args:
-        updates: one entry per data owner: a list of float arrays (the same
-            shapes for every owner), None, or a callable returning either.
-        cluster: a started LocalCluster or TcpCluster.
-        mean: divide the revealed sum by the number of owners counted.
-        noise_std: std of the Gaussian noise each of P0 and P1 adds (DP).
-        report: also return an ``AggregationReport``.
-        min_owners: refuse to reveal a sum of fewer owners (a "sum" of one
-            owner is its update); nothing is revealed then.
-
-    Returns:
-        The sum (or mean) as a list of float64 arrays shaped like an owner's
-        update, or (that list, AggregationReport) with ``report``.
-
-    Raises:
-        ValueError: fewer than ``min_owners`` (or no) owners are present, or
-            updates differ in structure.
-        OverflowError: an update has a value beyond the fixed-point range.
+        cluster: a started LocalCluster or TcpCluster that this aggregator
+            drives (its ``client_channel`` is the only endpoint it reads).
     """
-    start = time.perf_counter()
-    rep = AggregationReport(noise_std=float(noise_std))
-    shapes = None
-    shared = []
-    for index, update in enumerate(updates):
-        arrays = _resolve(update, index, rep)
-        if arrays is None:
-            rep.dropped.append(index)
-            continue
-        these = [a.shape for a in arrays]
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self._shapes: dict[str, list] = {}
+
+    def open_dp_series(self, *, noise_multiplier: float, clip_norm: float, sample_rate: float, epsilon: float,
+                       delta: float, series_id: str | None = None) -> str:
+        """Open a DP series: rounds in it get noise N(0, (noise_multiplier * clip_norm)^2) from P0 and P1 each.
+
+        The parameters and the budget (epsilon, delta) are fixed on the
+        workers now; the workers' accountant refuses a round that would
+        spend more than ``epsilon``. Returns the series id.
+        """
+        series_id = series_id or f"series-{secrets.token_hex(8)}"
+        results, _ = self.cluster.call("fl_open_series", series_id, float(noise_multiplier), float(clip_norm),
+                                       float(sample_rate), float(epsilon), float(delta))
+        _verdict(results, f"opening DP series {series_id!r}")
+        return series_id
+
+    def open_round(self, shapes, *, min_owners: int = MIN_OWNERS_FLOOR, series: str | None = None,
+                   round_id: str | None = None) -> str:
+        """Open a round for updates of ``shapes`` (a list of array shapes); return its id.
+
+        ``min_owners`` (at least 2) owners must have submitted to both P0 and
+        P1 before the sum is revealed. ``series``: a DP series id
+        (``open_dp_series``); the sum is then revealed only with the
+        workers' noise.
+        """
+        shapes = [[int(d) for d in s] for s in shapes]
+        round_id = round_id or f"round-{secrets.token_hex(8)}"
+        if isinstance(min_owners, bool) or not isinstance(min_owners, int) or min_owners < MIN_OWNERS_FLOOR:
+            raise ValueError(f"min_owners must be an int >= {MIN_OWNERS_FLOOR} (a sum of one owner is its "
+                             f"update), got {min_owners!r}")
+        results, _ = self.cluster.call("fl_open_round", round_id, shapes, self.cluster.frac_bits, min_owners, series)
+        _verdict(results, f"opening round {round_id!r}")
+        self._shapes[round_id] = shapes
+        return round_id
+
+    def reveal(self, round_id: str, *, mean: bool = False, expect: int | None = None,
+               wait: float = 0.0) -> RoundResult:
+        """Have P0 and P1 reveal the round's sum to this aggregator; return it with who was counted.
+
+        ``expect``/``wait``: wait up to ``wait`` seconds for ``expect``
+        owners to have submitted first (owners that have not by then are
+        left out, as dropouts). With ``mean`` the sum is divided by the
+        number of owners counted (public). Raises RoundRefused naming the
+        rule when the workers refuse (too few owners: the round then stays
+        open for more; DP budget spent; round revealed already).
+        """
+        start = time.perf_counter()
+        shapes = self._shapes.get(round_id)
         if shapes is None:
-            shapes = these
-        elif these != shapes:
-            raise ValueError(f"owner {index} sent arrays of shapes {these}; earlier owners sent {shapes}")
-        vector = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
-        try:
-            encoded = cluster.encode(vector, cluster.frac_bits)
-        except OverflowError as exc:
-            raise OverflowError(f"owner {index}: {exc}") from None
-        before = _client_bytes(cluster)
-        shared.append(cluster.share_ring(encoded, cluster.frac_bits))
-        rep.bytes_per_owner[index] = _client_bytes(cluster) - before
-        rep.counted.append(index)
-    if not shared:
-        raise ValueError(f"no data owner sent an update ({len(rep.dropped)} dropped out)")
-    if len(shared) < min_owners:
-        cluster.call("free", [t.tid for t in shared])
-        raise ValueError(f"only {len(shared)} data owner(s) sent an update ({rep.counted}); at least {min_owners} "
-                         f"are needed to reveal a sum")
-    rep.elements = shared[0].size
-    total = shared[0]
-    temporaries = [t.tid for t in shared]
-    for tensor in shared[1:]:
-        total = total + tensor
-        temporaries.append(total.tid)
-    if noise_std > 0:
-        tid = cluster.new_id()
-        cluster.call("add_gaussian", tid, total.tid, float(noise_std), total.frac_bits)
-        total = SharedTensor(cluster, tid, total.shape, total.frac_bits)
-        temporaries.append(tid)
-    before = _client_bytes_received(cluster)
-    vector = total.reveal()
-    rep.bytes_to_receiver = _client_bytes_received(cluster) - before
-    cluster.call("free", sorted(set(temporaries)))
-    if mean:
-        vector = vector / len(rep.counted)
-    out, offset = [], 0
-    for shape in shapes:
-        size = int(np.prod(shape, dtype=np.int64))
-        out.append(vector[offset : offset + size].reshape(shape))
-        offset += size
-    rep.seconds = time.perf_counter() - start - rep.owner_seconds
-    return (out, rep) if report else out
+            raise ValueError(f"round {round_id!r} was not opened by this aggregator (or was revealed already)")
+        channel = self.cluster.client_channel
+        before = sum(s.bytes_received for s in channel.stats().values())
+        results, _ = self.cluster.call("fl_close", round_id, expect, float(wait),
+                                       wait=float(wait) + self.cluster.timeout + 5)
+        report = _verdict(results, f"closing round {round_id!r}")
+        del self._shapes[round_id]
+        _, total_ring = self.cluster.call("fl_send_sum", round_id, client=self.cluster._receive_output)
+        received = sum(s.bytes_received for s in channel.stats().values()) - before
+        vector = total_ring.view(np.int64) / float(1 << self.cluster.frac_bits)
+        counted = list(report["counted"])
+        if mean:
+            vector = vector / len(counted)
+        total, offset = [], 0
+        for shape in shapes:
+            size = math.prod(shape)
+            total.append(vector[offset : offset + size].reshape(shape))
+            offset += size
+        return RoundResult(round_id, total, counted, report["epsilon"], float(report["noise_std"]),
+                           int(report["elements"]), dict(report["bytes_received"]), received,
+                           time.perf_counter() - start)
+
+    def series(self, series_id: str) -> dict:
+        """A DP series' parameters, rounds revealed and epsilon spent, as the workers keep them."""
+        results, _ = self.cluster.call("fl_series", series_id)
+        return _verdict(results, f"DP series {series_id!r}")

@@ -4,8 +4,9 @@ The mechanism, per step: every owner samples each of its examples with
 probability q (Poisson sampling), clips each sampled example's gradient to
 L2 norm C and sends the sum of the clipped gradients to the cluster as
 shares; P0 and P1 each add N(0, (sigma C)^2) noise to their share of the
-total (``secure_aggregate(..., noise_std=sigma * C)``), and only the noisy
-sum is revealed. One example changes the sum by at most C (add/remove
+total (every round of a DP series, ``Aggregator.open_dp_series``: the
+workers fix sigma, C, q and the budget and keep the accountant), and only
+the noisy sum is revealed. One example changes the sum by at most C (add/remove
 neighbours), so the step is the sampled Gaussian mechanism with noise
 multiplier sigma as long as at least one of P0's and P1's noises stays in:
 the guarantee below assumes no more than one of the three parties is
@@ -24,18 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from pysmpc.runtime.accounting import dp_accounting_module as _dp_accounting
+from pysmpc.runtime.accounting import dp_epsilon
+from pysmpc.runtime.accounting import dp_event as _event
+
 __all__ = ["PrivacyAccountant", "clip_and_sum", "dp_epsilon", "noise_multiplier_for"]
-
-_MISSING = ("differential privacy needs Google's dp-accounting package: pip install 'pysmpc[dp]' "
-            "(or pip install dp-accounting)")
-
-
-def _dp_accounting():
-    try:
-        import dp_accounting
-    except ImportError as exc:
-        raise ImportError(_MISSING) from exc
-    return dp_accounting
 
 
 def clip_and_sum(per_example_grads: list, clip_norm: float) -> tuple[list, np.ndarray]:
@@ -59,20 +53,6 @@ def clip_and_sum(per_example_grads: list, clip_norm: float) -> tuple[list, np.nd
     scale = np.minimum(1.0, clip_norm / np.maximum(norms, 1e-12))
     sums = [np.tensordot(scale.astype(g.dtype), g, axes=(0, 0)) for g in per_example_grads]
     return sums, norms
-
-
-def _event(noise_multiplier: float, sample_rate: float, steps: int):
-    dpa = _dp_accounting()
-    step = dpa.PoissonSampledDpEvent(sample_rate, dpa.GaussianDpEvent(noise_multiplier))
-    return dpa.SelfComposedDpEvent(step, int(steps))
-
-
-def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """Return epsilon at ``delta`` after ``steps`` sampled Gaussian steps (dp-accounting RDP accountant)."""
-    dpa = _dp_accounting()
-    accountant = dpa.rdp.RdpAccountant()
-    accountant.compose(_event(noise_multiplier, sample_rate, steps))
-    return float(accountant.get_epsilon(delta))
 
 
 def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:

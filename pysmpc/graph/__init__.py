@@ -6,10 +6,12 @@ the secure computation's fixed-point arithmetic.
 """
 
 from pysmpc.graph.graph import KINDS, Graph, GraphError, Layer, conv_padding
+from pysmpc.graph.layout import LAYOUTS
 from pysmpc.graph.plain import fixed_point_trace, run_fixed_point, run_float
 
 __all__ = [
     "KINDS",
+    "LAYOUTS",
     "Graph",
     "GraphError",
     "Layer",

@@ -21,7 +21,10 @@ flatten     - (NHWC order, as Keras flattens)        -
 dense       -                                        kernel (in, out), bias (out,)
 ========== ======================================= ===========================
 
-Shapes never include the batch axis: an image input is (H, W, C).
+Shapes never include the batch axis: an image input is (H, W, C). The
+graph computes NHWC whatever its source; ``input_layout`` records the
+layout the source model's callers use (NCHW for PyTorch/ONNX), which the
+user-facing Model and Client accept (graph.layout).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from pysmpc.graph.layout import check_layout, shape_in_layout
 
 __all__ = ["KINDS", "INPUT_RANGE_KEY", "Graph", "GraphError", "Layer", "check_input_range", "conv_padding"]
 
@@ -78,6 +83,7 @@ def check_input_range(value, what: str = "input_range") -> tuple[float, float] |
 
 def _pair(value, what: str) -> tuple[int, int]:
     """Return (a, b) from an int or a 2-sequence of positive ints."""
+    pair: tuple[int, ...]
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         pair = (int(value), int(value))
     else:
@@ -87,7 +93,7 @@ def _pair(value, what: str) -> tuple[int, int]:
             raise GraphError(f"{what} must be an int or a pair of ints, got {value!r}") from None
     if len(pair) != 2 or min(pair) < 1:
         raise GraphError(f"{what} must be a pair of positive ints, got {value!r}")
-    return pair
+    return pair[0], pair[1]
 
 
 @dataclass
@@ -238,6 +244,10 @@ class Graph:
     ``source`` says where the graph came from (a file path or a framework);
     ``notes`` records what an importer changed, e.g. a final softmax that was
     dropped (the client applies it) or a batch norm folded into a conv.
+    ``input_layout`` is the layout the source model's callers pass images
+    in: 'NHWC' (Keras; the default) or 'NCHW' (PyTorch, ONNX). The graph
+    itself always computes on NHWC, and ``input_shape`` is (H, W, C) either
+    way; ``Model`` transposes NCHW inputs (graph.layout).
     ``input_range`` is (low, high), the values the model was trained on
     (e.g. (0, 1) for pixels divided by 255), where the file records it
     (INPUT_RANGE_KEY); None when unknown.
@@ -249,6 +259,7 @@ class Graph:
     layers: list
     source: str = ""
     notes: list = field(default_factory=list)
+    input_layout: str = "NHWC"
     input_range: tuple | None = None
 
     def __post_init__(self) -> None:
@@ -268,6 +279,10 @@ class Graph:
             raise GraphError(f"input_shape must be a tuple of ints, got {self.input_shape!r}") from None
         if not self.input_shape or min(self.input_shape) < 1:
             raise GraphError(f"input_shape must be non-empty with positive sizes, got {self.input_shape}")
+        try:
+            check_layout(self.input_layout, len(self.input_shape))
+        except ValueError as exc:
+            raise GraphError(str(exc)) from None
         self.input_range = check_input_range(self.input_range)
         if not self.layers:
             raise GraphError("graph has no layers")
@@ -305,8 +320,10 @@ class Graph:
     def summary(self) -> str:
         """Return a text table: each layer's name, kind, details, output shape and weights."""
         shapes = self.shapes()
+        layout = ("" if self.input_layout == "NHWC"
+                  else f"callers pass {self.input_layout} {shape_in_layout(shapes[0], self.input_layout)}")
         rows = [("#", "name", "kind", "details", "output shape", "params"),
-                ("", "input", "", "", str(shapes[0]), "0")]
+                ("", "input", "", layout, str(shapes[0]), "0")]
         for i, layer in enumerate(self.layers):
             p = layer.params
             if layer.kind == "conv2d":

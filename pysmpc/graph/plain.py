@@ -174,6 +174,7 @@ def run_fixed_point(graph: Graph, x, frac_bits: int = 16, return_ring: bool = Fa
     4. max_pool2d: exact max over each window (signed compare).
     5. relu: y = x if x >= 0 (signed) else 0.
     6. flatten: reshape, NHWC order.
+
     Output: logits = int64(y) / 2^F.
 
     The secure truncation returns floor(.) or floor(.) + 1, so a secure run

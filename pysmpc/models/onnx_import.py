@@ -1,6 +1,9 @@
 """Read ONNX models (e.g. exported from PyTorch) into an NHWC Graph.
 
-ONNX convolutions are NCHW. The importer converts each conv kernel from
+ONNX convolutions are NCHW. A model with an image input keeps that as its
+``input_layout`` ('NCHW'): ``Model.predict`` and ``Client`` (with
+``input_layout="NCHW"``) take (N, C, H, W) arrays, as the source model
+does, and transpose them once. The importer converts each conv kernel from
 OIHW to HWIO and, for the first Gemm/MatMul after a Flatten or Reshape,
 reorders the kernel rows from PyTorch's C-H-W flatten order to the graph's
 H-W-C order, so the NHWC graph computes exactly what the NCHW model does.
@@ -110,10 +113,12 @@ def _graph_from_onnx(model, source: str, where: list) -> Graph:
     if len(inputs) != 1:
         raise ValueError(f"{source}: expected one model input, got {[i.name for i in inputs]}")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) == 4 and None not in dims[1:]:
-        shape = (dims[2], dims[3], dims[1])  # NCHW -> HWC
-    elif len(dims) == 2 and dims[1] is not None:
-        shape = (dims[1],)
+    sizes = [int(d) for d in dims[1:] if d is not None]  # the batch axis may be symbolic; the others must not
+    shape: tuple[int, ...]
+    if len(dims) == 4 and len(sizes) == 3:
+        shape, layout = (sizes[1], sizes[2], sizes[0]), "NCHW"  # the graph computes HWC
+    elif len(dims) == 2 and len(sizes) == 1:
+        shape, layout = (sizes[0],), "NHWC"  # no channels: nothing to transpose
     else:
         raise ValueError(f"{source}: input shape {dims} is not (N, C, H, W) or (N, F) with fixed sizes")
 
@@ -121,9 +126,9 @@ def _graph_from_onnx(model, source: str, where: list) -> Graph:
     notes: list = []
     current = inputs[0].name
     cur_shape = shape
-    flatten_from = None  # (H, W, C) at the last flatten, until the next dense uses it
+    flatten_from: tuple[int, ...] | None = None  # (H, W, C) at the last flatten, until the next dense uses it
     softmax = None
-    foldable = None  # the conv2d/dense whose output is `current`, up to a bias Add or batch norm
+    foldable: Layer | None = None  # the conv2d/dense whose output is `current`, up to a bias Add or batch norm
 
     def emit(layer: Layer) -> None:
         nonlocal cur_shape
@@ -166,6 +171,7 @@ def _graph_from_onnx(model, source: str, where: list) -> Graph:
                 raise _unsupported(node, "groups or dilations")
             auto_pad = a.get("auto_pad", b"NOTSET")
             auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+            padding: str | tuple[int, int, int, int]
             if auto_pad in ("NOTSET", "VALID"):
                 t, l, b, r = a.get("pads", [0, 0, 0, 0]) if auto_pad == "NOTSET" else [0, 0, 0, 0]
                 padding = (t, b, l, r)
@@ -259,6 +265,6 @@ def _graph_from_onnx(model, source: str, where: list) -> Graph:
                      f"the client applies softmax")
     recorded = {p.key: p.value for p in model.metadata_props}.get(INPUT_RANGE_KEY)
     input_range = None if recorded is None else check_input_range(recorded, f"{source}: metadata {INPUT_RANGE_KEY!r}")
-    return Graph(shape, layers, source=source, notes=notes, input_range=input_range)
+    return Graph(shape, layers, source=source, notes=notes, input_layout=layout, input_range=input_range)
 
 

@@ -142,6 +142,12 @@ class Dealer:
         c = product(a, b) if self.index == DEALER else None
         return a, b, self.give(c, c_shape, tag)
 
+    def square_pair(self, shape, tag: str):
+        """[a] and [a*a] elementwise: squares a shared value with one opening (protocols.mul.square)."""
+        a = self.rand(shape)
+        c = (a * a) if self.index == DEALER else None
+        return a, self.give(c, shape, tag)
+
     def weight_mask(self, key, w_shape) -> np.ndarray:
         """[b] for a fixed operand opened once as w - b; P2 keeps b under `key`."""
         b = self.rand(w_shape)

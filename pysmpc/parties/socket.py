@@ -56,6 +56,7 @@ __all__ = [
     "CleartextWarning",
     "CERT_NAMES",
     "CERT_FILES",
+    "OWNER_CERT_PREFIX",
     "DEFAULT_MAX_FRAME",
     "FrameTooLarge",
     "FRAME_HEADER_ROOM",
@@ -98,6 +99,10 @@ _DRAIN_POLL = 0.01  # how often a drain thread looks whether its send is done
 # the cluster's TLS directory.
 CERT_NAMES = {P0: "P0", P1: "P1", DEALER: "P2", CLIENT: "client"}
 CERT_FILES = {P0: "p0", P1: "p1", DEALER: "p2", CLIENT: "client"}
+# A data owner's certificate is named "owner:NAME" (files owner-NAME.pem/.key):
+# the workers count each owner once per round by that name, and the client's
+# certificate (the aggregator's) cannot pass for an owner.
+OWNER_CERT_PREFIX = "owner:"
 
 # Tags that the channel itself uses; protocol tags never start with "ctl:".
 HELLO_TAG = "hello"
@@ -208,9 +213,9 @@ class TlsConfig:
     certificate of P1 cannot pass for P0.
     """
 
-    def __init__(self, directory, me: int):
+    def __init__(self, directory, me: int, *, stem: str | None = None):
         directory = Path(directory)
-        stem = CERT_FILES[me]
+        stem = stem or CERT_FILES[me]
         ca, cert, key = directory / "ca.pem", directory / f"{stem}.pem", directory / f"{stem}.key"
         missing = [f.name for f in (ca, cert, key) if not f.is_file()]
         if missing:
@@ -997,15 +1002,16 @@ def _deadline_idle(deadline: float, what: str, check: Callable[[], None] | None 
 
 def connect_peer(address: tuple[str, int], me: int, peer: int, *, session: str, tls: TlsConfig | None = None,
                  timeout: float = 30.0, max_frame_bytes: int = DEFAULT_MAX_FRAME,
-                 check: Callable[[], None] | None = None, extra: dict | None = None, answer: dict | None = None):
+                 check: Callable[[], None] | None = None, extra: dict | None = None, reply: dict | None = None):
     """Connect to `peer` at `address`, retrying until it listens; exchange hellos. Returns the stream.
 
     `check()` is called while waiting and may raise (e.g. the peer's
     process died). `extra` adds fields to our hello (a client query says
-    what it asks for there); `answer`, if given, receives the fields of the
-    peer's hello (a worker describes its model there). Raises PeerTimeout
-    when `timeout` passes, ChannelError when the peer is not who it should
-    be or refuses us.
+    what it asks for there); `reply`, a dict, is filled with the peer's
+    answering hello (a round's rules come back there to a data owner, a
+    served model's description to a query client).
+    Raises PeerTimeout when `timeout` passes, ChannelError
+    when the peer is not who it should be or refuses us.
     """
     host, port = address
     deadline = time.monotonic() + timeout
@@ -1039,11 +1045,11 @@ def connect_peer(address: tuple[str, int], me: int, peer: int, *, session: str, 
         hello = _parse_hello(header, payload)
         if "error" in hello:
             raise ChannelError(f"{where} refused the connection: {hello['error']}")
+        if reply is not None:
+            reply.update(hello)
         if hello.get("party") != peer or hello.get("session") != session:
             raise ChannelError(f"{where} answered as party {hello.get('party')!r} of session "
                                f"{hello.get('session')!r}, expected party {peer} of session {session!r}")
-        if answer is not None:
-            answer.update(hello)
         return stream
     except OSError as exc:
         # A peer that drops us mid-handshake (e.g. it refused our TLS certificate)
@@ -1073,8 +1079,9 @@ def accept_peer(sock: socket.socket, me: int, *, tls: TlsConfig | None = None, t
         peer = _hello_peer(hello, me)
         if tls is not None:
             cn = stream.peer_common_name()
-            if cn != CERT_NAMES[peer]:
-                msg = (f"{_name(peer)} presented a certificate for {cn!r}, expected {CERT_NAMES[peer]!r}: "
+            expected = _expected_common_name(peer, hello)
+            if cn != expected:
+                msg = (f"{_name(peer)} presented a certificate for {cn!r}, expected {expected!r}: "
                        "connection refused")
                 reply_hello(stream, me, hello["session"], error=msg)
                 raise ChannelError(msg)
@@ -1087,13 +1094,23 @@ def accept_peer(sock: socket.socket, me: int, *, tls: TlsConfig | None = None, t
         raise
 
 
+def _expected_common_name(peer: int, hello: dict) -> str:
+    """The certificate name a hello's sender must present: a data owner submitting shares is "owner:NAME"."""
+    submit = hello.get("submit")
+    if peer == CLIENT and submit is not None:
+        owner = submit.get("owner") if isinstance(submit, dict) else None
+        return OWNER_CERT_PREFIX + (owner if isinstance(owner, str) else "?")
+    return CERT_NAMES[peer]
+
+
 def reply_hello(stream, me: int, session: str, *, error: str | None = None, timeout: float = 10.0,
-                info: dict | None = None) -> None:
+                extra: dict | None = None) -> None:
     """Answer a peer's hello: accept it into `session`, or refuse it with `error` (then close).
 
-    `info` adds fields to the answer (e.g. the model a worker serves).
+    `extra` adds fields to the answer (a round's rules, for a data owner;
+    the served model, for a client that asked to have it described).
     """
-    fields = {**(info or {}), "party": me, "session": session, "version": VERSION}
+    fields = {**(extra or {}), "party": me, "session": session, "version": VERSION}
     if error is not None:
         fields["error"] = error
     try:

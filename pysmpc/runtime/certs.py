@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pysmpc.parties.socket import CERT_FILES, CERT_NAMES
+from pysmpc.parties.socket import CERT_FILES, CERT_NAMES, OWNER_CERT_PREFIX
 
-__all__ = ["make_cluster_certs", "make_cert", "endpoint_files", "cert_host", "fingerprint", "LOOPBACK_NAMES",
+__all__ = ["make_cluster_certs", "make_cert", "make_owner_cert", "owner_stem", "endpoint_files", "cert_host", "fingerprint", "LOOPBACK_NAMES",
            "VALID_DAYS"]
 
 VALID_DAYS = 825  # the CA/Browser Forum's former limit for a leaf certificate: rotate at least this often
@@ -122,13 +122,46 @@ def make_cert(common_name: str, ca_key, ca_cert, key=None, hosts=LOOPBACK_NAMES,
     return key, cert
 
 
+def owner_stem(name: str) -> str:
+    """The file stem of data owner `name`'s key and certificate: owner-NAME."""
+    from pysmpc.runtime.rounds import check_owner_name
+
+    return f"owner-{check_owner_name(name)}"
+
+
+def make_owner_cert(directory, name: str, *, days: int = VALID_DAYS, overwrite: bool = False) -> Path:
+    """Issue data owner `name` a certificate ("owner:NAME") with the CA in `directory`; return its .pem path.
+
+    Writes owner-NAME.pem and owner-NAME.key next to ca.pem (the CA key
+    ca.key must be there). The workers count an owner once per round by
+    this name, so whoever holds the CA key decides who is an owner: keep it
+    away from the aggregator (it could otherwise mint owners of its own).
+    """
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    directory = Path(directory)
+    stem = owner_stem(name)
+    ca_key_path, ca_cert_path = directory / "ca.key", directory / "ca.pem"
+    if not ca_key_path.is_file() or not ca_cert_path.is_file():
+        raise FileNotFoundError(f"{directory} lacks ca.pem or ca.key: make the cluster's CA first (pysmpc certs DIR)")
+    if not overwrite and any((directory / f"{stem}.{ext}").exists() for ext in ("pem", "key")):
+        raise FileExistsError(f"{directory} already holds {stem}.pem or {stem}.key (overwrite=True replaces them)")
+    ca_key = load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    key, cert = make_cert(OWNER_CERT_PREFIX + name, ca_key, ca_cert, days=days)
+    _write_key(directory / f"{stem}.key", key)
+    _write_cert(directory / f"{stem}.pem", cert)
+    return directory / f"{stem}.pem"
+
+
 def make_cluster_certs(directory, hosts=LOOPBACK_NAMES, *, party_hosts=None, days: int = VALID_DAYS,
-                       overwrite: bool = False) -> Path:
+                       overwrite: bool = False, owners=()) -> Path:
     """Write ca.pem/ca.key and p0, p1, p2, client .pem/.key into `directory`; return it.
 
     Every certificate names `hosts` in its subject alternative names, and
     endpoint i also `party_hosts[i]` (e.g. {P0: ["10.0.0.1"], ...}). The
     names are informative: peers are checked by common name, not host name.
+    `owners` names data owners to certify too (make_owner_cert).
     Keys are written with mode 0600, certificates 0644, a new directory
     0700. Raises FileExistsError if any of these files exists, unless
     `overwrite` (certificates signed by the old CA stop working).
@@ -174,4 +207,6 @@ def make_cluster_certs(directory, hosts=LOOPBACK_NAMES, *, party_hosts=None, day
                               hosts=[*party_hosts.get(index, ()), *hosts])
         _write_key(directory / f"{stem}.key", key)
         _write_cert(directory / f"{stem}.pem", cert)
+    for name in owners:
+        make_owner_cert(directory, name, days=days, overwrite=True)
     return directory

@@ -16,6 +16,7 @@ from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party, exchange_seeds
 from pysmpc.runtime.cluster import BaseCluster, ClusterError, stop_on_signals
 from pysmpc.runtime.ops import run_op
 from pysmpc.runtime.queries import allowed_reveals
+from pysmpc.runtime.rounds import book_of
 
 __all__ = ["LocalCluster", "run_parties"]
 
@@ -133,6 +134,7 @@ class LocalCluster(BaseCluster):
             else:
                 seeds = {j: self._seeds[(min(i, j), max(i, j))] for j in PARTIES if j != i}
             self.parties[i] = Party(i, channel, seeds)
+            book_of(self.parties[i])  # made now: owners reach it from other threads
         except BaseException as exc:  # noqa: BLE001
             ready.put(exc)
             return
@@ -254,6 +256,17 @@ class LocalCluster(BaseCluster):
     def serving(self) -> bool:
         """Whether a serve_model call runs now."""
         return self._serving.is_set()
+
+    def round_books(self) -> dict:
+        """P0's and P1's secure-aggregation round books: in-process data owners submit their shares there.
+
+        (Over TCP an owner connects to the workers itself; in one process
+        this is its stand-in for that connection. Nothing submitted passes
+        through `client_channel`, the aggregator's endpoint.)
+        """
+        if self._network is None:
+            raise ClusterError("the cluster is not running: call start() or use it as a context manager")
+        return {i: book_of(self.parties[i]) for i in (P0, P1)}
 
     def party_channels(self) -> dict:
         return {i: self.parties[i].channel for i in PARTIES}

@@ -20,6 +20,7 @@ from pysmpc.protocols import compare, conv2d, matmul, mul, pool, relu, select, t
 from pysmpc.graph.secure import load_plan, run_plan
 from pysmpc.protocols.open import open_arith, reveal_to
 from pysmpc.runtime.queries import ServedModels
+from pysmpc.runtime.rounds import ROUND_OPS
 from pysmpc.sharing.shares import AShare
 
 __all__ = ["OPS", "run_op"]
@@ -414,3 +415,4 @@ def op_add_gaussian(party: Party, out: int, x: int, std: float, frac_bits: int) 
 
 
 OPS.update(add_gaussian=op_add_gaussian)
+OPS.update(ROUND_OPS)

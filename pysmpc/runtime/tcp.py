@@ -403,7 +403,7 @@ class TcpCluster(BaseCluster):
                 try:
                     stream = connect_peer(self.hosts[i], CLIENT, i, session=secrets.token_hex(8), tls=tls,
                                           timeout=attempt, max_frame_bytes=self.max_frame_bytes,
-                                          extra={"describe": True}, answer=answer)
+                                          extra={"describe": True}, reply=answer)
                     stream.close()
                     break
                 except ChannelError as exc:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -59,6 +60,7 @@ from pysmpc.parties.faults import inject_fault, parse_fault
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party, exchange_seeds
 from pysmpc.parties.socket import (
     DEFAULT_MAX_FRAME,
+    FRAME_HEADER_ROOM,
     HEARTBEAT_TAG,
     SocketChannel,
     CleartextError,
@@ -73,6 +75,7 @@ from pysmpc.runtime import wire
 from pysmpc.runtime.cluster import DEFAULT_TIMEOUT
 from pysmpc.runtime.ops import run_op
 from pysmpc.runtime.queries import Query, QueryInbox, ServedModels, check_request, query_frame_limit
+from pysmpc.runtime.rounds import RoundBook, check_owner_name
 from pysmpc.runtime.serving import STOP_SERVING_TAG
 
 __all__ = ["main", "serve"]
@@ -218,9 +221,10 @@ def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None =
     served_models = ServedModels()
     for hello, stream in session.early_queries:
         _queue_query(index, hello["session"], hello["query"], stream, inbox, timeout, max_frame_bytes)
+    book = RoundBook(index) if index in (P0, P1) else None
     threading.Thread(target=_accept_extra,
-                     args=(index, listener, tls, channel.session, stop, inbox, served_models, timeout,
-                           max_frame_bytes),
+                     args=(index, listener, tls, channel.session, stop, inbox, timeout, max_frame_bytes, book,
+                           served_models),
                      daemon=True, name="pysmpc-accept").start()
     heartbeat = _Heartbeat(channel, session.heartbeat)
     try:
@@ -228,6 +232,8 @@ def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None =
             party = Party(index, channel, exchange_seeds(index, channel))
             party.store["query_inbox"] = inbox
             party.store["served_models"] = served_models
+            if book is not None:
+                party.store["fl_book"] = book
             party.store["kernels_ready"] = kernels_ready
         except ChannelError as exc:
             channel.send_control(CLIENT, "ctl:error", f"party {index}: seed exchange failed: {exc}".encode())
@@ -325,6 +331,10 @@ def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes
             if peer == CLIENT and hello.get("describe"):
                 _describe(index, hello["session"], stream, None)  # no session: no model yet
                 continue
+            if "submit" in hello:
+                reply_hello(stream, index, hello["session"], error=f"P{index} has no session yet: no round is open")
+                log.warning("refused a data owner's shares: no session yet")
+                continue
             if "query" in hello:
                 if peer == CLIENT and len(early) < _MAX_EARLY_QUERIES:
                     early.append((hello, stream))
@@ -400,9 +410,11 @@ def _refuse_all(index: int, queries: list, reason: str) -> None:
             stream.close()
 
 
-def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: QueryInbox,
-                  served_models: ServedModels, timeout: float, max_frame_bytes: int) -> None:
-    """During a session: queue client queries for the serving loop, describe the model; refuse anyone else (busy)."""
+def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: QueryInbox, timeout: float,
+                  max_frame_bytes: int, book: RoundBook | None = None,
+                  served_models: ServedModels | None = None) -> None:
+    """During a session: queue client queries, describe the served model, take data owners' shares;
+    refuse anyone else (busy)."""
     while not stop.is_set():
         try:
             sock, addr = listener.accept()
@@ -417,12 +429,15 @@ def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: Q
             except (ChannelError, OSError) as exc:
                 log.warning("refused a connection from %s:%s: %s", addr[0], addr[1], exc)
                 return
+            if peer == CLIENT and "submit" in hello:
+                _take_submission(index, hello, stream, book, timeout)
+                return
             request = hello.get("query")
             if peer == CLIENT and isinstance(request, dict):
                 _queue_query(index, hello["session"], request, stream, inbox, timeout, max_frame_bytes)
                 return
             if peer == CLIENT and hello.get("describe"):
-                _describe(index, hello["session"], stream, served_models.describe())
+                _describe(index, hello["session"], stream, None if served_models is None else served_models.describe())
                 return
             reply_hello(stream, index, hello["session"], error=f"P{index} is busy with session {session}")
             log.warning("refused %s from %s:%s: busy", "the client" if peer == CLIENT else f"P{peer}",
@@ -434,10 +449,58 @@ def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: Q
 def _describe(index, session, stream, description: dict | None) -> None:
     """Answer a client's "describe" hello with the served model (None: none yet), then hang up."""
     try:
-        reply_hello(stream, index, str(session)[:64], info={"model": description})
+        reply_hello(stream, index, str(session)[:64], extra={"model": description})
     except (ChannelError, OSError):
         pass
     stream.close()
+
+
+def _take_submission(index, hello, stream, book: RoundBook | None, timeout: float) -> None:
+    """A data owner's share of a round: tell it the round's rules, read the share, say whether it counts.
+
+    The owner connects to P0 and P1 only; it is named by its hello, which
+    with TLS must match its certificate ("owner:NAME", checked by
+    accept_peer). The share reaches the RoundBook, never the client
+    driving the session.
+    """
+    session = str(hello.get("session"))[:64]
+    submit = hello.get("submit")
+    try:
+        if book is None:
+            raise ValueError(f"P{index} holds no shares of updates: owners submit to P0 and P1 only")
+        if not isinstance(submit, dict):
+            raise ValueError("the submission is not a JSON object")
+        round_id, owner = submit.get("round"), check_owner_name(submit.get("owner"))
+        rules = book.rules(round_id)
+    except ValueError as exc:
+        reply_hello(stream, index, session, error=str(exc))
+        log.warning("refused a data owner's shares: %s", exc)
+        return
+    size = sum(math.prod(s) for s in rules["shapes"])
+    channel = SocketChannel(index, timeout, session=session, max_recv_bytes=8 * size + FRAME_HEADER_ROOM)
+    try:
+        reply_hello(stream, index, session, extra={"rules": rules})
+        channel.attach(CLIENT, stream)
+        share = channel.recv(CLIENT, tag="fl:share")
+        book.submit(round_id, owner, share)
+    except ChannelError as exc:
+        log.info("data owner %s left round %s before its share arrived (%s): not counted", owner, round_id, exc)
+        channel.close()
+        return
+    except ValueError as exc:
+        log.warning("refused data owner %s's share of round %s: %s", owner, round_id, exc)
+        _tell_owner(channel, "fl:error", str(exc))
+        return
+    log.info("round %s: data owner %s submitted %d elements", round_id, owner, size)
+    _tell_owner(channel, "fl:ok", "")
+
+
+def _tell_owner(channel: SocketChannel, tag: str, text: str) -> None:
+    try:
+        channel.send_control(CLIENT, tag, text.encode()[:2000])
+    except ChannelError:
+        pass
+    channel.close()
 
 
 def _queue_query(index, query_id, request, stream, inbox: QueryInbox, timeout, max_frame_bytes) -> None:

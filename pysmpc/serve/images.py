@@ -13,8 +13,8 @@ __all__ = ["MAX_PIXELS", "load_image"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
-# A query image is small (MNIST: 28 x 28); a larger one is refused before it
-# is decoded, so a few bytes of PNG cannot inflate to gigabytes.
+#: The most pixels a query image may have. A query image is small (MNIST: 28 x 28); a larger
+#: one is refused before it is decoded, so a few bytes of PNG cannot inflate to gigabytes.
 MAX_PIXELS = 1 << 20
 
 

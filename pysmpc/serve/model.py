@@ -10,6 +10,7 @@ import numpy as np
 
 from pysmpc.graph import Graph, conv_padding, run_fixed_point, run_float
 from pysmpc.graph.graph import check_input_range
+from pysmpc.graph.layout import model_input_to_nhwc, shape_in_layout
 from pysmpc.graph.secure import input_maskable, plan_cost
 from pysmpc.parties.dealer import INPUT_MASK_TAG
 from pysmpc.parties.party import DEALER
@@ -33,6 +34,12 @@ class Model:
     to the cluster as shares only and returns a `SharedModel` whose
     `predict` is private.
 
+    Inputs are in the source model's layout, `input_layout`: NHWC for a
+    Keras model, NCHW (N, C, H, W) for a PyTorch or ONNX one, exactly what
+    the framework's model takes. `predict`, `predict_fixed_point` and the
+    shared model's `predict` transpose NCHW inputs to the engine's NHWC once,
+    before anything is encoded or shared. `input_shape` is in that layout.
+
     `input_range` (low, high) is what the model was trained on, e.g. (0, 1)
     for pixels divided by 255: given here once, or read from the model file
     where it records it (Graph.input_range). Clients are told it, so a
@@ -47,8 +54,14 @@ class Model:
         self._shared: SharedModel | None = None
 
     @property
+    def input_layout(self) -> str:
+        """'NHWC' or 'NCHW': the layout of images that predict and the shared model take."""
+        return self.graph.input_layout
+
+    @property
     def input_shape(self) -> tuple:
-        return self.graph.input_shape
+        """One input's shape (no batch axis) in `input_layout`: (C, H, W) for NCHW."""
+        return shape_in_layout(self.graph.input_shape, self.graph.input_layout)
 
     @property
     def input_range(self) -> tuple | None:
@@ -62,11 +75,12 @@ class Model:
         return self.graph.summary()
 
     def predict(self, x) -> np.ndarray:
-        """Plaintext float64 logits (the reference)."""
-        return run_float(self.graph, x)
+        """Plaintext float64 logits (the reference) of x, in `input_layout`, with or without a batch axis."""
+        return run_float(self.graph, model_input_to_nhwc(x, self.graph.input_shape, self.graph.input_layout))
 
     def predict_fixed_point(self, x, frac_bits: int = 16) -> np.ndarray:
-        """Plaintext logits computed with the secure backend's fixed-point arithmetic."""
+        """Plaintext logits computed with the secure backend's fixed-point arithmetic (x as for predict)."""
+        x = model_input_to_nhwc(x, self.graph.input_shape, self.graph.input_layout)
         return run_fixed_point(self.graph, x, frac_bits=frac_bits)
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
@@ -147,7 +161,7 @@ class SharedModel:
         self.key = f"model-{next(_model_ids)}"
         self.frac_bits = cluster.frac_bits
         self.profile: list = []
-        self._tensors = []
+        self._tensors: list = []
         self._stopped = False
         self._run_ids = itertools.count()
         self._input_masks: dict[tuple, list] = {}  # (batch size, reveal) -> [(prepared run id, input mask A)]
@@ -157,8 +171,14 @@ class SharedModel:
             cluster.on_restart(self._load)
 
     def describe(self) -> dict:
-        """What the workers tell clients about this model (queries.ServedModels): shapes, input range, format."""
-        return {"input_shape": list(self.graph.input_shape), "output_shape": list(self.graph.output_shape()),
+        """What the workers tell clients about this model (queries.ServedModels).
+
+        input_shape is (H, W, C) as the engine computes (the shares a client
+        sends), input_layout the layout the model's own callers use;
+        output_shape, input_range and the fractional bits.
+        """
+        return {"input_shape": list(self.graph.input_shape), "input_layout": self.graph.input_layout,
+                "output_shape": list(self.graph.output_shape()),
                 "input_range": None if self.graph.input_range is None else list(self.graph.input_range),
                 "frac_bits": self.frac_bits}
 
@@ -235,13 +255,16 @@ class SharedModel:
         material is dealt during the query), else P2 deals it while the
         query runs.
 
+        x is in the model's input layout (NCHW for a PyTorch/ONNX model:
+        transposed to NHWC here, before it is encoded and shared), in its
+        input range (serve/inputs.py: uint8 pixels are scaled with a note).
         reveal="logits" returns float logits, securely truncated to the
         model's fractional bits before they leave the parties (within one
         unit in the last place, 2^-F); reveal="argmax" runs the secure
         argmax and reveals only the labels (int array).
         """
         _check_reveal(reveal)
-        x = self._check_input(x)
+        x = self._check_input(model_input_to_nhwc(x, self.graph.input_shape, self.graph.input_layout))
         encoded = self.cluster.encode(x, self.frac_bits)
         args = (self.key, list(x.shape), self.frac_bits)
         masks = self._input_masks.get((x.shape[0], reveal))
