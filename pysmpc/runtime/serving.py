@@ -29,6 +29,10 @@ and the rest of the batch is answered.
 Client input is read within one deadline per batch (`query_timeout`, also
 when a client trickles its share byte by byte), so the parties' waits on
 each other stay bounded whatever the clients do.
+
+Only P0 counts answered queries and decides when serving ends (the count
+is reached, `idle_timeout` passed, or the caller sent "ctl:stop-serving"):
+it then announces an empty batch, and P1 and P2 return with it.
 """
 
 from __future__ import annotations

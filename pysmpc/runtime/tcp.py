@@ -318,7 +318,6 @@ class TcpCluster(BaseCluster):
             raise ValueError(f"num_requests must be a positive int, or None to serve until stopped; "
                              f"got {num_requests!r}")
         served = failed = restarts = 0
-        self._serving.clear()
         self._stop_reason = None
         self._serving.set()
         stopped = "done"
