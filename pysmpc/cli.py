@@ -90,7 +90,7 @@ def _demo(args) -> int:
         for i in _progress(range(count), args.progress, "image"):
             # As a server does while it waits: the dealer's material first (offline;
             # the secure argmax's is still dealt during the query).
-            offline += shared.prepare(1)["seconds"]
+            offline += shared.prepare(1, reveal=args.reveal)["seconds"]
             start = time.perf_counter()
             answer = shared.predict(images[i : i + 1], reveal=args.reveal)
             predicted = int(answer.reshape(-1).argmax() if args.reveal == "logits" else answer[0])
@@ -149,32 +149,65 @@ def _plot_layers(model, args) -> None:
 
 
 def _serve(args) -> int:
+    import logging
+    import signal
+
     from pysmpc import Cluster, Worker, load_model
 
-    model = load_model(args.model)
+    # One line per query (time, rows, reveal mode, online ms) on stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    serve_log = logging.getLogger("pysmpc.serve")
+    serve_log.addHandler(handler)
+    serve_log.setLevel(logging.INFO)
+    serve_log.propagate = False
+
+    def terminate(signum, frame):  # SIGTERM before or after serving: stop as Ctrl-C does (serve() handles its own)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    model = load_model(args.model, input_range=args.input_range)
+    if model.input_range is None:
+        print(f"note: {args.model} records no input range, so clients cannot check their inputs' scale: pass "
+              "--input-range LOW,HIGH (e.g. 0,1)", file=sys.stderr, flush=True)
     hosts = args.hosts.split(",")
     cluster = Cluster(*(Worker(h, auto_managed=not args.manual) for h in hosts), tls_dir=args.tls_dir,
                       allow_cleartext=args.allow_cleartext, max_frame_bytes=args.max_frame_bytes)
-    print(f"starting the cluster on {', '.join(hosts)}" + (" (workers started by hand)" if args.manual else ""),
-          flush=True)
-    with cluster:
-        model.share(cluster)
-        print(f"serving {args.model} (input {model.input_shape}, output {model.output_shape}) "
-              f"for {args.requests} requests", flush=True)
-        start = time.perf_counter()
-        served = model.serve(num_requests=args.requests, max_batch=args.max_batch, max_rows=args.max_rows)
-        elapsed = time.perf_counter() - start
-        model.stop_sharing()
-    failed = cluster.last_serve["failed"]
-    print(f"served {served} requests ({failed} refused) in {elapsed:.1f} s")
-    return 0 if failed == 0 else 1
+    how_long = f"for {args.requests} requests" if args.requests else "until Ctrl-C or SIGTERM"
+    try:
+        print(f"starting the cluster on {', '.join(hosts)}" + (" (workers started by hand)" if args.manual else ""),
+              flush=True)
+        with cluster:
+            model.share(cluster)
+            print(f"serving {args.model} (input {model.input_shape}, output {model.output_shape}) {how_long}"
+                  + (", labels only" if args.reveal == "argmax" else ""), flush=True)
+            start = time.perf_counter()
+            served = model.serve(num_requests=args.requests, max_batch=args.max_batch, max_rows=args.max_rows,
+                                 reveal=args.reveal)
+            elapsed = time.perf_counter() - start
+            model.stop_sharing()
+    except KeyboardInterrupt:
+        print("interrupted: the workers were stopped", flush=True)
+        return 130
+    last = cluster.last_serve
+    stopped = f"stopped by {last['stopped']}: " if last["stopped"] in ("SIGINT", "SIGTERM") else ""
+    print(f"{stopped}served {served} requests ({last['failed']} refused) in {elapsed:.1f} s", flush=True)
+    return 0
 
 
 def _query(args) -> int:
+    import logging
+
     from pysmpc import Client, Cluster, Worker
     from pysmpc.models import load_samples
     from pysmpc.serve.images import load_image
 
+    # The client's notes (an image scaled to the model's range, a worker waited for) as plain lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pysmpc query: %(message)s"))
+    for name in ("pysmpc.client", "pysmpc.cluster"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).propagate = False
     cluster = Cluster(*(Worker(h, auto_managed=False) for h in args.hosts.split(",")), tls_dir=args.tls_dir,
                       allow_cleartext=args.allow_cleartext)
     queries = [(path, load_image(path), None) for path in args.images]
@@ -186,10 +219,17 @@ def _query(args) -> int:
         queries += [(f"sample {k}", images[k], int(labels[k])) for k in args.sample]
     if not queries:
         raise ValueError("nothing to query: give image files (PNG, JPEG, ... or .npy) or --sample K")
-    client = Client(timeout=args.timeout)
+    served = cluster.describe_model(wait=args.wait)
+    if args.classes is not None:
+        output = (1, args.classes)
+    elif served is not None:
+        output = (1, *served["output_shape"])
+    else:
+        raise ValueError("the workers serve no model yet, so its output size is unknown: pass --classes N, or "
+                         "--wait SECONDS for the model to be served")
+    client = Client(timeout=args.timeout).connect_to_model(batch_input_shape=(1, *queries[0][1].shape),
+                                                           batch_output_shape=output, cluster=cluster)
     for name, image, label in queries:
-        client.connect_to_model(batch_input_shape=(1, *image.shape), batch_output_shape=(1, args.classes),
-                                cluster=cluster)
         start = time.perf_counter()
         result = client.query_model(image, reveal=args.reveal)
         elapsed = 1000 * (time.perf_counter() - start)

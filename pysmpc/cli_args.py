@@ -95,9 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     hosts_default = "localhost:4000,localhost:4001,localhost:4002"
     frame = _number(int, FRAME_HEADER_ROOM)
-    serve = command("serve", "share a model to three workers and answer N client queries")
+    serve = command("serve", "share a model to three workers and answer client queries")
     serve.add_argument("model", help="a model file (.h5, .hdf5, .keras, .onnx)")
-    serve.add_argument("--requests", type=positive, required=True, metavar="N", help="how many queries to answer")
+    serve.add_argument("--requests", type=positive, default=None, metavar="N",
+                       help="how many queries to answer (refused ones do not count); default: until Ctrl-C or "
+                            "SIGTERM")
+    serve.add_argument("--input-range", metavar="LOW,HIGH",
+                       help="the input values the model was trained on, e.g. 0,1 (default: as the model file "
+                            "records it); clients scale or refuse queries by it")
+    serve.add_argument("--reveal", choices=("logits", "argmax"), default="logits",
+                       help="the most a client may learn: logits (truncated to the model's fractional bits) or "
+                            "labels only (argmax: logits queries are refused)")
     serve.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
     serve.add_argument("--manual", action="store_true",
                        help="connect to workers started by hand (pysmpc worker) instead of starting them")
@@ -117,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     query = command("query", "query a served model with images; only this process sees the result")
     query.add_argument("images", nargs="*", metavar="IMAGE",
                        help="image files: PNG, JPEG, BMP, GIF, TIFF, WebP, PGM (needs pysmpc[images]) or .npy "
-                            "arrays; MNIST style: a white digit on black")
+                            "arrays; MNIST style: a white digit on black; uint8 pixels are scaled to the served "
+                            "model's input range, other values must lie in it")
     query.add_argument("--sample", type=int, action="append", metavar="K",
                        help="query shipped MNIST test image K, 0 to 15 (repeatable)")
     query.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
@@ -127,8 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "in the clear)")
     query.add_argument("--reveal", choices=("logits", "argmax"), default="logits",
                        help="what the workers send back: shares of the logits, or (secure argmax) of the label only")
-    query.add_argument("--classes", type=positive, default=10, metavar="N",
-                       help="size of the model's output: the number of logits")
+    query.add_argument("--classes", type=positive, default=None, metavar="N",
+                       help="size of the model's output: the number of logits (default: as the workers describe "
+                            "the served model)")
+    query.add_argument("--wait", type=_number(float, 0), default=0.0, metavar="SECONDS",
+                       help="seconds to wait for workers that are not reachable yet (default: fail at once)")
     query.add_argument("--show-logits", action="store_true", help="with --reveal logits: print the logits too")
     query.add_argument("--timeout", type=positive_real, default=60.0, metavar="SECONDS",
                        help="give up on a query not answered within this time")

@@ -274,3 +274,23 @@ def test_from_torch_model_takes_nchw_and_export_options():
         sy.from_torch(net, x[:1], f="elsewhere.onnx")
     with pytest.raises(TypeError, match="takes a torch.nn.Module, got function"):
         sy.from_torch(lambda t: t, x[:1])
+
+
+def test_a_recorded_input_range_is_read_from_hdf5_and_onnx(tmp_path):
+    assert load_graph(shipped_model_path()).input_range == (0.0, 1.0)  # trained on pixels / 255
+    assert load(KERAS_FILES[1]).input_range is None  # not recorded: unknown
+    h5 = tmp_path / "ranged.h5"
+    shutil.copyfile(FIXTURES / KERAS_FILES[1], h5)
+    with h5py.File(h5, "r+") as f:
+        f.attrs["pysmpc_input_range"] = np.array([-1.0, 1.0])
+    assert load_graph(h5).input_range == (-1.0, 1.0)
+    with h5py.File(h5, "r+") as f:
+        f.attrs["pysmpc_input_range"] = np.array([1.0, 0.0])
+    with pytest.raises(ValueError, match="pysmpc_input_range.*low < high"):
+        load_graph(h5)
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(FIXTURES / ONNX_FILES[0])
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "pysmpc_input_range", "0,255"
+    onnx.save(model, tmp_path / "ranged.onnx")
+    assert load_graph(tmp_path / "ranged.onnx").input_range == (0.0, 255.0)

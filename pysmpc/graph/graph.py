@@ -35,7 +35,7 @@ import numpy as np
 
 from pysmpc.graph.layout import check_layout, shape_in_layout
 
-__all__ = ["KINDS", "Graph", "GraphError", "Layer", "conv_padding"]
+__all__ = ["KINDS", "INPUT_RANGE_KEY", "Graph", "GraphError", "Layer", "check_input_range", "conv_padding"]
 
 KINDS = ("conv2d", "avg_pool2d", "max_pool2d", "relu", "flatten", "dense")
 
@@ -51,6 +51,34 @@ _WEIGHTS = {
 
 class GraphError(ValueError):
     """A graph or layer is malformed: unknown kind, bad weights or shapes."""
+
+
+# Where a model file records its input range: an HDF5 root attribute (Keras
+# .h5/.hdf5) or an ONNX metadata_props entry, "low,high" or two numbers.
+INPUT_RANGE_KEY = "pysmpc_input_range"
+
+
+def check_input_range(value, what: str = "input_range") -> tuple[float, float] | None:
+    """Return value as (low, high) floats with low < high, both finite; None stays None.
+
+    Accepts a pair of numbers or the text "low,high" (as a file stores it).
+
+    Raises:
+        GraphError: anything else, naming `what`.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        low, high = (float(v) for v in np.asarray(value, dtype=object).reshape(-1))
+    except (TypeError, ValueError):
+        raise GraphError(f"{what} must be two numbers (low, high), got {str(value)[:80]!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise GraphError(f"{what} must be finite with low < high, got ({low:g}, {high:g})")
+    return (low, high)
 
 
 def _pair(value, what: str) -> tuple[int, int]:
@@ -220,6 +248,9 @@ class Graph:
     in: 'NHWC' (Keras; the default) or 'NCHW' (PyTorch, ONNX). The graph
     itself always computes on NHWC, and ``input_shape`` is (H, W, C) either
     way; ``Model`` transposes NCHW inputs (graph.layout).
+    ``input_range`` is (low, high), the values the model was trained on
+    (e.g. (0, 1) for pixels divided by 255), where the file records it
+    (INPUT_RANGE_KEY); None when unknown.
     The graph is validated on construction; call ``validate()`` again after
     editing it.
     """
@@ -229,6 +260,7 @@ class Graph:
     source: str = ""
     notes: list = field(default_factory=list)
     input_layout: str = "NHWC"
+    input_range: tuple | None = None
 
     def __post_init__(self) -> None:
         self.layers = list(self.layers)
@@ -251,6 +283,7 @@ class Graph:
             check_layout(self.input_layout, len(self.input_shape))
         except ValueError as exc:
             raise GraphError(str(exc)) from None
+        self.input_range = check_input_range(self.input_range)
         if not self.layers:
             raise GraphError("graph has no layers")
         seen = set()

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from pysmpc.graph.graph import Graph, Layer
+from pysmpc.graph.graph import INPUT_RANGE_KEY, Graph, Layer, check_input_range
 from pysmpc.models._errors import ModelFormatError
 
 __all__ = ["SUPPORTED_OPS", "graph_from_onnx", "load_onnx"]
@@ -263,6 +263,8 @@ def _graph_from_onnx(model, source: str, where: list) -> Graph:
     if softmax is not None:
         notes.append(f"final {softmax.op_type} {softmax.name!r} dropped: the graph outputs logits, "
                      f"the client applies softmax")
-    return Graph(shape, layers, source=source, notes=notes, input_layout=layout)
+    recorded = {p.key: p.value for p in model.metadata_props}.get(INPUT_RANGE_KEY)
+    input_range = None if recorded is None else check_input_range(recorded, f"{source}: metadata {INPUT_RANGE_KEY!r}")
+    return Graph(shape, layers, source=source, notes=notes, input_layout=layout, input_range=input_range)
 
 

@@ -25,22 +25,25 @@ class _NotAnImage(Exception):
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Return an image as float64 (H, W, 1) in [0, 1] (MNIST style: 0 is background).
+    """Return an image as stored, (H, W, C): uint8 pixels 0-255 from an 8-bit image file, a .npy as it holds it.
 
-    .npy: used as is if float or bool (values must already be in [0, 1]),
-    divided by 255 if uint8; (H, W) gains a channel axis. Any other file
-    is decoded by Pillow if it is one of IMAGE_FORMATS (PNG, JPEG, BMP,
-    GIF, TIFF, WebP, PPM/PGM; the first frame of an animation): 8-bit
-    images are divided by 255, 16-bit greyscale by 65535; colour is
-    averaged to grey and alpha dropped. At most MAX_PIXELS pixels, checked
-    from the header before decoding; Pillow's own decompression-bomb limit
-    (PIL.Image.MAX_IMAGE_PIXELS) is kept and, from its warning threshold
-    on, is an error.
+    No scaling here: the query path (Client.query_model, serve/inputs.py)
+    fits every input to the served model's input range the same way, so a
+    file and an array give the same answer (a uint8 image is divided by
+    255 for a model trained on [0, 1], with a note). .npy: real or bool
+    dtypes, as stored; (H, W) gains a channel axis. Any other file is
+    decoded by Pillow if it is one of IMAGE_FORMATS (PNG, JPEG, BMP, GIF,
+    TIFF, WebP, PPM/PGM; the first frame of an animation): 8-bit images
+    come back as uint8 pixels, colour averaged to grey (rounded) and alpha
+    dropped; 16-bit greyscale as float64 divided by 65535. At most
+    MAX_PIXELS pixels, checked from the header before decoding; Pillow's
+    own decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS) is kept and,
+    from its warning threshold on, is an error.
 
     Raises:
         ValueError: not a readable .npy or image file, the wrong dtype,
-            shape or size, or values that are not finite or outside
-            [0, 1]; the message names the file and the problem.
+            shape or size, or values that are not finite; the message names
+            the file and the problem.
         ImportError: an image file (not .npy) and Pillow is not installed.
     """
     path = os.fspath(path)
@@ -52,16 +55,13 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         image = image[..., None]
     if image.ndim != 3 or min(image.shape) < 1:
         raise ValueError(f"{path}: expected an (H, W) or (H, W, C) image, got shape {image.shape}")
-    if not np.all(np.isfinite(image)):
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
         raise ValueError(f"{path}: the image contains NaN or infinite values")
-    if image.min() < 0 or image.max() > 1:
-        raise ValueError(f"{path}: pixel values must lie in [0, 1] (uint8 images are divided by 255), "
-                         f"got [{image.min():g}, {image.max():g}]")
     return image
 
 
 def _read_picture(path: str) -> np.ndarray:
-    """Decode an image file with Pillow into float64 (H, W) grey in [0, 1]."""
+    """Decode an image file with Pillow into (H, W) grey: uint8 pixels, or float64 in [0, 1] from 16 bits."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -81,7 +81,7 @@ def _read_picture(path: str) -> np.ndarray:
                 if picture.mode in ("I", "F"):
                     raise _NotAnImage(f"32-bit {'integer' if picture.mode == 'I' else 'float'} images are not "
                                       "read: save it with 8 or 16 bits per sample, or as a .npy array")
-                return np.asarray(picture.convert("RGB"), dtype=np.float64).mean(axis=2) / 255.0
+                return np.rint(np.asarray(picture.convert("RGB"), dtype=np.float64).mean(axis=2)).astype(np.uint8)
     except _NotAnImage as exc:
         raise ValueError(f"{path}: {exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -120,5 +120,4 @@ def _read_npy(path: str) -> np.ndarray:
     if len(data) != count * dtype.itemsize:
         raise ValueError(f"{path}: not a valid .npy file: {len(data)} bytes of data, the header says "
                          f"{count * dtype.itemsize}")
-    image = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
-    return image.astype(np.float64) / (255.0 if dtype == np.uint8 else 1.0)
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C").copy()
