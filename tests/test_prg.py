@@ -5,6 +5,7 @@ import pytest
 
 from pysmpc.kernels.bits import popcount
 from pysmpc.sharing.prg import PRG, SEED_BYTES, new_seed
+from helpers import in_forked_children
 
 SEED_A = bytes(range(16))
 SEED_B = bytes(range(1, 17))
@@ -187,31 +188,6 @@ def test_numpy_random_never_used(monkeypatch):
     prg.derive(b"x").random_u64(2)
 
 
-def _in_forked_children(draw, children: int = 2) -> list[bytes]:
-    """Run draw() -> bytes in `children` processes forked from this one; what each returned, through a pipe."""
-    import os
-
-    results = []
-    for _ in range(children):
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: draw, report, exit without running the parent's cleanup
-            code = 1
-            try:
-                os.close(read_end)
-                with os.fdopen(write_end, "wb") as out:
-                    out.write(draw())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as got:
-            results.append(got.read())
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, "the forked child failed"
-    return results
-
-
 def test_fresh_prgs_are_reseeded_in_forked_children_and_agreed_ones_are_not():
     fresh = PRG.fresh()
     agreed = PRG(SEED_A)  # a pairwise stream: the parties must keep drawing the same words
@@ -219,7 +195,7 @@ def test_fresh_prgs_are_reseeded_in_forked_children_and_agreed_ones_are_not():
     def draw():
         return fresh.random_u64(4).tobytes() + agreed.random_u64(4).tobytes()
 
-    first, second = (np.frombuffer(r, np.uint64) for r in _in_forked_children(draw))
+    first, second = (np.frombuffer(r, np.uint64) for r in in_forked_children(draw))
     assert not np.array_equal(first[:4], second[:4]), "two forked children drew the same words from a fresh PRG"
     np.testing.assert_array_equal(first[4:], second[4:])  # reseeding it would break the parties' alignment
     np.testing.assert_array_equal(first[4:], PRG(SEED_A).random_u64(4))
@@ -239,7 +215,7 @@ def test_a_cluster_made_before_a_fork_deals_different_shares_in_each_child():
         share_0, share_1 = share(value, cluster._client_prg)
         return share_0.tobytes() + share_1.tobytes()
 
-    first, second = (np.frombuffer(r, np.uint64).reshape(2, 8) for r in _in_forked_children(draw))
+    first, second = (np.frombuffer(r, np.uint64).reshape(2, 8) for r in in_forked_children(draw))
     for shares in (first, second):
         np.testing.assert_array_equal(shares[0] + shares[1], value)
     # Equal shares to P0 of two values would hand P1 their difference.

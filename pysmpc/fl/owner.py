@@ -30,7 +30,7 @@ from pysmpc.parties.socket import SocketChannel, TlsConfig, check_cleartext, con
 from pysmpc.runtime.certs import owner_stem
 from pysmpc.runtime.rounds import MIN_OWNERS_FLOOR, check_owner_name
 from pysmpc.sharing.fixedpoint import FixedPoint
-from pysmpc.sharing.prg import PRG, new_seed
+from pysmpc.sharing.prg import PRG
 from pysmpc.sharing.shares import share
 
 __all__ = ["Owner", "SubmissionError", "Receipt"]
@@ -78,7 +78,7 @@ class Owner:
         self.min_owners = max(MIN_OWNERS_FLOOR, int(min_owners))
         self.require_dp = dict(require_dp) if require_dp else None
         self.int_bits = int(int_bits)
-        self._prg = PRG(new_seed())  # this owner's own: no other endpoint knows its seed
+        self._prg = PRG.fresh()  # this owner's own (reseeded in a forked child): no other endpoint knows its seed
         self._books: dict = {}   # in-process: P0's and P1's round books
         self.hosts: list = []    # over TCP: the workers' (host, port)
         if hasattr(cluster, "round_books"):
