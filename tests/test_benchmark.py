@@ -16,7 +16,7 @@ def test_measured_layers_cost_what_the_plan_says(batch):
     for layer, (name, cost) in zip(layers, plan):
         assert (layer["bytes_sent"], layer["rounds"]) == (cost.bytes_sent, cost.rounds), name
         assert layer["seconds"] >= 0
-    assert sum(layer["rounds"] for layer in layers) == 15
+    assert sum(layer["rounds"] for layer in layers) == 16  # on prepared material, the output's truncation included
     assert all(layer["seconds"] > 0 for layer in layers if layer["rounds"])
 
 

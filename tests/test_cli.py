@@ -281,8 +281,8 @@ def test_inspect_plot_draws_the_measured_layers(tmp_path):
     assert result.returncode == 0, result.stderr
     width, height = _png_size(out)
     assert width > 600 and height > 400
-    # The measured run is on material made ahead: conv1 opens nothing (15 rounds, not the table's 16).
-    assert re.search(r"online: 15 rounds, [\d,]+ bytes sent by each computing party, [\d.]+ ms", result.stdout), \
+    # The measured run is on material made ahead: conv1 opens nothing (16 rounds, not the table's 17).
+    assert re.search(r"online: 16 rounds, [\d,]+ bytes sent by each computing party, [\d.]+ ms", result.stdout), \
         result.stdout
 
 

@@ -30,8 +30,10 @@ def documented_names(html: Path) -> set[str]:
 def built(tmp_path_factory) -> Path:
     pytest.importorskip("sphinx", reason="the docs extra is not installed: pip install '.[docs]'")
     html = tmp_path_factory.mktemp("api-html")
+    # Run from outside the repository: `python -m` puts the working directory first on sys.path,
+    # and the source tree (no compiled kernels after a plain `pip install .`) would shadow the package.
     done = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS),
-                           str(html)], capture_output=True, text=True, timeout=600)
+                           str(html)], capture_output=True, text=True, timeout=600, cwd=html)
     assert done.returncode == 0, f"sphinx-build failed (warnings are errors):\n{done.stdout}\n{done.stderr}"
     return html
 

@@ -60,13 +60,18 @@ def warm_up(on_compile=None) -> float:
             failure.append(exc)
 
     dispatchers = list(kernel_dispatchers().values())
+
+    def misses() -> int:  # Numba's counts are per process: only new ones mean a compile now
+        return sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
+
+    before = misses()
     worker = threading.Thread(target=run, name="pysmpc-warm-up", daemon=True)
     worker.start()
     reported = False
     while worker.is_alive():
         worker.join(0.05)
         # Numba counts a cache miss before it starts compiling the kernel.
-        if not reported and any(d.stats.cache_misses for d in dispatchers):
+        if not reported and misses() > before:
             on_compile()
             reported = True
     if failure:
