@@ -1,11 +1,11 @@
 """Model graphs and their plaintext executors.
 
-``Graph`` and ``Layer`` describe a sequential NHWC model; ``run_float`` is
+``Graph`` and ``Layer`` describe an NHWC model (a DAG of named tensors); ``run_float`` is
 the float64 reference and ``run_fixed_point`` the exact plaintext twin of
 the secure computation's fixed-point arithmetic.
 """
 
-from pysmpc.graph.graph import KINDS, Graph, GraphError, Layer, conv_padding
+from pysmpc.graph.graph import KINDS, Graph, GraphError, Layer, conv_padding, fold_batch_norms, pool_padding
 from pysmpc.graph.plain import fixed_point_trace, run_fixed_point, run_float
 
 __all__ = [
@@ -14,6 +14,8 @@ __all__ = [
     "GraphError",
     "Layer",
     "conv_padding",
+    "fold_batch_norms",
+    "pool_padding",
     "fixed_point_trace",
     "run_fixed_point",
     "run_float",

@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 
-from pysmpc.graph import Graph, conv_padding, run_fixed_point, run_float
+from pysmpc.graph import Graph, run_fixed_point, run_float
 from pysmpc.graph.secure import input_maskable, plan_cost
+from pysmpc.graph.secure import make_plan as secure_plan
 from pysmpc.parties.dealer import INPUT_MASK_TAG
 from pysmpc.parties.party import DEALER
 from pysmpc.protocols.cost import Cost
@@ -87,22 +88,12 @@ class Model:
 
 
 def make_plan(graph: Graph, share_weight=None) -> list[dict]:
-    """The graph as the secure executor's plan (graph.secure): plain dicts.
+    """The graph as the secure executor's plan (graph.secure.make_plan): plain dicts.
 
     `share_weight(array) -> tensor id` shares each kernel and bias; without
     it the plan names no tensors and serves for cost estimates only.
     """
-    plan = []
-    for layer, in_shape in zip(graph.layers, graph.shapes()):
-        step = {"kind": layer.kind, "name": layer.name}
-        if layer.kind in ("conv2d", "dense") and share_weight is not None:
-            step.update(kernel=share_weight(layer.weights["kernel"]), bias=share_weight(layer.weights["bias"]))
-        if layer.kind == "conv2d":
-            step.update(stride=list(layer.params["stride"]), pads=list(conv_padding(layer, in_shape)))
-        elif layer.kind in ("avg_pool2d", "max_pool2d"):
-            step.update(pool=list(layer.params["pool"]), stride=list(layer.params["stride"]))
-        plan.append(step)
-    return plan
+    return secure_plan(graph, share_weight)
 
 
 class SharedModel:
