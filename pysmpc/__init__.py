@@ -17,11 +17,11 @@ from pysmpc.sharing.fixedpoint import FixedPoint
 __version__ = "0.1.0"
 
 
-def load_model(path) -> Model:
-    """Load a Keras (.hdf5, .h5, .keras) or ONNX (.onnx) model file for private serving."""
+def load_model(path, config=None) -> Model:
+    """Load a Keras (.hdf5, .h5, .keras; .weights.h5 with its `config`) or ONNX (.onnx) model file for private serving."""
     from pysmpc.models import load_graph
 
-    return Model(load_graph(path))
+    return Model(load_graph(path, config=config))
 
 
 def from_keras(keras_model) -> Model:

@@ -535,7 +535,7 @@ class Graph:
 
 
 def fold_batch_norms(graph: Graph) -> Graph:
-    """Fold each batch_norm into the conv2d, depthwise_conv2d or dense layer it reads, where it can.
+    """Fold each batch_norm into the conv2d, depthwise_conv2d, dense or batch_norm layer it reads, where it can.
 
     y = (x (*) W + b) * s + t = x (*) (W s) + (b s + t) for a per-channel s
     (shape (C,) or scalar, on the last axis), when the batch norm is that
@@ -552,6 +552,21 @@ def fold_batch_norms(graph: Graph) -> Graph:
         if layer.kind == "batch_norm":
             source = by_name.get(inputs[0])
             scale, shift = layer.weights["scale"], layer.weights["shift"]
+            if source is not None and source.kind == "batch_norm" and len(readers[source.name]) == 1:
+                # Two affine maps in a row are one: (x s1 + t1) s2 + t2.
+                merged = layers[[l.name for l in layers].index(source.name)]
+                s1, t1 = merged.weights["scale"], merged.weights["shift"]
+                try:
+                    shape = np.broadcast_shapes(s1.shape, scale.shape)
+                except ValueError:
+                    shape = None
+                if shape is not None:
+                    merged.weights = {"scale": np.broadcast_to(s1 * scale, shape).copy(),
+                                      "shift": np.broadcast_to(t1 * scale + shift, shape).copy()}
+                    renamed[layer.name] = merged.name
+                    notes.append(f"affine {layer.name!r} merged into {merged.name!r}")
+                    readers[merged.name] = readers[layer.name]
+                    continue
             if (source is not None and source.kind in ("conv2d", "depthwise_conv2d", "dense")
                     and len(readers[source.name]) == 1 and scale.ndim <= 1):
                 folded = layers[[l.name for l in layers].index(source.name)]
@@ -566,6 +581,7 @@ def fold_batch_norms(graph: Graph) -> Graph:
                         kernel = kernel * scale
                     folded.weights = {"kernel": kernel, "bias": folded.weights["bias"] * scale + shift}
                     renamed[layer.name] = folded.name
+                    readers[folded.name] = readers[layer.name]
                     notes.append(f"batch normalization {layer.name!r} folded into {folded.name!r}")
                     continue
         copy = Layer(layer.kind, layer.name, dict(layer.params), dict(layer.weights), inputs)
