@@ -17,11 +17,14 @@ from pysmpc.sharing.fixedpoint import FixedPoint
 __version__ = "0.1.0"
 
 
-def load_model(path, config=None) -> Model:
-    """Load a Keras (.hdf5, .h5, .keras; .weights.h5 with its `config`) or ONNX (.onnx) model file for private serving."""
+def load_model(path, config=None, frac_bits: int | None = None) -> Model:
+    """Load a Keras (.hdf5, .h5, .keras; .weights.h5 with its `config`) or ONNX (.onnx) model file for private serving.
+
+    frac_bits: the model's fixed-point fractional bits (default: the cluster's); see Model.calibrate.
+    """
     from pysmpc.models import load_graph
 
-    return Model(load_graph(path, config=config))
+    return Model(load_graph(path, config=config), frac_bits=frac_bits)
 
 
 def from_keras(keras_model) -> Model:

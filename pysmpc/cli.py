@@ -58,7 +58,7 @@ def _demo(args) -> int:
 def _inspect(args) -> int:
     from pysmpc import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, frac_bits=args.frac_bits)
     print(model.summary())
     costs = model.cost(args.batch)
     print(f"\nsecure cost per inference of a batch of {args.batch} (online, each computing party):")
@@ -68,6 +68,11 @@ def _inspect(args) -> int:
     total_rounds = sum(c.rounds for _, c in costs)
     total_bytes = sum(c.bytes_sent for _, c in costs)
     print(f"{'total':<16}{total_rounds:>8}{total_bytes:>14,}{sum(c.dealer_bytes for _, c in costs):>14,}")
+    if args.calibrate:
+        from pysmpc.graph.calibrate import calibration_report
+
+        print()
+        print(calibration_report(model.graph, args.calibrate, args.frac_bits))
     return 0
 
 
@@ -295,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="layers, shapes and the secure cost of a model file")
     inspect.add_argument("model")
     inspect.add_argument("--batch", type=int, default=1)
+    inspect.add_argument("--frac-bits", type=int, default=None, help="fixed-point fractional bits F (default 16)")
+    inspect.add_argument("--calibrate", metavar="SAMPLES.npy",
+                         help="sample inputs (.npy): report each layer's range against the fixed-point limits")
     inspect.set_defaults(fn=_inspect)
 
     hosts_default = "localhost:4000,localhost:4001,localhost:4002"

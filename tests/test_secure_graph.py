@@ -277,3 +277,21 @@ def test_liveness_drops_a_tensor_after_its_last_reader():
     values["b"] = values["a"]
     values.take(["a", "b"])
     assert not values
+
+
+def test_a_model_with_its_own_fractional_bits(cluster):
+    """Model(graph, frac_bits=12): weights, input and every protocol at F = 12, costs planned at 12."""
+    rng = np.random.default_rng(13)
+    graph = dag_cnn(rng)
+    x = rng.uniform(-1, 1, (2, *graph.input_shape))
+    model = Model(graph, frac_bits=12)
+    shared = model.share(cluster)
+    assert shared.frac_bits == 12 != cluster.frac_bits
+    cluster.reset_stats()
+    probs = shared.predict(x)
+    # The nonlinearities' bounds scale with 2^-F: 16 times those at F = 16.
+    np.testing.assert_allclose(probs, run_fixed_point(graph, x, 12), atol=3e-2)
+    np.testing.assert_allclose(probs, model.predict_fixed_point(x), atol=3e-2)
+    assert [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile] == \
+        [(name, c.rounds, c.bytes_sent) for name, c in model.cost(2)]
+    shared.stop()

@@ -28,10 +28,18 @@ class Model:
     `predict(x)` is the float reference; `share(cluster)` sends the weights
     to the cluster as shares only and returns a `SharedModel` whose
     `predict` is private.
+
+    frac_bits: the model's fixed-point fractional bits F (None: the
+    cluster's, 16 by default). Fewer bits give more range, more give
+    precision: `calibrate(samples)` reports each layer's range at F, and
+    graph.calibrate.choose_frac_bits picks F from samples.
     """
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, frac_bits: int | None = None):
         self.graph = graph
+        if frac_bits is not None:
+            _check_model_frac_bits(frac_bits)
+        self.frac_bits = frac_bits
         self._shared: SharedModel | None = None
 
     @property
@@ -49,9 +57,19 @@ class Model:
         """Plaintext float64 logits (the reference)."""
         return run_float(self.graph, x)
 
-    def predict_fixed_point(self, x, frac_bits: int = 16) -> np.ndarray:
-        """Plaintext logits computed with the secure backend's fixed-point arithmetic."""
-        return run_fixed_point(self.graph, x, frac_bits=frac_bits)
+    def predict_fixed_point(self, x, frac_bits: int | None = None) -> np.ndarray:
+        """Plaintext logits computed with the secure backend's fixed-point arithmetic (F: the model's, or 16)."""
+        return run_fixed_point(self.graph, x, frac_bits=frac_bits or self.frac_bits or 16)
+
+    def calibrate(self, samples, frac_bits: int | None = None):
+        """Each layer's largest |value| over `samples` against what a private run holds exactly.
+
+        Returns a graph.calibrate.Calibration (`.report()`, `.warnings()`,
+        `.ok`) at F = frac_bits (default: the model's, or 16).
+        """
+        from pysmpc.graph.calibrate import calibrate
+
+        return calibrate(self.graph, samples, frac_bits or self.frac_bits or 16)
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs (no sharing needed).
@@ -61,13 +79,13 @@ class Model:
         """
         plan = make_plan(self.graph)
         return plan_cost(plan, self.graph.shapes(), batch, truncate_output=False,
-                         input_open=prepared and input_maskable(plan))
+                         input_open=prepared and input_maskable(plan), frac_bits=self.frac_bits or 16)
 
     def share(self, cluster) -> "SharedModel":
         """Secret-share the weights to `cluster` (they leave this process as shares only)."""
         if self._shared is not None:
             self._shared.stop()
-        self._shared = SharedModel(self.graph, cluster)
+        self._shared = SharedModel(self.graph, cluster, frac_bits=self.frac_bits)
         return self._shared
 
     @property
@@ -108,11 +126,15 @@ class SharedModel:
     workers under the same key.
     """
 
-    def __init__(self, graph: Graph, cluster):
+    def __init__(self, graph: Graph, cluster, frac_bits: int | None = None):
         self.graph = graph
         self.cluster = cluster
         self.key = f"model-{next(_model_ids)}"
-        self.frac_bits = cluster.frac_bits
+        if frac_bits is not None:
+            _check_model_frac_bits(frac_bits)
+        # The model's F (Model.frac_bits) or the cluster's. Remote clients
+        # must encode with the same F: the workers refuse other queries.
+        self.frac_bits = cluster.frac_bits if frac_bits is None else frac_bits
         self.profile: list = []
         self._tensors = []
         self._stopped = False
@@ -128,7 +150,7 @@ class SharedModel:
         self._input_masks = {}  # the parties of a restarted cluster hold no prepared runs
 
         def share_weight(array):
-            tensor = self.cluster.share(array)
+            tensor = self.cluster.share(array, frac_bits=self.frac_bits)
             self._tensors.append(tensor)
             return tensor.tid
 
@@ -141,7 +163,7 @@ class SharedModel:
         prepared: on material made by prepare(), as Model.cost.
         """
         return plan_cost(self.plan, self.graph.shapes(), batch, truncate_output=False,
-                         input_open=prepared and input_maskable(self.plan))
+                         input_open=prepared and input_maskable(self.plan), frac_bits=self.frac_bits)
 
     def _check_input(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -195,7 +217,8 @@ class SharedModel:
         if reveal not in ("logits", "argmax"):
             raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
         x = self._check_input(x)
-        encoded = self.cluster.encode(x, self.frac_bits)
+        # The widest format at F (I = 31 - F integer bits), whatever the cluster's default.
+        encoded = FixedPoint(frac_bits=self.frac_bits, int_bits=31 - self.frac_bits).encode(x)
         args = (self.key, list(x.shape), self.frac_bits)
         masks = self._input_masks.get(x.shape[0])
         if masks:
@@ -232,6 +255,12 @@ class SharedModel:
         self.cluster.call("unload_model", self.key)
         self.cluster.call("free", [t.tid for t in self._tensors])
         self._tensors = []
+
+
+def _check_model_frac_bits(frac_bits) -> None:
+    # The nonlinear protocols support F up to 22 (protocols.exp), products need 2F < 62.
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, (int, np.integer)) or not 1 <= frac_bits <= 22:
+        raise ValueError(f"frac_bits must be an int in 1..22, got {frac_bits!r}")
 
 
 def _profile_rows(table: dict) -> list[dict]:
