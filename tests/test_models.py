@@ -306,7 +306,7 @@ def test_from_keras_functional_live():
     np.testing.assert_allclose(run_float(graph, DAG["x"]), DAG["keras_logits"], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["dag_keras3.keras", "dag_torch.onnx"])
+@pytest.mark.parametrize("name", ["dag_keras3.keras", "seq_keras3.keras", "dag_torch.onnx"])
 def test_branching_models_private_run_matches_plaintext(name):
     """LocalCluster: within the nonlinearities' documented bounds of the fixed-point twin, rounds as planned."""
     from pysmpc import LocalCluster
@@ -345,6 +345,11 @@ def test_unsupported_layer_in_a_functional_model_is_named(tmp_path):
         layer["class_name"] = "LeakyReLU"
     with pytest.raises(ValueError, match="unsupported layer 'relu4' of class LeakyReLU; supported layers: InputLayer"):
         load_graph(keras2_dag_edited(tmp_path, leaky))
+
+    def batch_axis(config):
+        next(spec for spec in config["layers"] if spec["name"] == "cat")["config"]["axis"] = 0
+    with pytest.raises(ValueError, match="'cat' of class Concatenate \\(axis 0 is the batch axis\\)"):
+        load_graph(keras2_dag_edited(tmp_path, batch_axis))
 
 
 def test_functional_model_with_two_outputs_or_a_shared_layer_is_refused(tmp_path):

@@ -288,7 +288,9 @@ def _translate(b: _Builder, cls: str, cfg: dict, name: str, sources: list, weigh
         if cls == "Add":
             return b.emit("add", name, sources)
         axis = int(cfg.get("axis", -1))
-        return b.emit("concat", name, sources, {"axis": axis if axis < 0 else axis - 1})
+        if axis == 0:
+            raise unsupported(name, cls, "axis 0 is the batch axis")
+        return b.emit("concat", name, sources, {"axis": axis if axis < 0 else axis - 1})  # Keras counts the batch
     if len(sources) != 1:
         raise unsupported(name, cls, f"{len(sources)} inputs")
     x = sources[0]
