@@ -27,7 +27,7 @@ import numpy as np
 
 from pysmpc.graph.graph import Graph
 from pysmpc.graph.plain import _check_frac_bits, _float_layer, _walk, fixed_point_trace
-from pysmpc.graph.secure import _bits, compile_plan, make_plan
+from pysmpc.graph.plan import _bits, compile_plan, make_plan
 
 __all__ = ["LayerRange", "Calibration", "calibrate", "calibration_report", "choose_frac_bits", "TRUNCATION_LIMIT_LOG2", "FORMAT_LOG2"]
 

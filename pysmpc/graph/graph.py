@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["KINDS", "Graph", "GraphError", "Layer", "conv_padding", "fold_batch_norms", "pool_padding"]
+__all__ = ["KINDS", "Graph", "GraphError", "Layer", "conv_padding", "pool_padding"]
 
 KINDS = ("conv2d", "depthwise_conv2d", "avg_pool2d", "max_pool2d", "global_avg_pool", "global_max_pool",
          "relu", "clip", "sigmoid", "tanh", "softmax", "batch_norm", "add", "concat", "zero_pad", "flatten",
@@ -533,59 +533,3 @@ class Graph:
         lines.extend(f"Note: {note}" for note in self.notes)
         return "\n".join(lines)
 
-
-def fold_batch_norms(graph: Graph) -> Graph:
-    """Fold each batch_norm into the conv2d, depthwise_conv2d, dense or batch_norm layer it reads, where it can.
-
-    y = (x (*) W + b) * s + t = x (*) (W s) + (b s + t) for a per-channel s
-    (shape (C,) or scalar, on the last axis), when the batch norm is that
-    layer's only reader. The folded graph computes the same function with
-    one product fewer; a note names each fold. Other batch norms stay.
-    Returns a new Graph (the weights of the folded layers are new arrays).
-    """
-    readers = graph.consumers()
-    by_name = {layer.name: layer for layer in graph.layers}
-    renamed: dict = {}  # a folded batch norm's name -> the layer that now computes it
-    layers, notes = [], list(graph.notes)
-    for layer in graph.layers:
-        inputs = [renamed.get(n, n) for n in layer.inputs]
-        if layer.kind == "batch_norm":
-            source = by_name.get(inputs[0])
-            scale, shift = layer.weights["scale"], layer.weights["shift"]
-            if source is not None and source.kind == "batch_norm" and len(readers[source.name]) == 1:
-                # Two affine maps in a row are one: (x s1 + t1) s2 + t2.
-                merged = layers[[l.name for l in layers].index(source.name)]
-                s1, t1 = merged.weights["scale"], merged.weights["shift"]
-                try:
-                    shape = np.broadcast_shapes(s1.shape, scale.shape)
-                except ValueError:
-                    shape = None
-                if shape is not None:
-                    merged.weights = {"scale": np.broadcast_to(s1 * scale, shape).copy(),
-                                      "shift": np.broadcast_to(t1 * scale + shift, shape).copy()}
-                    renamed[layer.name] = merged.name
-                    notes.append(f"affine {layer.name!r} merged into {merged.name!r}")
-                    readers[merged.name] = readers[layer.name]
-                    continue
-            if (source is not None and source.kind in ("conv2d", "depthwise_conv2d", "dense")
-                    and len(readers[source.name]) == 1 and scale.ndim <= 1):
-                folded = layers[[l.name for l in layers].index(source.name)]
-                channels = folded.weights["bias"].shape[0]
-                if scale.size in (1, channels):
-                    scale = np.broadcast_to(scale.reshape(-1), (channels,))
-                    shift = np.broadcast_to(shift.reshape(-1), (channels,))
-                    kernel = folded.weights["kernel"]
-                    if folded.kind == "depthwise_conv2d":
-                        kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
-                    else:
-                        kernel = kernel * scale
-                    folded.weights = {"kernel": kernel, "bias": folded.weights["bias"] * scale + shift}
-                    renamed[layer.name] = folded.name
-                    readers[folded.name] = readers[layer.name]
-                    notes.append(f"batch normalization {layer.name!r} folded into {folded.name!r}")
-                    continue
-        copy = Layer(layer.kind, layer.name, dict(layer.params), dict(layer.weights), inputs)
-        layers.append(copy)
-    output = renamed.get(graph.output, graph.output)
-    return Graph(graph.input_shape, layers, source=graph.source, notes=notes, input_name=graph.input_name,
-                 output=output)

@@ -13,7 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from pysmpc.graph.graph import Graph, Layer, fold_batch_norms
+from pysmpc.graph.fold import fold_batch_norms
+from pysmpc.graph.graph import Graph, Layer
 from pysmpc.models._errors import ModelFormatError
 
 SUPPORTED = (

@@ -35,7 +35,8 @@ import os
 
 import numpy as np
 
-from pysmpc.graph.graph import Graph, Layer, fold_batch_norms
+from pysmpc.graph.fold import fold_batch_norms
+from pysmpc.graph.graph import Graph, Layer
 from pysmpc.models._errors import ModelFormatError
 
 __all__ = ["SUPPORTED_OPS", "OPSETS", "graph_from_onnx", "load_onnx"]
