@@ -295,3 +295,17 @@ def test_a_model_with_its_own_fractional_bits(cluster):
     assert [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile] == \
         [(name, c.rounds, c.bytes_sent) for name, c in model.cost(2)]
     shared.stop()
+
+
+def test_masked_input_through_a_flatten(cluster):
+    """A model starting with flatten -> dense takes a masked input on prepared material (the mask is flat)."""
+    rng = np.random.default_rng(14)
+    graph = Graph((4, 4, 1), [Layer("flatten", "f"),
+                              Layer("dense", "d", {}, {"kernel": rng.normal(0, 0.3, (16, 3)), "bias": np.zeros(3)})])
+    x = rng.uniform(0, 1, (2, 4, 4, 1))
+    shared = Model(graph).share(cluster)
+    shared.prepare(2)
+    cluster.reset_stats()
+    np.testing.assert_allclose(shared.predict(x), run_fixed_point(graph, x, F), atol=4 / 2**F)
+    assert sum(p["rounds"] for p in shared.profile) == 0  # the dense layer opened nothing
+    shared.stop()

@@ -226,8 +226,9 @@ def input_maskable(plan: list[dict]) -> bool:
     """Whether the input's owner can mask it for the first product (run_plan's input_open).
 
     True when the input is read by one layer only, which (through flatten
-    layers) is a dense layer or an unpadded convolution: its Beaver opening
-    E = x - A then needs no round.
+    and reshape layers, which keep the order of the elements) is a dense
+    layer or an unpadded convolution: its Beaver opening E = x - A then
+    needs no round.
     """
     name = _input_name(plan)
     while True:
@@ -235,7 +236,7 @@ def input_maskable(plan: list[dict]) -> bool:
         if len(readers) != 1:
             return False
         step = plan[readers[0]]
-        if step["kind"] == "flatten":
+        if step["kind"] in ("flatten", "reshape"):  # row-major: the mask keeps its order
             name = step["name"]
             continue
         return step["kind"] == "dense" or (step["kind"] == "conv2d" and not any(step.get("pads", (0, 0, 0, 0))))
@@ -245,7 +246,7 @@ def _first_product(plan: list[dict]) -> int:
     name = _input_name(plan)
     while True:
         i = next(i for i in range(len(plan)) if name in _inputs(plan, i))
-        if plan[i]["kind"] != "flatten":
+        if plan[i]["kind"] not in ("flatten", "reshape"):
             return i
         name = plan[i]["name"]
 

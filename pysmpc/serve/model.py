@@ -223,6 +223,9 @@ class SharedModel:
         masks = self._input_masks.get(x.shape[0])
         if masks:
             mask_id, mask = masks.pop(0)
+            # The mask is shaped as the first product's input; flatten and reshape layers before it keep
+            # the element order, so it masks the input as it arrives.
+            mask = np.asarray(mask).reshape(encoded.shape)
             results, y_ring = self.cluster.call_on_masked_input("predict", encoded - mask, *args, mask_id=mask_id,
                                                                 reveal=reveal)
         else:
