@@ -323,3 +323,28 @@ def test_fold_batch_norms_keeps_the_function_and_notes_it():
     assert "batch normalization 'bn2' folded into 'dw'" in folded.notes
     x = rng.normal(size=(2, 6, 6, 2))
     np.testing.assert_allclose(run_float(folded, x), run_float(g, x), atol=1e-12)
+
+
+def test_batch_norm_before_an_unpadded_product_folds_into_it():
+    rng = np.random.default_rng(6)
+
+    def bn(name, n, inputs=None):
+        return Layer("batch_norm", name, {}, {"scale": rng.uniform(0.5, 2, n), "shift": rng.normal(size=n)},
+                     inputs=inputs)
+    g = Graph((6, 6, 2), [
+        bn("rescale", 2),
+        conv("valid", 3, 3, 2, 3, 1),
+        bn("bn_dw", 3),
+        Layer("depthwise_conv2d", "dw", {}, {"kernel": rng.normal(size=(2, 2, 3, 2)), "bias": rng.normal(size=6)}),
+        Layer("relu", "r"),
+        bn("bn_same", 6),
+        conv("same", 3, 3, 6, 2, 2, padding="same"),  # padded: the border would hold the shift's image
+        Layer("flatten", "f"),
+        bn("bn_fc", 18),
+        dense("fc", 18, 3),
+    ])
+    folded = fold_batch_norms(g)
+    assert [layer.name for layer in folded.layers if layer.kind == "batch_norm"] == ["bn_same"]
+    assert "batch normalization 'rescale' folded into 'valid' (it reads it)" in folded.notes
+    x = rng.normal(size=(3, 6, 6, 2))
+    np.testing.assert_allclose(run_float(folded, x), run_float(g, x), atol=1e-10)

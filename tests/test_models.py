@@ -104,13 +104,13 @@ def edited_keras2(tmp_path, edit):
     return path
 
 
-def test_batch_norm_after_activation_stays_a_layer(tmp_path):
+def test_batch_norm_after_activation_folds_into_the_conv_that_reads_it(tmp_path):
     def move_bn_after_relu(layers):
         layers[2], layers[3] = layers[3], layers[2]
     graph = load_graph(edited_keras2(tmp_path, move_bn_after_relu))
     kinds = [layer.kind for layer in graph.layers]
-    assert kinds[:3] == ["conv2d", "relu", "batch_norm"], graph.summary()
-    assert not any("'batch_normalization' folded" in n for n in graph.notes)
+    assert kinds[:3] == ["conv2d", "relu", "conv2d"], graph.summary()  # conv2d_1 is unpadded: it takes it in
+    assert "batch normalization 'batch_normalization' folded into 'conv2d_1' (it reads it)" in graph.notes
 
 
 def test_softmax_before_the_last_layer_is_computed(tmp_path):
@@ -276,8 +276,9 @@ def test_branching_models_match_framework_outputs(name, key):
         assert {"add", "concat", "depthwise_conv2d", "clip", "sigmoid", "tanh", "softmax", "batch_norm",
                 "zero_pad", "max_pool2d", "avg_pool2d", "global_avg_pool", "global_max_pool", "reshape"} <= kinds
         assert any("final softmax of 'out' dropped" in n for n in graph.notes), graph.notes
-        # 'bn' reads an add and 'bn_fc' a relu: neither can fold, both stay batch_norm layers.
-        assert {layer.name for layer in graph.layers if layer.kind == "batch_norm"} >= {"bn", "bn_fc"}
+        # 'bn' reads an add and feeds a clip: it stays; 'bn_fc' (after a relu) folds into the dense reading it.
+        assert "bn" in {layer.name for layer in graph.layers if layer.kind == "batch_norm"}
+        assert "batch normalization 'bn_fc' folded into 'fc2' (it reads it)" in graph.notes
     elif name.startswith("dag_torch"):
         assert {"add", "concat", "depthwise_conv2d", "clip", "sigmoid", "tanh", "softmax", "zero_pad",
                 "global_avg_pool", "global_max_pool"} <= kinds, graph.summary()

@@ -2,7 +2,9 @@
 
 A batch_norm is y = x * s + t per channel. After a conv2d, depthwise
 conv2d or dense layer that only it reads, it is part of that layer's
-weights; after another batch_norm, the two are one. Folding saves the
+weights; after another batch_norm, the two are one; before an unpadded
+conv2d, depthwise conv2d or dense layer that alone reads it (a Rescaling
+before the first convolution), it is part of that one. Folding saves the
 secure run a product and a truncation per folded layer (1 round or 2),
 and changes the float function only by rounding.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pysmpc.graph.graph import Graph, Layer
+from pysmpc.graph.graph import Graph, Layer, conv_padding
 
 __all__ = ["fold_batch_norms"]
 
@@ -69,5 +71,59 @@ def fold_batch_norms(graph: Graph) -> Graph:
         copy = Layer(layer.kind, layer.name, dict(layer.params), dict(layer.weights), inputs)
         layers.append(copy)
     output = renamed.get(graph.output, graph.output)
+    folded = Graph(graph.input_shape, layers, source=graph.source, notes=notes, input_name=graph.input_name,
+                   output=output)
+    return _fold_into_readers(folded)
+
+
+def _fold_into_readers(graph: Graph) -> Graph:
+    """Fold a batch_norm into the unpadded conv2d, depthwise conv2d or dense layer that alone reads it.
+
+    (x s + t) (*) W + b = x (*) (s W) + (t (*) W + b), with s and t per
+    input channel (or scalar), scaling W along its input axis. Only
+    without padding: a padded border would hold t's image, not zeros.
+    Typical: a Rescaling before the first convolution.
+    """
+    readers = graph.consumers()
+    shapes = graph.tensor_shapes()
+    by_name = {layer.name: layer for layer in graph.layers}
+    absorbed: dict = {}  # batch_norm name -> its input, for the layer that folds it
+    changed = {}
+    notes = list(graph.notes)
+    for layer in graph.layers:
+        if layer.kind not in ("conv2d", "depthwise_conv2d", "dense"):
+            continue
+        source = by_name.get(layer.inputs[0])
+        if source is None or source.kind != "batch_norm" or len(readers[source.name]) != 1:
+            continue
+        if layer.kind != "dense" and any(conv_padding(layer, shapes[source.name])):
+            continue
+        scale, shift = source.weights["scale"], source.weights["shift"]
+        kernel, bias = layer.weights["kernel"], layer.weights["bias"]
+        channels = kernel.shape[0] if layer.kind == "dense" else kernel.shape[2]
+        if scale.ndim > 1 or scale.size not in (1, channels):
+            continue
+        scale = np.broadcast_to(scale.reshape(-1), (channels,))
+        shift = np.broadcast_to(shift.reshape(-1), (channels,))
+        if layer.kind == "dense":
+            new_kernel, new_bias = kernel * scale[:, None], bias + shift @ kernel
+        elif layer.kind == "conv2d":
+            new_kernel = kernel * scale[None, None, :, None]
+            new_bias = bias + np.einsum("abco,c->o", kernel, shift)
+        else:  # depthwise: output channel c*M + m reads input channel c
+            new_kernel = kernel * scale[None, None, :, None]
+            new_bias = bias + np.einsum("abcm,c->cm", kernel, shift).reshape(-1)
+        changed[layer.name] = {"kernel": new_kernel, "bias": new_bias}
+        absorbed[source.name] = source.inputs[0]
+        notes.append(f"batch normalization {source.name!r} folded into {layer.name!r} (it reads it)")
+    if not changed:
+        return graph
+    layers = []
+    for layer in graph.layers:
+        if layer.name in absorbed:
+            continue
+        inputs = [absorbed.get(n, n) for n in layer.inputs]
+        layers.append(Layer(layer.kind, layer.name, dict(layer.params), changed.get(layer.name, dict(layer.weights)),
+                            inputs))
     return Graph(graph.input_shape, layers, source=graph.source, notes=notes, input_name=graph.input_name,
-                 output=output)
+                 output=graph.output)
