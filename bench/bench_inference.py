@@ -1,6 +1,8 @@
-"""Private inference of the shipped MNIST CNN: plaintext numpy, in-process and TCP, batch 1/64/256.
+"""Private inference of the shipped MNIST CNN: plaintext numpy and PyTorch, in-process and TCP, batch 1/64/256.
 
 Run: pytest bench/bench_inference.py --benchmark-only
+The PyTorch baseline is the same weights as a float32 module on one thread
+(pysmpc.graph.to_torch, torch.set_num_threads(1)); it is skipped without torch.
 Each timed prediction runs on the dealer's material made ahead by
 SharedModel.prepare (offline, in pedantic's untimed setup). extra_info holds
 images/s, the offline time per batch, online bytes per image (P0 + P1),
@@ -40,6 +42,24 @@ def test_plaintext_numpy(benchmark, model, images, batch):
     benchmark.group = f"inference batch={batch}"
     benchmark(model.predict, images[:batch])
     benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.mean
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_plaintext_pytorch(benchmark, model, images, batch):
+    torch = pytest.importorskip("torch")
+    from pysmpc.graph import to_torch
+
+    module = to_torch(model.graph)
+    x = torch.from_numpy(np.ascontiguousarray(images[:batch].transpose(0, 3, 1, 2), dtype=np.float32))
+    benchmark.group = f"inference batch={batch}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            benchmark(module, x)
+    finally:
+        torch.set_num_threads(threads)
+    benchmark.extra_info.update(images_per_s=batch / benchmark.stats.stats.mean, dtype="float32", threads=1)
 
 
 @pytest.mark.parametrize("batch", BATCHES)

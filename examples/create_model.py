@@ -18,6 +18,8 @@ The model is saved with ``model.save("model.hdf5")``: for a path ending in
 ``model_config`` attribute, weights under ``model_weights/``), which
 ``pysmpc.models.load_graph`` reads without Keras. The script then reloads
 the file with pysmpc and reports the float and fixed-point test accuracy.
+It records the input range, [0, 1], in the file's root attribute
+``pysmpc_input_range``, which pysmpc reads (``Model.input_range``).
 ``--ship`` also writes pysmpc/data/mnist_cnn.h5 and mnist_samples.npz.
 """
 
@@ -109,6 +111,12 @@ def main(argv=None) -> None:
     print(f"Keras test accuracy: {keras_acc:.4f} (10,000 images)")
 
     model.save(args.out, include_optimizer=False)  # weights only: no Adam state in the file
+    # Record the input range the model was trained on (pixels / 255), so that
+    # pysmpc clients scale uint8 images for it, or refuse values outside it.
+    import h5py
+
+    with h5py.File(args.out, "r+") as f:
+        f.attrs["pysmpc_input_range"] = np.array([0.0, 1.0])
     graph = load_graph(args.out)
     print(graph.summary())
     float_pred = run_float(graph, x_test).argmax(axis=1)

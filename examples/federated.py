@@ -31,10 +31,13 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--tcp", action="store_true",
                         help="three worker processes over TCP, and each owner a process of its own")
+    parser.add_argument("--train-subset", type=int, help="train on the first N training images (a quick run)")
+    parser.add_argument("--test-subset", type=int, help="test on the first N test images")
     args = parser.parse_args()
 
     test = load_mnist(args.data, "test")
-    config = FederatedConfig(owners=3, rounds=args.rounds, epsilon=args.epsilon, delta=args.delta)
+    config = FederatedConfig(owners=3, rounds=args.rounds, epsilon=args.epsilon, delta=args.delta,
+                             train_subset=args.train_subset, test_subset=args.test_subset)
     if args.tcp:  # the owners load their own data; this process holds only the test set
         train, cluster = None, pysmpc.TcpCluster()
         config.owner_processes, config.data_dir = True, str(find_mnist(args.data))

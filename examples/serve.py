@@ -3,7 +3,8 @@
     python examples/serve.py            # then, in another terminal: python examples/client.py
 
 Uses model.hdf5 from examples/create_model.py if it exists, else the model
-shipped with pysmpc.
+shipped with pysmpc. PYSMPC_HOSTS="h0,h1,h2" replaces localhost:4000..4002
+(the tests use it to pick free ports).
 """
 
 import os
@@ -14,9 +15,10 @@ from pysmpc.models import shipped_model_path
 path = "model.hdf5" if os.path.exists("model.hdf5") else shipped_model_path()
 model = sy.load_model(path)
 
-julia = sy.Worker(host="localhost:4000", auto_managed=True)
-greg = sy.Worker(host="localhost:4001", auto_managed=True)
-me = sy.Worker(host="localhost:4002", auto_managed=True)
+hosts = os.environ.get("PYSMPC_HOSTS", "localhost:4000,localhost:4001,localhost:4002").split(",")
+julia = sy.Worker(host=hosts[0], auto_managed=True)
+greg = sy.Worker(host=hosts[1], auto_managed=True)
+me = sy.Worker(host=hosts[2], auto_managed=True)
 cluster = sy.Cluster(julia, greg, me)
 cluster.start()
 

@@ -2,13 +2,57 @@
 
 from __future__ import annotations
 
-import argparse
+import os
+import select
 import sys
 import time
 
 import numpy as np
 
 __all__ = ["main"]
+
+# Library messages name the Python keyword a caller would change; a command-line
+# user changes a flag. Each pair: the library's words -> the command line's.
+_FLAG_HINTS = (
+    ("pass tls_dir=DIR (--tls-dir DIR)", "pass --tls-dir DIR"),
+    ("force cleartext with allow_cleartext=True (--allow-cleartext)", "force cleartext with --allow-cleartext"),
+    ("(forced with allow_cleartext)", "(forced with --allow-cleartext)"),
+    ("pass tls_dir / --tls-dir", "pass --tls-dir"),
+    ("(max_frame_bytes)", "(--max-frame-bytes)"),
+    ("(max_rows)", "(pysmpc serve --max-rows)"),
+    ("pass other hosts=,", "pass other --hosts,"),
+)
+
+
+def _with_flags(message: str) -> str:
+    """Return a library error message with its Python keyword hints replaced by the command-line flags."""
+    for python_words, flag_words in _FLAG_HINTS:
+        message = message.replace(python_words, flag_words)
+    return message
+
+
+def _print_above_bars(line: str) -> None:
+    """Print a line of results on stdout without tearing a progress bar on the terminal (tqdm.write).
+
+    tqdm.write clears every bar drawn on stdout or stderr, prints the line and
+    draws the bars again below it; with no bar it is a plain print.
+    """
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def _warm_kernels() -> None:
+    """Load (on the first run: compile) the Numba kernels now, so that no timed prediction pays for it.
+
+    Compiled kernels go to Numba's cache, which TCP workers started later
+    read as well.
+    """
+    from pysmpc.kernels.warm import warm_up
+
+    warm_up(on_compile=lambda: print("compiling kernels, first run only (up to a minute) ...", file=sys.stderr,
+                                     flush=True))
 
 
 def _demo(args) -> int:
@@ -19,31 +63,40 @@ def _demo(args) -> int:
 
     model = load_model(args.model or shipped_model_path())
     images, labels = load_samples()
-    count = min(args.images, len(images))
+    if args.images > len(images):
+        raise ValueError(f"--images {args.images}: {len(images)} MNIST test images ship with pysmpc, "
+                         f"so give 1 to {len(images)}")
+    count = args.images
+    _warm_kernels()
     if args.tcp:
         from pysmpc.runtime.tcp import TcpCluster
 
-        cluster = TcpCluster(spawn=True)
+        # Free ports: the demo's own workers need no fixed address, and another run may hold 4000-4002.
+        cluster = TcpCluster(spawn=True, ephemeral_ports=True)
         where = "three worker processes over TCP"
     else:
         cluster = LocalCluster()
         where = "three in-process parties"
-    print(f"Private predictions of {count} MNIST test images with {where}.", flush=True)
+    print(f"Private predictions of {count} MNIST test image{'s' if count > 1 else ''} with {where}.", flush=True)
     with cluster:
         shared = model.share(cluster)
+        # One untimed prediction first: a process's first one also fills caches (the
+        # comparison's forms, buffers, lazy imports) and took 4x a later one.
+        shared.prepare(1)
+        shared.predict(images[:1], reveal=args.reveal)
         cluster.reset_stats()
         online = offline = 0.0
         correct = 0
-        for i in _progress(range(count), args.progress, "images"):
+        for i in _progress(range(count), args.progress, "image"):
             # As a server does while it waits: the dealer's material first (offline;
             # the secure argmax's is still dealt during the query).
-            offline += shared.prepare(1)["seconds"]
+            offline += shared.prepare(1, reveal=args.reveal)["seconds"]
             start = time.perf_counter()
             answer = shared.predict(images[i : i + 1], reveal=args.reveal)
             predicted = int(answer.reshape(-1).argmax() if args.reveal == "logits" else answer[0])
             online += time.perf_counter() - start
             correct += predicted == labels[i]
-            print(f"Actual: {labels[i]}, predicted: {predicted}", flush=True)
+            _print_above_bars(f"Actual: {labels[i]}, predicted: {predicted}")
         stats = cluster.stats()
     traffic = traffic_per_image(stats, count)
     rounds = sum(s["rounds"] for t, s in stats["P0"].items() if not is_offline_tag(t) and t not in ("input",))
@@ -58,6 +111,10 @@ def _demo(args) -> int:
 def _inspect(args) -> int:
     from pysmpc import load_model
 
+    if args.plot:
+        from pysmpc.serve.plots import require_matplotlib
+
+        require_matplotlib()  # before the model is read, not after
     model = load_model(args.model, frac_bits=args.frac_bits)
     print(model.summary())
     costs = model.cost(args.batch)
@@ -73,48 +130,111 @@ def _inspect(args) -> int:
 
         print()
         print(calibration_report(model.graph, args.calibrate, args.frac_bits))
+    if args.plot:
+        _plot_layers(model, args)
     return 0
 
 
+def _plot_layers(model, args) -> None:
+    """Measure each layer's online cost in a private run and draw it (inspect --plot)."""
+    from pysmpc.serve.benchmark import measure_layers
+    from pysmpc.serve.plots import plot_layers
+
+    _warm_kernels()
+    print(f"\nmeasuring: {args.repeats} private predictions of a batch of {args.batch} in-process, each on "
+          "material made ahead ...", flush=True)
+    layers = measure_layers(model, args.batch, repeats=args.repeats)
+    name = os.path.basename(args.model)
+    plot_layers(layers, args.plot, f"{name}: online cost per layer of a private prediction (batch {args.batch}; "
+                                   "in-process, material made ahead)")
+    total_ms = 1000 * sum(layer["seconds"] for layer in layers)
+    print(f"online: {sum(layer['rounds'] for layer in layers)} rounds, "
+          f"{sum(layer['bytes_sent'] for layer in layers):,} bytes sent by each computing party, "
+          f"{total_ms:.1f} ms (median per layer); wrote {args.plot}")
+
+
 def _serve(args) -> int:
+    import logging
+    import signal
+
     from pysmpc import Cluster, Worker, load_model
 
-    model = load_model(args.model)
+    # One line per query (time, rows, reveal mode, online ms) on stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    serve_log = logging.getLogger("pysmpc.serve")
+    serve_log.addHandler(handler)
+    serve_log.setLevel(logging.INFO)
+    serve_log.propagate = False
+
+    def terminate(signum, frame):  # SIGTERM before or after serving: stop as Ctrl-C does (serve() handles its own)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    model = load_model(args.model, input_range=args.input_range)
+    if model.input_range is None:
+        print(f"note: {args.model} records no input range, so clients cannot check their inputs' scale: pass "
+              "--input-range LOW,HIGH (e.g. 0,1)", file=sys.stderr, flush=True)
     hosts = args.hosts.split(",")
     cluster = Cluster(*(Worker(h, auto_managed=not args.manual) for h in hosts), tls_dir=args.tls_dir,
                       allow_cleartext=args.allow_cleartext, max_frame_bytes=args.max_frame_bytes)
-    print(f"starting the cluster on {', '.join(hosts)}" + (" (workers started by hand)" if args.manual else ""),
-          flush=True)
-    with cluster:
-        model.share(cluster)
-        print(f"serving {args.model} (input {model.input_shape}, output {model.output_shape}) "
-              f"for {args.requests} requests", flush=True)
-        start = time.perf_counter()
-        served = model.serve(num_requests=args.requests, max_batch=args.max_batch, max_rows=args.max_rows)
-        elapsed = time.perf_counter() - start
-        model.stop_sharing()
-    failed = cluster.last_serve["failed"]
-    print(f"served {served} requests ({failed} refused) in {elapsed:.1f} s")
-    return 0 if failed == 0 else 1
+    how_long = f"for {args.requests} requests" if args.requests else "until Ctrl-C or SIGTERM"
+    try:
+        print(f"starting the cluster on {', '.join(hosts)}" + (" (workers started by hand)" if args.manual else ""),
+              flush=True)
+        with cluster:
+            model.share(cluster)
+            print(f"serving {args.model} (input {model.input_shape}, output {model.output_shape}) {how_long}"
+                  + (", labels only" if args.reveal == "argmax" else ""), flush=True)
+            start = time.perf_counter()
+            served = model.serve(num_requests=args.requests, max_batch=args.max_batch, max_rows=args.max_rows,
+                                 reveal=args.reveal)
+            elapsed = time.perf_counter() - start
+            model.stop_sharing()
+    except KeyboardInterrupt:
+        print("interrupted: the workers were stopped", flush=True)
+        return 130
+    last = cluster.last_serve
+    stopped = f"stopped by {last['stopped']}: " if last["stopped"] in ("SIGINT", "SIGTERM") else ""
+    print(f"{stopped}served {served} requests ({last['failed']} refused) in {elapsed:.1f} s", flush=True)
+    return 0
 
 
 def _query(args) -> int:
+    import logging
+
     from pysmpc import Client, Cluster, Worker
     from pysmpc.models import load_samples
     from pysmpc.serve.images import load_image
 
+    # The client's notes (an image scaled to the model's range, a worker waited for) as plain lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pysmpc query: %(message)s"))
+    for name in ("pysmpc.client", "pysmpc.cluster"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).propagate = False
     cluster = Cluster(*(Worker(h, auto_managed=False) for h in args.hosts.split(",")), tls_dir=args.tls_dir,
                       allow_cleartext=args.allow_cleartext)
     queries = [(path, load_image(path), None) for path in args.images]
     if args.sample:
         images, labels = load_samples()
+        for k in args.sample:
+            if not 0 <= k < len(images):
+                raise ValueError(f"--sample {k}: the shipped MNIST test images are numbered 0 to {len(images) - 1}")
         queries += [(f"sample {k}", images[k], int(labels[k])) for k in args.sample]
     if not queries:
-        raise ValueError("nothing to query: give image files (.png, .npy) or --sample K")
-    client = Client(timeout=args.timeout)
+        raise ValueError("nothing to query: give image files (PNG, JPEG, ... or .npy) or --sample K")
+    served = cluster.describe_model(wait=args.wait)
+    if args.classes is not None:
+        output = (1, args.classes)
+    elif served is not None:
+        output = (1, *served["output_shape"])
+    else:
+        raise ValueError("the workers serve no model yet, so its output size is unknown: pass --classes N, or "
+                         "--wait SECONDS for the model to be served")
+    client = Client(timeout=args.timeout).connect_to_model(batch_input_shape=(1, *queries[0][1].shape),
+                                                           batch_output_shape=output, cluster=cluster)
     for name, image, label in queries:
-        client.connect_to_model(batch_input_shape=(1, *image.shape), batch_output_shape=(1, args.classes),
-                                cluster=cluster)
         start = time.perf_counter()
         result = client.query_model(image, reveal=args.reveal)
         elapsed = 1000 * (time.perf_counter() - start)
@@ -188,18 +308,25 @@ def _bench(args) -> int:
 
     from pysmpc import load_model
     from pysmpc.models import load_samples, shipped_model_path
-    from pysmpc.serve.benchmark import measure_inference
+    from pysmpc.serve.benchmark import TORCH_BASELINE, measure_inference, speed_ratios, torch_available
 
+    if args.plot:
+        from pysmpc.serve.plots import require_matplotlib
+
+        require_matplotlib()  # before minutes of measuring, not after
     model = load_model(args.model or shipped_model_path())
     images, _ = load_samples()
-    batches = [int(b) for b in args.batches.split(",")]
-    clusters = ["plaintext", "in-process"] + ([] if args.no_tcp else ["tcp"])
+    with_torch = torch_available()
+    clusters = (["plaintext"] + (["pytorch"] if with_torch else []) + ["in-process"]
+                + ([] if args.no_tcp else ["tcp"]))
+    _warm_kernels()
     bar = None
     if args.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(batches) * len(clusters), unit="run", file=sys.stderr, leave=False)
-    rows = measure_inference(model, images, batches=batches, clusters=clusters, repeats=args.repeats, progress=bar)
+        bar = tqdm(total=len(args.batches) * len(clusters), unit="run", file=sys.stderr, leave=False)
+    rows = measure_inference(model, images, batches=args.batches, clusters=clusters, repeats=args.repeats,
+                             progress=bar)
     if bar is not None:
         bar.close()
     print(f"{'system':<28}{'batch':>6}{'latency ms':>12}{'images/s':>10}{'online kB/img':>15}"
@@ -211,6 +338,14 @@ def _bench(args) -> int:
         print(f"{r['system']:<28}{r['batch']:>6}{r['latency_ms']:>12.2f}{r['images_per_s']:>10.0f}{online:>15}"
               f"{str(r.get('rounds', '-')):>8}{offline:>12}{dealer:>15}")
     print("latency: online, after the query arrives; offline: the dealer's material for one batch, made ahead")
+    if with_torch:
+        print(f"{TORCH_BASELINE}: the same weights as a float32 PyTorch module on one thread (pysmpc.graph.to_torch)")
+    else:
+        print("no PyTorch baseline: torch is not installed (pip install torch)")
+    print("\nprivate latency against plaintext, same batch (10x: ten times as long):")
+    for ratio in speed_ratios(rows):
+        print(f"  {ratio['system']:<26}batch {ratio['batch']:>4}: {ratio['latency_ratio']:>7.1f}x "
+              f"{ratio['baseline']}")
     workers = [r["worker_peak_rss_mb"] for r in rows if "worker_peak_rss_mb" in r]
     if workers:
         print(f"largest worker peak memory (TCP): {max(workers):.0f} MB")
@@ -218,6 +353,12 @@ def _bench(args) -> int:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
         print(f"wrote {args.json}")
+    if args.plot:
+        from pysmpc.serve.plots import plot_bench
+
+        plot_bench(rows, args.plot, f"{os.path.basename(args.model or shipped_model_path())}: private inference "
+                                    f"against plaintext (online; median of {args.repeats} runs per point)")
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -282,143 +423,50 @@ def _progress(iterable, enabled: bool, unit: str):
     return tqdm(iterable, unit=unit, file=sys.stderr, leave=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pysmpc.parties.socket import DEFAULT_MAX_FRAME
-
-    parser = argparse.ArgumentParser(prog="pysmpc", description="Secure multi-party computation for private ML.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser("demo", help="private predictions of shipped MNIST images with the shipped CNN")
-    demo.add_argument("--tcp", action="store_true", help="three worker processes over TCP instead of threads")
-    demo.add_argument("--images", type=int, default=3, help="how many of the shipped test images (default 3)")
-    demo.add_argument("--reveal", choices=("logits", "argmax"), default="logits",
-                      help="reveal logits to the client, or only the label via the secure argmax")
-    demo.add_argument("--model", help="a model file instead of the shipped one")
-    demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    demo.set_defaults(fn=_demo)
-
-    inspect = sub.add_parser("inspect", help="layers, shapes and the secure cost of a model file")
-    inspect.add_argument("model")
-    inspect.add_argument("--batch", type=int, default=1)
-    inspect.add_argument("--frac-bits", type=int, default=None, help="fixed-point fractional bits F (default 16)")
-    inspect.add_argument("--calibrate", metavar="SAMPLES.npy",
-                         help="sample inputs (.npy): report each layer's range against the fixed-point limits")
-    inspect.set_defaults(fn=_inspect)
-
-    hosts_default = "localhost:4000,localhost:4001,localhost:4002"
-    serve = sub.add_parser("serve", help="share a model to three workers and answer N client queries")
-    serve.add_argument("model")
-    serve.add_argument("--requests", type=int, required=True, help="how many queries to answer")
-    serve.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
-    serve.add_argument("--manual", action="store_true",
-                       help="connect to workers started by hand (pysmpc worker) instead of starting them")
-    serve.add_argument("--tls-dir", help="cluster certificates (pysmpc certs) with ca.pem, client.pem/.key, "
-                                          "and pN.pem/.key for the workers it starts")
-    serve.add_argument("--allow-cleartext", action="store_true",
-                       help="no TLS although some hosts are not loopback (shares cross the network in the clear)")
-    serve.add_argument("--max-batch", type=int, default=16, help="queries arriving together run as one batch")
-    serve.add_argument("--max-rows", type=int, default=256,
-                       help="most inputs in one batch; a single query with more is refused (default 256)")
-    serve.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME,
-                       help=f"largest message a party accepts (default {DEFAULT_MAX_FRAME}); with --manual, "
-                            "start the workers with the same --max-frame-bytes")
-    serve.set_defaults(fn=_serve)
-
-    query = sub.add_parser("query", help="query a served model with images; only this process sees the result")
-    query.add_argument("images", nargs="*", help=".png or .npy images (MNIST style: white digit on black)")
-    query.add_argument("--sample", type=int, action="append", help="query shipped MNIST test image K (repeatable)")
-    query.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
-    query.add_argument("--tls-dir", help="ca.pem and this client's client.pem/.key (pysmpc certs)")
-    query.add_argument("--allow-cleartext", action="store_true",
-                       help="no TLS although some hosts are not loopback (the input's shares cross the network "
-                            "in the clear)")
-    query.add_argument("--reveal", choices=("logits", "argmax"), default="logits")
-    query.add_argument("--classes", type=int, default=10, help="size of the model's output")
-    query.add_argument("--show-logits", action="store_true")
-    query.add_argument("--timeout", type=float, default=60.0)
-    query.set_defaults(fn=_query)
-
-    fl = sub.add_parser("fl-demo", help="federated training of the CNN across data owners with secure aggregation")
-    fl.add_argument("--owners", type=int, default=3, help="data owners (non-IID split of MNIST)")
-    fl.add_argument("--rounds", type=int, default=10)
-    fl.add_argument("--epsilon", type=float, help="train with DP-SGD to this epsilon (needs pysmpc[dp])")
-    fl.add_argument("--delta", type=float, default=1e-5)
-    fl.add_argument("--data", help="directory of the MNIST IDX files (default: $PYSMPC_MNIST_DIR, ./mnist, ...)")
-    fl.add_argument("--in-process", action="store_true",
-                    help="run the workers as threads and the owners as objects of this process (tests); by "
-                         "default the workers are three processes over TCP and each owner is a process of its own")
-    fl.add_argument("--hosts", default="localhost:4000,localhost:4001,localhost:4002",
-                    help="host:port of P0,P1,P2 for the workers this command starts")
-    fl.add_argument("--tls-dir", help="certificates from `pysmpc certs DIR --owners owner-0,owner-1,...`: the "
-                                     "workers, the aggregator (client) and each owner (owner-K) use TLS")
-    fl.add_argument("--local-epochs", type=float, default=1.0, help="FedAvg: local epochs per round")
-    fl.add_argument("--clip", type=float, default=1.0, help="DP: per-example clipping norm C")
-    fl.add_argument("--lot-size", type=int, default=2000, help="DP: expected examples per step over all owners")
-    fl.add_argument("--dp-lr", type=float, default=2.0, help="DP: learning rate (momentum 0.9) on the noisy mean")
-    fl.add_argument("--dropout", type=float, default=0.0, help="probability that an owner misses a round")
-    fl.add_argument("--train-subset", type=int, help="use the first N training images")
-    fl.add_argument("--test-subset", type=int, help="use the first N test images")
-    fl.add_argument("--seed", type=int, default=0, help="data split and initialisation (DP noise is never seeded)")
-    fl.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    fl.set_defaults(fn=_fl_demo)
-
-    owner = sub.add_parser("fl-owner", help="a data owner: share an update (.npz) straight to P0 and P1 for a round")
-    owner.add_argument("update", help=".npz file of the update's arrays, in the round's order (numpy.savez)")
-    owner.add_argument("--round", required=True, help="the round id the aggregator opened")
-    owner.add_argument("--name", required=True, help="this owner's name (with TLS: its certificate owner-NAME.pem)")
-    owner.add_argument("--hosts", default="localhost:4000,localhost:4001,localhost:4002",
-                       help="host:port of P0,P1,P2 (the update goes to P0 and P1 only)")
-    owner.add_argument("--tls-dir", help="ca.pem and this owner's owner-NAME.pem/.key (pysmpc certs --owners NAME)")
-    owner.add_argument("--allow-cleartext", action="store_true",
-                       help="no TLS although some hosts are not loopback (the shares cross the network in the clear)")
-    owner.add_argument("--min-owners", type=int, default=2,
-                       help="refuse a round that would reveal sums of fewer owners than this")
-    owner.add_argument("--min-noise-multiplier", type=float,
-                       help="refuse a round without DP noise of at least this multiplier")
-    owner.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a worker")
-    owner.set_defaults(fn=_fl_owner)
-
-    bench = sub.add_parser("bench", help="latency, throughput, traffic and rounds of private inference")
-    bench.add_argument("--model", help="a model file instead of the shipped CNN")
-    bench.add_argument("--batches", default="1,64,256", help="comma-separated batch sizes (default 1,64,256)")
-    bench.add_argument("--repeats", type=int, default=3, help="timed runs per point (median reported)")
-    bench.add_argument("--no-tcp", action="store_true", help="skip the TCP cluster")
-    bench.add_argument("--json", help="also write the rows to this JSON file")
-    bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    bench.set_defaults(fn=_bench)
-
-    certs = sub.add_parser("certs", help="make a CA and mutual-TLS certificates for P0, P1, P2 and the client",
-                           description="Write ca.pem/ca.key and p0, p1, p2, client .pem/.key into DIRECTORY "
-                                       "and print which files go to which machine.")
-    certs.add_argument("directory", help="where to write them (becomes the --tls-dir of the other commands)")
-    certs.add_argument("--hosts", help="host[:port] of P0,P1,P2: each goes into that party's certificate "
-                                       "(subject alternative name); the same --hosts as worker and serve")
-    certs.add_argument("--owners", metavar="NAMES",
-                       help="comma-separated data owners to certify too (owner-NAME.pem/.key, common name owner:NAME)")
-    certs.add_argument("--san", action="append", metavar="NAME",
-                       help="another host name or IP for every certificate (repeatable)")
-    certs.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
-    certs.add_argument("--force", action="store_true",
-                       help="replace a CA and certificates already in DIRECTORY (the old ones stop working)")
-    certs.set_defaults(fn=_certs)
-
-    worker = sub.add_parser("worker", help="start one party of a TCP cluster (see --help of the worker)",
-                            add_help=False)
-    worker.add_argument("worker_args", nargs=argparse.REMAINDER)
-    worker.set_defaults(fn=_worker)
-    return parser
+COMMANDS = {"demo": _demo, "inspect": _inspect, "serve": _serve, "query": _query, "fl-demo": _fl_demo,
+            "fl-owner": _fl_owner, "bench": _bench, "certs": _certs}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["worker"]:
-        # argparse.REMAINDER does not take arguments that start with "-" (--party ...): hand them over whole.
-        from pysmpc.runtime.worker import main as worker_main
-
-        return worker_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    command = "pysmpc"
     try:
-        return args.fn(args)
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"pysmpc {args.command}: error: {exc}", file=sys.stderr)
+        if argv[:1] == ["worker"]:
+            # The worker has its own parser (python -m pysmpc.runtime.worker is the same program).
+            from pysmpc.runtime.worker import main as worker_main
+
+            return worker_main(argv[1:], prog="pysmpc worker")
+        from pysmpc.cli_args import build_parser
+
+        args = build_parser().parse_args(argv)
+        command = f"pysmpc {args.command}"
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a closed pipe is handled, not in the interpreter's exit
+        return status
+    except KeyboardInterrupt:
+        print(f"\n{command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT
+    except BrokenPipeError:
+        if not _stdout_closed():
+            print(f"{command}: error: broken pipe (a connection closed while writing)", file=sys.stderr)
+            return 2
+        # The reader went away (pysmpc ... | head): stop quietly, as `cat` does. Point stdout
+        # at /dev/null, or the interpreter's last flush at exit reports the broken pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a command the closed pipe stopped
+    except ImportError as exc:  # an optional extra is missing: the message names it
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"{command}: error: {_with_flags(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no poll (Windows), or stdout is not a real file
+        return True

@@ -27,16 +27,41 @@ import numpy as np
 # set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+def _missing_kernels_message(error: ImportError) -> str:
+    """Say why pysmpc.kernels._ring did not import, and the command that fixes it.
+
+    The usual cause: Python runs in a source checkout (the REPL, a script or
+    `python -m pysmpc` in the repository root), so the uncompiled source tree
+    comes first on sys.path and shadows the installed package.
+    """
+    from importlib import metadata
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    installed = None
+    try:
+        candidate = Path(str(metadata.distribution("pysmpc").locate_file("pysmpc"))).resolve()
+        if candidate != here and candidate.is_dir():
+            installed = candidate
+    except metadata.PackageNotFoundError:
+        pass
+    message = (f"pysmpc's compiled kernels (pysmpc.kernels._ring) are not built in {here / 'kernels'} "
+               f"({type(error).__name__}: {error}). ")
+    if installed is not None:
+        message += (f"Python found pysmpc in the source tree {here.parent} before the installed copy in "
+                    f"{installed.parent}: run Python from another directory, or make a development install "
+                    "of this tree, whose imports work from anywhere: pip install -e .")
+    else:
+        message += ("Install pysmpc: `pip install .` (a C compiler and CMake >= 3.18), a wheel from "
+                    ".ci/build_wheel (no compiler), or, in a source checkout, the development install "
+                    "`pip install -e .`")
+    return message
+
+
 try:
     from pysmpc.kernels import _ring
 except ImportError as exc:  # pragma: no cover - depends on how pysmpc was found
-    from pathlib import Path
-
-    raise ImportError(
-        f"pysmpc's compiled kernels (pysmpc/kernels/_ring) are missing in {Path(__file__).parent}. "
-        "Install the package with `pip install .`, and run Python from outside the source tree "
-        "(`pytest`, not `python -m pytest`, in the repository root)."
-    ) from exc
+    raise ImportError(_missing_kernels_message(exc)) from exc
 
 __all__ = [
     "add",
@@ -259,7 +284,7 @@ def conv_output_shape(in_hw, k_hw, stride=1, padding: str = "valid") -> tuple[in
     if not (
         isinstance(in_hw, (tuple, list))
         and len(in_hw) == 2
-        and all(isinstance(v, numbers.Integral) and v >= 0 for v in in_hw)
+        and all(isinstance(v, numbers.Integral) and int(v) >= 0 for v in in_hw)
     ):
         raise TypeError(f"in_hw must be a pair of non-negative ints, got {in_hw!r}")
     h, w = int(in_hw[0]), int(in_hw[1])

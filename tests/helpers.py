@@ -106,3 +106,28 @@ def socket_channel_pair(timeout: float = 2.0, p0: dict | None = None, p1: dict |
     ch0.attach(P1, accepted["stream"])
     ch1.attach(P0, stream1)
     return ch0, ch1
+
+
+def in_forked_children(draw, children: int = 2) -> list[bytes]:
+    """Run draw() -> bytes in `children` processes forked from this one; what each returned, through a pipe."""
+    import os
+
+    results = []
+    for _ in range(children):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: draw, report, exit without running the parent's cleanup
+            code = 1
+            try:
+                os.close(read_end)
+                with os.fdopen(write_end, "wb") as out:
+                    out.write(draw())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as got:
+            results.append(got.read())
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the forked child failed"
+    return results

@@ -287,3 +287,18 @@ def test_garbage_submissions_are_refused_and_the_workers_go_on():
         for name in ("alice", "bob"):
             Owner(c.hosts, name).submit(round_id, _update(0.5))
         np.testing.assert_allclose(aggregator.reveal(round_id).total[0], 1.0, atol=2.0**-16)
+
+
+def test_an_owner_made_before_a_fork_shares_differently_in_each_child():
+    """Two forked children of one owner must not send the same mask (it would cancel out between them)."""
+    from helpers import in_forked_children
+
+    owner = Owner("localhost:4000,localhost:4001,localhost:4002", "alice")  # no connection made yet
+    rules = {"frac_bits": F}
+
+    def draw():
+        share_0, _ = owner._shares(rules, _update(1.0))
+        return share_0.tobytes()
+
+    first, second = in_forked_children(draw)
+    assert first != second, "two forked children of one owner drew the same share"

@@ -390,10 +390,17 @@ def image_or_error(path: Path):
     try:
         image = load_image(path)
     except ValueError as exc:
-        assert str(path) in str(exc) or "PNG filter" in str(exc), str(exc)
+        assert str(path) in str(exc), str(exc)
         return exc
-    assert image.dtype == np.float64 and image.ndim == 3 and min(image.shape) >= 1
-    assert np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
+    assert image.ndim == 3 and min(image.shape) >= 1
+    if path.suffix == ".npy":  # as stored: the query path (serve/inputs.py) checks it against the model's range
+        assert image.dtype.kind in "buif"
+    else:  # an image file: 8-bit pixels as stored, or 16-bit grey scaled to [0, 1]
+        assert image.dtype in (np.uint8, np.float64), image.dtype
+        if image.dtype == np.float64:
+            assert image.min() >= 0 and image.max() <= 1
+    if image.dtype.kind == "f":
+        assert np.isfinite(image).all()
     return image
 
 
@@ -404,6 +411,7 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 @FUZZ
 @given(st.sampled_from([0, 2, 6]), st.data())
 def test_mutated_png_images(workdir, colour, data):
+    pytest.importorskip("PIL")
     path = workdir / "mutated.png"
     path.write_bytes(mutate_bytes(_valid_png(workdir, colour), data.draw))
     image_or_error(path)
@@ -414,6 +422,7 @@ def test_mutated_png_images(workdir, colour, data):
        st.sampled_from([1, 2, 4, 8, 16]), st.integers(0, 7), st.integers(0, 1), st.binary(max_size=64),
        st.integers(0, 1 << 16))
 def test_png_with_any_header_and_data(workdir, width, height, depth, colour, interlace, raw, zeros):
+    pytest.importorskip("PIL")
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
     body = zlib.compress(raw + bytes(zeros))  # zeros: data that inflates far beyond its size
     path = workdir / "header.png"
@@ -453,16 +462,20 @@ def test_mutated_npy_images(workdir, data):
 
 
 def test_image_regressions(workdir):
+    pytest.importorskip("PIL")  # image files are decoded by Pillow (pysmpc[images])
     path = workdir / "r.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", b"\x00" * 5) + png_chunk(b"IDAT", b"x"))
-    with pytest.raises(ValueError, match="header chunk of 5 bytes"):  # was struct.error
+    with pytest.raises(ValueError, match="r.png: corrupt or unreadable image"):  # was struct.error
         load_image(path)
     bomb = zlib.compress(bytes(1 << 26))  # 64 MiB of zeros in 64 kB
     ihdr = struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", bomb))
-    with pytest.raises(ValueError, match="more than 813 bytes, expected 812"):  # was inflated in full first
-        load_image(path)
+    assert load_image(path).shape == (28, 28, 1)  # was inflated in full first; now to the image's 812 bytes only
     ihdr = struct.pack(">IIBBBBB", 1 << 20, 1 << 20, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", bomb))
+    with pytest.raises(ValueError, match="decompression-bomb limit"):
+        load_image(path)
+    ihdr = struct.pack(">IIBBBBB", 1100, 1000, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", bomb))
     with pytest.raises(ValueError, match=f"at most {MAX_PIXELS}"):
         load_image(path)
@@ -471,8 +484,10 @@ def test_image_regressions(workdir):
     with pytest.raises(ValueError, match="NaN or infinite"):
         load_image(npy)
     np.save(npy, np.full((2, 2), 255, np.int64))
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*got \[255, 255\]"):  # was used unscaled
-        load_image(npy)
+    from pysmpc.serve.inputs import to_model_input
+
+    with pytest.raises(ValueError, match=r"outside the model's input range \[0, 1\]"):  # was used unscaled
+        to_model_input(load_image(npy), (0.0, 1.0))
     np.save(npy, np.zeros((2, 2), np.complex64))
     with pytest.raises(ValueError, match="complex64 is not a real number type"):
         load_image(npy)

@@ -318,7 +318,8 @@ def test_branching_models_private_run_matches_plaintext(name):
     with LocalCluster() as cluster:
         shared = Model(graph).share(cluster)
         cluster.reset_stats()
-        logits = shared.predict(x)
+        # The model takes its source's layout: NCHW for the ONNX one, as the PyTorch module does.
+        logits = shared.predict(x.transpose(0, 3, 1, 2) if graph.input_layout == "NCHW" else x)
         stats = cluster.stats()["P1"]
     # sigmoid and tanh within 2^-13 and 2^-12, softmax 2^-13, each through a dense layer or two:
     # 5e-3 holds them with room; the float model is within the quantization error more.
@@ -400,3 +401,45 @@ def test_onnx_ops_the_graph_cannot_compute_exactly_are_refused():
     for proto, needle in cases:
         with pytest.raises(ValueError, match=needle):
             graph_from_onnx(proto)
+
+
+def test_from_torch_model_takes_nchw_and_export_options():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import pysmpc as sy
+
+    torch.manual_seed(1)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 10 * 10, 4))
+    x = np.random.default_rng(4).random((3, 2, 12, 12)).astype(np.float32)  # NCHW, as the module takes it
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).double().numpy()
+    # dynamo=False: torch's TorchScript exporter, which names nodes '/0/Conv' (the default one: 'node_conv2d')
+    model = sy.from_torch(net, x[:1], dynamo=False, opset_version=17)
+    assert model.input_layout == "NCHW" and model.input_shape == (2, 12, 12)
+    assert model.graph.layers[0].name == "/0/Conv", model.summary()
+    np.testing.assert_allclose(model.predict(x), want, atol=1e-4)
+    with pytest.raises(TypeError, match="sets f of torch.onnx.export itself"):
+        sy.from_torch(net, x[:1], f="elsewhere.onnx")
+    with pytest.raises(TypeError, match="takes a torch.nn.Module, got function"):
+        sy.from_torch(lambda t: t, x[:1])
+
+
+def test_a_recorded_input_range_is_read_from_hdf5_and_onnx(tmp_path):
+    assert load_graph(shipped_model_path()).input_range == (0.0, 1.0)  # trained on pixels / 255
+    assert load(KERAS_FILES[1]).input_range is None  # not recorded: unknown
+    h5 = tmp_path / "ranged.h5"
+    shutil.copyfile(FIXTURES / KERAS_FILES[1], h5)
+    with h5py.File(h5, "r+") as f:
+        f.attrs["pysmpc_input_range"] = np.array([-1.0, 1.0])
+    assert load_graph(h5).input_range == (-1.0, 1.0)
+    with h5py.File(h5, "r+") as f:
+        f.attrs["pysmpc_input_range"] = np.array([1.0, 0.0])
+    with pytest.raises(ValueError, match="pysmpc_input_range.*low < high"):
+        load_graph(h5)
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(FIXTURES / ONNX_FILES[0])
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "pysmpc_input_range", "0,255"
+    onnx.save(model, tmp_path / "ranged.onnx")
+    assert load_graph(tmp_path / "ranged.onnx").input_range == (0.0, 255.0)

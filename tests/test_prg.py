@@ -5,6 +5,7 @@ import pytest
 
 from pysmpc.kernels.bits import popcount
 from pysmpc.sharing.prg import PRG, SEED_BYTES, new_seed
+from helpers import in_forked_children
 
 SEED_A = bytes(range(16))
 SEED_B = bytes(range(1, 17))
@@ -185,3 +186,37 @@ def test_numpy_random_never_used(monkeypatch):
     prg.random_bits(70)
     prg.fill(np.empty(3, np.uint64))
     prg.derive(b"x").random_u64(2)
+
+
+def test_fresh_prgs_are_reseeded_in_forked_children_and_agreed_ones_are_not():
+    fresh = PRG.fresh()
+    agreed = PRG(SEED_A)  # a pairwise stream: the parties must keep drawing the same words
+
+    def draw():
+        return fresh.random_u64(4).tobytes() + agreed.random_u64(4).tobytes()
+
+    first, second = (np.frombuffer(r, np.uint64) for r in in_forked_children(draw))
+    assert not np.array_equal(first[:4], second[:4]), "two forked children drew the same words from a fresh PRG"
+    np.testing.assert_array_equal(first[4:], second[4:])  # reseeding it would break the parties' alignment
+    np.testing.assert_array_equal(first[4:], PRG(SEED_A).random_u64(4))
+    # The parent's own stream goes on where it was, unlike either child's.
+    parent = fresh.random_u64(4)
+    assert not np.array_equal(parent, first[:4]) and not np.array_equal(parent, second[:4])
+
+
+def test_a_cluster_made_before_a_fork_deals_different_shares_in_each_child():
+    from pysmpc.runtime.local import LocalCluster
+    from pysmpc.sharing.shares import share
+
+    cluster = LocalCluster()  # not started: the client-side handle a process holds when it forks
+    value = np.full(8, 7, np.uint64)
+
+    def draw():
+        share_0, share_1 = share(value, cluster._client_prg)
+        return share_0.tobytes() + share_1.tobytes()
+
+    first, second = (np.frombuffer(r, np.uint64).reshape(2, 8) for r in in_forked_children(draw))
+    for shares in (first, second):
+        np.testing.assert_array_equal(shares[0] + shares[1], value)
+    # Equal shares to P0 of two values would hand P1 their difference.
+    assert not np.array_equal(first[0], second[0]), "two forked children dealt the same share to P0"

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.tcp
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "R"
 RSCRIPT = shutil.which("Rscript")
+INSTALL_R = "apt-get install r-base-core r-cran-reticulate; .ci/run does"
 EXPECTED = ["Actual: 7, predicted: 7", "Actual: 2, predicted: 2", "Actual: 1, predicted: 1"]
 
 
@@ -35,11 +36,45 @@ def _r_env():
     return env
 
 
+def r_has_reticulate(rscript) -> bool:
+    """Whether this Rscript can load the reticulate package (R installed without it cannot run the examples)."""
+    if rscript is None:
+        return False
+    try:
+        check = subprocess.run([rscript, "-e", 'quit(status = !requireNamespace("reticulate", quietly = TRUE))'],
+                               capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return check.returncode == 0
+
+
+def _skip_reason():
+    if RSCRIPT is None:
+        return f"Rscript is not installed ({INSTALL_R})"
+    if not r_has_reticulate(RSCRIPT):
+        return f"R has no reticulate package ({INSTALL_R})"
+    return None
+
+
+SKIP_REASON = _skip_reason()
+
+
 def _tail(path, n=3000):
     return path.read_text(errors="replace")[-n:] if path.exists() else "(no output)"
 
 
-@pytest.mark.skipif(RSCRIPT is None, reason="Rscript is not installed (apt-get install r-base-core r-cran-reticulate; .ci/run does)")
+def test_r_has_reticulate_asks_r(tmp_path):
+    # A stand-in Rscript that answers the question as R would (exit 0: the package loads).
+    for status, expected in ((0, True), (1, False)):
+        fake = tmp_path / f"Rscript{status}"
+        fake.write_text(f"#!/bin/sh\ncase \"$2\" in *requireNamespace*reticulate*) exit {status};; esac\nexit 3\n")
+        fake.chmod(0o755)
+        assert r_has_reticulate(str(fake)) is expected
+    assert r_has_reticulate(None) is False
+    assert r_has_reticulate(str(tmp_path / "no-such-Rscript")) is False
+
+
+@pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 def test_serve_r_and_client_r_print_the_first_three_mnist_predictions(tmp_path):
     env = _r_env()
     server_log = tmp_path / "serve.log"

@@ -84,13 +84,53 @@ def test_private_argmax_reveals_labels(cluster):
     expected = run_float(graph, x).argmax(axis=1)
     np.testing.assert_array_equal(shared.predict(x, reveal="argmax"), expected)
     # On prepared material (masked input) too: the argmax follows the model's layers in the same call.
-    shared.prepare(4)
+    shared.prepare(4, reveal="argmax")
     cluster.reset_stats()
     np.testing.assert_array_equal(shared.predict(x, reveal="argmax"), expected)
     assert shared.profile[0]["rounds"] == 0  # conv1 opened nothing: the prepared run's input mask was used
     stats = cluster.stats()
     assert sum(s["bytes_sent"] for s in stats["client"].values()) == 2 * x.size * 8  # x - A to P0 and P1
     assert stats["P2"], "P2 deals the argmax's material during the query"
+    shared.stop()
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared"])
+def test_logits_are_revealed_truncated_to_the_models_fractional_bits(cluster, prepared):
+    """The client gets the output at F bits, not the 2F-bit accumulator of the last product (model extraction)."""
+    rng = np.random.default_rng(11)
+    graph = seed_cnn(rng)
+    x = rng.uniform(0, 1, (3, 28, 28, 1))
+    shared = Model(graph).share(cluster)
+    if prepared:
+        shared.prepare(3)
+    logits = shared.predict(x)
+    scaled = logits * 2**F
+    np.testing.assert_array_equal(scaled, np.round(scaled), err_msg=f"logits carry more than {F} fractional bits")
+    # The truncation's error is at most one unit in the last place beyond the fixed-point twin's.
+    np.testing.assert_allclose(logits, run_fixed_point(graph, x, F), atol=64 / 2**F)
+    assert shared.profile[-1]["name"] == "output" and shared.profile[-1]["rounds"] == 1
+    shared.stop()
+
+
+def test_prepared_material_is_kept_per_reveal_mode(cluster):
+    # Logits material includes the output's truncation, argmax material does not: neither may serve the other.
+    rng = np.random.default_rng(12)
+    graph = seed_cnn(rng)
+    x = rng.uniform(0, 1, (2, 28, 28, 1))
+    shared = Model(graph).share(cluster)
+    shared.prepare(2, reveal="argmax")
+    shared.prepare(2, reveal="logits")
+    for reveal in ("logits", "argmax"):
+        cluster.reset_stats()
+        answer = shared.predict(x, reveal=reveal)
+        assert shared.profile[0]["rounds"] == 0, f"{reveal}: the prepared run's input mask was not used"
+        expected = run_float(graph, x)
+        if reveal == "logits":
+            np.testing.assert_allclose(answer, expected, atol=1e-2)
+        else:
+            np.testing.assert_array_equal(answer, expected.argmax(axis=1))
+    with pytest.raises(ValueError, match="reveal"):
+        shared.prepare(2, reveal="softmax")
     shared.stop()
 
 
@@ -106,15 +146,17 @@ def test_bad_input_shape_is_a_clear_error(cluster):
 def test_shipped_cnn_stays_within_its_round_and_traffic_budget():
     """Regression guard (deterministic): rounds and bytes per image of the shipped CNN.
 
-    15 rounds on prepared material (the querier masks its input for the
-    first convolution), 16 when P2 deals while the query runs.
+    16 rounds on prepared material (the querier masks its input for the
+    first convolution), 17 when P2 deals while the query runs; each
+    includes the truncation of the logits to F bits before they are
+    revealed (1 round).
     """
     from pysmpc import load_model
     from pysmpc.models import load_samples, shipped_model_path
 
     model = load_model(shipped_model_path())
     for batch in (1, 4):
-        for prepared, budget in ((True, 15), (False, 16)):
+        for prepared, budget in ((True, 16), (False, 17)):
             plan = model.cost(batch, prepared=prepared)
             rounds = sum(c.rounds for _, c in plan)
             online_per_image = 2 * sum(c.bytes_sent for _, c in plan) / batch  # P0 + P1
@@ -132,7 +174,7 @@ def test_shipped_cnn_stays_within_its_round_and_traffic_budget():
             assert measured == [(c.rounds, c.bytes_sent) for _, c in model.cost(4, prepared=prepared)]
             channels = sum(s["rounds"] for t, s in cluster.stats()["P1"].items() if not t.startswith("dealer")
                            and t not in ("input", "output"))
-            assert channels == (15 if prepared else 16)
+            assert channels == (16 if prepared else 17)
 
 
 def test_prepared_material_is_used_only_for_its_batch_size(cluster):
@@ -247,14 +289,15 @@ def test_independent_branches_share_their_rounds(cluster):
     x = rng.uniform(-1, 1, (2, 6, 6, 2))
     shared = Model(graph).share(cluster)
     planned = dict(shared.cost(2))
-    # Each branch alone: conv 1 + relu 4 + max pool 2 levels x 4 = 13 rounds; together 13, not 26; dense 1.
-    assert sum(c.rounds for c in planned.values()) == 13 + 1
+    # Each branch alone: conv 1 + relu 4 + max pool 2 levels x 4 = 13 rounds; together 13, not 26; dense 1;
+    # the logits' truncation 1.
+    assert sum(c.rounds for c in planned.values()) == 13 + 1 + 1
     assert planned["left"].rounds == 1 and planned["right"].rounds == 0  # the shared round counts for 'left'
     cluster.reset_stats()
     np.testing.assert_allclose(shared.predict(x), run_fixed_point(graph, x, F), atol=16 / 2**F)
     rounds = sum(s["rounds"] for t, s in cluster.stats()["P1"].items()
                  if not t.startswith(("dealer", "setup")) and t not in ("input", "output"))
-    assert rounds == 14
+    assert rounds == 15
     merged = [t for t in cluster.stats()["P1"] if "+" in t]
     assert any("conv2d:left" in t and "conv2d:right" in t for t in merged), merged
     assert [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile] == \
@@ -307,5 +350,5 @@ def test_masked_input_through_a_flatten(cluster):
     shared.prepare(2)
     cluster.reset_stats()
     np.testing.assert_allclose(shared.predict(x), run_fixed_point(graph, x, F), atol=4 / 2**F)
-    assert sum(p["rounds"] for p in shared.profile) == 0  # the dense layer opened nothing
+    assert [p["rounds"] for p in shared.profile if p["name"] == "d"] == [0]  # the dense layer opened nothing
     shared.stop()

@@ -1,5 +1,6 @@
 """The user's serving example over TCP: workers, an owner that serves, clients in other processes."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -81,10 +82,15 @@ def test_concurrent_queries_are_batched_and_a_bad_one_is_refused(served):
     threads.append(threading.Thread(target=bad_query))
     for t in threads:
         t.start()
-    served_count = model.serve(num_requests=4, idle_timeout=60)
+    # Until stopped (the refused query uses up no request, and may come after the others).
+    serving = threading.Thread(target=lambda: model.serve(idle_timeout=60))
+    serving.start()
     for t in threads:
-        t.join()
-    assert served_count == 3 and cluster.last_serve == {"served": 3, "failed": 1, "restarts": 0}
+        t.join(60)
+    model.stop_serving()
+    serving.join(30)
+    assert not serving.is_alive() and not any(t.is_alive() for t in threads)
+    assert cluster.last_serve == {"served": 3, "failed": 1, "restarts": 0, "stopped": "stop_serving()"}
     assert "does not fit" in str(errors.pop("bad"))
     assert not errors, errors
     reference = model.predict(images)
@@ -92,3 +98,35 @@ def test_concurrent_queries_are_batched_and_a_bad_one_is_refused(served):
         np.testing.assert_allclose(answers[i][0], reference[i], atol=1e-2)
     assert answers[2][0] == reference[2].argmax()
     assert cluster.stats()["P0"]["query:output"]["bytes_sent"] > 0
+
+
+def test_the_workers_describe_the_served_model_and_wrong_shapes_are_clear_errors(served):
+    model, cluster = served
+    assert _client_cluster(cluster).describe_model() == {
+        "input_shape": [28, 28, 1], "input_layout": "NHWC", "output_shape": [10], "input_range": None, "frac_bits": 16,
+        "reveal": None}
+    with pytest.raises(ValueError, match=r"batch_output_shape \(1, 5\) does not match the served model's output "
+                                         r"\(10,\) \(with a batch axis: \(N, 10\)\)"):
+        sy.Client().connect_to_model((1, 28, 28, 1), (1, 5), _client_cluster(cluster))
+
+
+def test_a_client_of_workers_that_are_not_there_fails_at_once_or_waits_visibly(caplog):
+    import logging
+    import socket
+    import time
+
+    ports = []
+    for _ in range(3):
+        with socket.create_server(("127.0.0.1", 0)) as s:  # closed again: nothing listens there
+            ports.append(s.getsockname()[1])
+    cluster = sy.Cluster(*(sy.Worker(f"localhost:{p}", auto_managed=False) for p in ports))
+    start = time.monotonic()
+    with pytest.raises(sy.ClusterError, match=rf"cannot reach P0 at localhost:{ports[0]}: .*refused.*is the worker "
+                                              r"running\?"):
+        sy.Client().connect_to_model((1, 28, 28, 1), (1, 10), cluster)
+    assert time.monotonic() - start < 5  # before: the first query waited its 60 s timeout in silence
+    with caplog.at_level(logging.WARNING, logger="pysmpc.cluster"):
+        with pytest.raises(sy.ClusterError, match=rf"cannot reach P0 at localhost:{ports[0]}"):
+            sy.Client().connect_to_model((1, 28, 28, 1), (1, 10), cluster, wait=3)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(re.match(rf"waiting up to \d+ s for P0 at localhost:{ports[0]}: ", m) for m in said), said

@@ -113,7 +113,7 @@ def soak(tmp_path, queries_each: int, warm_up: int) -> dict:
     assert not errors, f"{len(errors)} of {total} queries failed, e.g. {errors[:3]}"
     assert not wrong, f"{len(wrong)} answers differ from the plaintext model, e.g. {wrong[:2]}"
     assert len(done) == total and served.get("n") == total
-    assert last_serve == {"served": total, "failed": 0, "restarts": 0}
+    assert last_serve == {"served": total, "failed": 0, "restarts": 0, "stopped": "done"}
     growth = {i: rss["end"][i] - rss["warm"][i] for i in pids}
     figures = {"queries": total, "seconds": elapsed, "queries_per_second": total / elapsed,
                "rss_warm_mib": rss["warm"], "rss_end_mib": rss["end"], "rss_growth_mib": growth,

@@ -50,8 +50,9 @@ def load_mnist(directory=None, split: str = "train", dtype=np.float32) -> tuple[
     """Return (images (N, 28, 28, 1) as pixels / 255 in ``dtype``, labels int64 (N,))."""
     d = find_mnist(directory)
     images_stem, labels_stem = _FILES[split]
-    images = read_idx(_file(d, images_stem))
-    labels = read_idx(_file(d, labels_stem))
+    # find_mnist saw both files; one removed since makes read_idx name the missing path.
+    images = read_idx(_file(d, images_stem) or d / images_stem)
+    labels = read_idx(_file(d, labels_stem) or d / labels_stem)
     return (images.astype(dtype) / dtype(255.0))[..., None], labels.astype(np.int64)
 
 

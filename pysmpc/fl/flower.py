@@ -80,7 +80,7 @@ class SecureAggFedAvg(FedAvg):
             revealed (at least 2; the workers enforce it).
         example_scale: public normaliser of the example weights, so that
             parameters times num_examples / example_scale stay within the
-            fixed-point range (|value| < 2^15 with the defaults).
+            fixed-point range (magnitudes below 2^15 with the defaults).
         reveal_wait: seconds the reveal waits for every client that
             reported a result to have reached both workers.
         **kwargs: FedAvg's arguments (fraction_fit, min_fit_clients, ...).

@@ -30,7 +30,7 @@ from pysmpc.parties.socket import SocketChannel, TlsConfig, check_cleartext, con
 from pysmpc.runtime.certs import owner_stem
 from pysmpc.runtime.rounds import MIN_OWNERS_FLOOR, check_owner_name
 from pysmpc.sharing.fixedpoint import FixedPoint
-from pysmpc.sharing.prg import PRG, new_seed
+from pysmpc.sharing.prg import PRG
 from pysmpc.sharing.shares import share
 
 __all__ = ["Owner", "SubmissionError", "Receipt"]
@@ -78,9 +78,9 @@ class Owner:
         self.min_owners = max(MIN_OWNERS_FLOOR, int(min_owners))
         self.require_dp = dict(require_dp) if require_dp else None
         self.int_bits = int(int_bits)
-        self._prg = PRG(new_seed())  # this owner's own: no other endpoint knows its seed
-        self._books = None
-        self.hosts = None
+        self._prg = PRG.fresh()  # this owner's own (reseeded in a forked child): no other endpoint knows its seed
+        self._books: dict = {}   # in-process: P0's and P1's round books
+        self.hosts: list = []    # over TCP: the workers' (host, port)
         if hasattr(cluster, "round_books"):
             self._books = cluster.round_books()
         else:
@@ -103,12 +103,12 @@ class Owner:
         for k, a in enumerate(arrays):
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"owner {self.name}: array {k} of its update contains NaN or infinity")
-        if self._books is not None:
+        if self._books:
             return self._submit_in_process(round_id, arrays)
         return self._submit_over_tcp(round_id, arrays)
 
     # -- the steps ----------------------------------------------------------------------------
-    def _check_rules(self, round_id: str, rules_0: dict, rules_1: dict, arrays: list) -> dict:
+    def _check_rules(self, round_id: str, rules_0, rules_1, arrays: list) -> dict:
         if not isinstance(rules_0, dict) or not isinstance(rules_1, dict):
             raise SubmissionError(f"owner {self.name}: a worker did not state the rules of round {round_id!r}; "
                                   "nothing sent")
@@ -163,7 +163,7 @@ class Owner:
     def _submit_over_tcp(self, round_id: str, arrays: list) -> Receipt:
         session = secrets.token_hex(16)
         channel = SocketChannel(CLIENT, self.timeout, session=session)
-        replies = {}
+        replies: dict[int, dict] = {}
         try:
             for i in (P0, P1):
                 replies[i] = {}

@@ -182,7 +182,8 @@ class _OwnerInProcess:
         # The owner's sampling must be unpredictable to the model owner (amplification by sampling).
         self._sampler = np.random.default_rng(secrets.randbits(128))
         self.examples = len(self._x)
-        self._reply = None
+        self.classes = np.bincount(self._y, minlength=10).argsort()[::-1][:3].tolist()
+        self._reply: dict | None = None
 
     def start_task(self, task: dict, bar=None) -> None:
         start = time.perf_counter()
@@ -196,7 +197,7 @@ class _OwnerInProcess:
 
     def finish_task(self, timeout: float) -> dict:
         reply, self._reply = self._reply, None
-        return reply
+        return reply or {"ok": False, "error": "no task was started"}
 
     def close(self) -> None:
         pass
@@ -295,13 +296,11 @@ def _start_owners(cluster, cfg, train, graph, log) -> list:
         x_train, y_train = train
         if cfg.train_subset:
             x_train, y_train = x_train[: cfg.train_subset], y_train[: cfg.train_subset]
-        owners = []
+        owners: list = []
         for k, name in enumerate(names):
             part = owner_part(y_train, cfg, k)
-            owner = _OwnerInProcess(cluster, name, (x_train[part], y_train[part]), cfg.seed * 1000 + k,
-                                    graph or seed_cnn())
-            owner.classes = np.bincount(y_train[part], minlength=10).argsort()[::-1][:3].tolist()
-            owners.append(owner)
+            owners.append(_OwnerInProcess(cluster, name, (x_train[part], y_train[part]), cfg.seed * 1000 + k,
+                                          graph or seed_cnn()))
         return owners
     import multiprocessing
 
@@ -311,26 +310,26 @@ def _start_owners(cluster, cfg, train, graph, log) -> list:
     context = multiprocessing.get_context("spawn")  # no copy of this process's memory in the owners
     # Several owners share the machine's cores: one BLAS thread each (a spawned
     # child reads these when it imports numpy), else their threads thrash.
-    saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
-    os.environ.update({k: os.environ.get(k) or "1" for k in _BLAS_THREADS})
+    saved = {var: os.environ.get(var) for var in _BLAS_THREADS}
+    os.environ.update({var: os.environ.get(var) or "1" for var in _BLAS_THREADS})
     try:
-        owners = [_OwnerProcess({"name": name, "index": k, "hosts": hosts, "tls_dir": cfg.tls_dir, "config": cfg,
+        processes = [_OwnerProcess({"name": name, "index": k, "hosts": hosts, "tls_dir": cfg.tls_dir, "config": cfg,
                                  "data_dir": cfg.data_dir, "graph": graph}, context)
                   for k, name in enumerate(names)]
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
             else:
-                os.environ[k] = v
+                os.environ[var] = value
     try:
-        for owner in owners:
-            owner.wait_ready(120.0)
+        for process in processes:
+            process.wait_ready(120.0)
     except BaseException:
-        for owner in owners:
-            owner.close()
+        for process in processes:
+            process.close()
         raise
-    return owners
+    return processes
 
 
 def run_federated(cluster, cfg: FederatedConfig, train, test, graph=None, log=print) -> FederatedResult:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pysmpc.graph.graph import Graph
+from pysmpc.graph.layout import model_input_to_nhwc
 from pysmpc.graph.plain import _check_frac_bits, _float_layer, _walk, fixed_point_trace
 from pysmpc.graph.plan import _bits, compile_plan, make_plan
 
@@ -189,6 +190,8 @@ def calibration_report(graph: Graph, samples_path, frac_bits: int | None = None)
         samples = np.load(samples_path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{samples_path}: cannot read samples as a .npy array ({exc})") from None
+    # Samples come as the model's callers pass inputs (NCHW for a PyTorch/ONNX model).
+    samples = model_input_to_nhwc(samples, graph.input_shape, graph.input_layout)
     calibration = calibrate(graph, samples, 16 if frac_bits is None else frac_bits)
     lines = [calibration.report()]
     try:

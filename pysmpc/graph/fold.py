@@ -72,7 +72,7 @@ def fold_batch_norms(graph: Graph) -> Graph:
         layers.append(copy)
     output = renamed.get(graph.output, graph.output)
     folded = Graph(graph.input_shape, layers, source=graph.source, notes=notes, input_name=graph.input_name,
-                   output=output)
+                   output=output, input_layout=graph.input_layout, input_range=graph.input_range)
     return _fold_into_readers(folded)
 
 
@@ -126,4 +126,4 @@ def _fold_into_readers(graph: Graph) -> Graph:
         layers.append(Layer(layer.kind, layer.name, dict(layer.params), changed.get(layer.name, dict(layer.weights)),
                             inputs))
     return Graph(graph.input_shape, layers, source=graph.source, notes=notes, input_name=graph.input_name,
-                 output=graph.output)
+                 output=graph.output, input_layout=graph.input_layout, input_range=graph.input_range)

@@ -44,7 +44,10 @@ transpose         perm (of the axes without batch)       -
 dense             - (on a flat input)                    kernel (in, out), bias (out,)
 ================ ===================================== ==================================
 
-Shapes never include the batch axis: an image input is (H, W, C).
+Shapes never include the batch axis: an image input is (H, W, C). The
+graph computes NHWC whatever its source; ``input_layout`` records the
+layout the source model's callers use (NCHW for PyTorch/ONNX), which the
+user-facing Model and Client accept (graph.layout).
 """
 
 from __future__ import annotations
@@ -53,7 +56,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["KINDS", "Graph", "GraphError", "Layer", "conv_padding", "pool_padding"]
+from pysmpc.graph.layout import check_layout, shape_in_layout
+
+__all__ = ["KINDS", "INPUT_RANGE_KEY", "Graph", "GraphError", "Layer", "check_input_range", "conv_padding",
+           "pool_padding"]
 
 KINDS = ("conv2d", "depthwise_conv2d", "avg_pool2d", "max_pool2d", "global_avg_pool", "global_max_pool",
          "relu", "clip", "sigmoid", "tanh", "softmax", "batch_norm", "add", "concat", "zero_pad", "flatten",
@@ -74,8 +80,37 @@ class GraphError(ValueError):
     """A graph or layer is malformed: unknown kind, bad weights, shapes or connections."""
 
 
+# Where a model file records its input range: an HDF5 root attribute (Keras
+# .h5/.hdf5) or an ONNX metadata_props entry, "low,high" or two numbers.
+INPUT_RANGE_KEY = "pysmpc_input_range"
+
+
+def check_input_range(value, what: str = "input_range") -> tuple[float, float] | None:
+    """Return value as (low, high) floats with low < high, both finite; None stays None.
+
+    Accepts a pair of numbers or the text "low,high" (as a file stores it).
+
+    Raises:
+        GraphError: anything else, naming `what`.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        low, high = (float(v) for v in np.asarray(value, dtype=object).reshape(-1))
+    except (TypeError, ValueError):
+        raise GraphError(f"{what} must be two numbers (low, high), got {str(value)[:80]!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise GraphError(f"{what} must be finite with low < high, got ({low:g}, {high:g})")
+    return (low, high)
+
+
 def _pair(value, what: str) -> tuple[int, int]:
     """Return (a, b) from an int or a 2-sequence of positive ints."""
+    pair: tuple[int, ...]
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         pair = (int(value), int(value))
     else:
@@ -85,7 +120,7 @@ def _pair(value, what: str) -> tuple[int, int]:
             raise GraphError(f"{what} must be an int or a pair of ints, got {value!r}") from None
     if len(pair) != 2 or min(pair) < 1:
         raise GraphError(f"{what} must be a pair of positive ints, got {value!r}")
-    return pair
+    return pair[0], pair[1]
 
 
 def _bound(value, what: str):
@@ -150,11 +185,11 @@ class Layer:
                 raise GraphError(f"{where}: missing param 'axis'")
             params["axis"] = int(params["axis"])
         elif self.kind == "zero_pad":
-            pads = params.get("pads")
+            given = params.get("pads")
             try:
-                pads = tuple(int(p) for p in pads)
+                pads = tuple(int(p) for p in given)  # type: ignore[union-attr]  # None: the TypeError below
             except TypeError:
-                raise GraphError(f"{where}: pads must be (top, bottom, left, right), got {pads!r}") from None
+                raise GraphError(f"{where}: pads must be (top, bottom, left, right), got {given!r}") from None
             if len(pads) != 4 or min(pads) < 0:
                 raise GraphError(f"{where}: pads must be 4 non-negative ints (top, bottom, left, right), got {pads!r}")
             params["pads"] = pads
@@ -366,7 +401,8 @@ def conv_padding(layer: Layer, input_shape: tuple) -> tuple[int, int, int, int]:
     if padding != "same":
         return tuple(padding)
     kh, kw = layer.weights["kernel"].shape[:2]
-    return _same_padding(kh, kw, *layer.params["stride"], int(input_shape[0]), int(input_shape[1]))
+    sh, sw = layer.params["stride"]
+    return _same_padding(kh, kw, sh, sw, int(input_shape[0]), int(input_shape[1]))
 
 
 def pool_padding(layer: Layer, input_shape: tuple) -> tuple[int, int, int, int]:
@@ -376,7 +412,8 @@ def pool_padding(layer: Layer, input_shape: tuple) -> tuple[int, int, int, int]:
         return (0, 0, 0, 0)
     if padding != "same":
         return tuple(padding)
-    return _same_padding(*layer.params["pool"], *layer.params["stride"], int(input_shape[0]), int(input_shape[1]))
+    (kh, kw), (sh, sw) = layer.params["pool"], layer.params["stride"]
+    return _same_padding(kh, kw, sh, sw, int(input_shape[0]), int(input_shape[1]))
 
 
 @dataclass
@@ -387,6 +424,13 @@ class Graph:
     ``notes`` records what an importer changed, e.g. a final softmax that was
     dropped (the client applies it) or a batch norm folded into a conv.
     ``output`` names the output tensor (default: the last layer's).
+    ``input_layout`` is the layout the source model's callers pass images
+    in: 'NHWC' (Keras; the default) or 'NCHW' (PyTorch, ONNX). The graph
+    itself always computes on NHWC, and ``input_shape`` is (H, W, C) either
+    way; ``Model`` transposes NCHW inputs (graph.layout).
+    ``input_range`` is (low, high), the values the model was trained on
+    (e.g. (0, 1) for pixels divided by 255), where the file records it
+    (INPUT_RANGE_KEY); None when unknown.
     The graph is validated on construction; call ``validate()`` again after
     editing it.
     """
@@ -395,6 +439,8 @@ class Graph:
     layers: list
     source: str = ""
     notes: list = field(default_factory=list)
+    input_layout: str = "NHWC"
+    input_range: tuple | None = None
     input_name: str = "input"
     output: str | None = None
 
@@ -418,6 +464,11 @@ class Graph:
             raise GraphError(f"input_shape must be a tuple of ints, got {self.input_shape!r}") from None
         if not self.input_shape or min(self.input_shape) < 1:
             raise GraphError(f"input_shape must be non-empty with positive sizes, got {self.input_shape}")
+        try:
+            check_layout(self.input_layout, len(self.input_shape))
+        except ValueError as exc:
+            raise GraphError(str(exc)) from None
+        self.input_range = check_input_range(self.input_range)
         if not self.layers:
             raise GraphError("graph has no layers")
         seen = {self.input_name}
@@ -497,7 +548,7 @@ class Graph:
         for i, layer in enumerate(self.layers):
             for name in layer.inputs:
                 last[name] = i
-        frees = [[] for _ in self.layers]
+        frees: list[list[str]] = [[] for _ in self.layers]
         for name, i in last.items():
             if name != self.output:
                 frees[i].append(name)
@@ -520,8 +571,10 @@ class Graph:
         """Return a text table: each layer's name, kind, details, output shape and weights."""
         shapes = self.shapes()
         sequential = self.is_sequential()
+        layout = ("" if self.input_layout == "NHWC"
+                  else f"callers pass {self.input_layout} {shape_in_layout(shapes[0], self.input_layout)}")
         head = ("#", "name", "kind", "details", "output shape", "params") + (() if sequential else ("inputs",))
-        rows = [head, ("", self.input_name, "", "", str(shapes[0]), "0") + (() if sequential else ("",))]
+        rows = [head, ("", self.input_name, "", layout, str(shapes[0]), "0") + (() if sequential else ("",))]
         for i, layer in enumerate(self.layers):
             row = (str(i), layer.name, layer.kind, layer.details(), str(shapes[i + 1]), str(layer.param_count()))
             rows.append(row + (() if sequential else (", ".join(layer.inputs),)))

@@ -146,7 +146,7 @@ def _walk(graph: Graph, x, layer_fn, keep_all: bool = False):
             outputs.append(y)
         for name in frees:
             del tensors[name]
-    return outputs if keep_all else tensors[graph.output]
+    return outputs if keep_all else tensors[str(graph.output)]  # validate() set it
 
 
 def run_float(graph: Graph, x, batch_size: int = 256) -> np.ndarray:
@@ -316,6 +316,7 @@ def run_fixed_point(graph: Graph, x, frac_bits: int = 16, return_ring: bool = Fa
        rounded to F bits (the protocols are within their ABS_ERROR of it).
     7. add: sum mod 2^64; concat, zero_pad, flatten, reshape, transpose:
        moves and zeros, exact (NHWC order).
+
     Output: logits = int64(y) / 2^F.
 
     The secure truncation returns floor(.) or floor(.) + 1, and the secure

@@ -9,6 +9,9 @@ attribute ``weight_names`` lists each weight's path inside that group:
 * Keras 3 legacy HDF5: ``model_weights/conv2d/<model name>/conv2d/kernel``
   (no ``:0``; ``keras_version`` 3.x).
 
+A root attribute ``pysmpc_input_range`` (two numbers), where present, is
+the input range the model was trained on (Graph.input_range).
+
 Only h5py and json are used: no pickle, no code from the file runs.
 """
 
@@ -19,7 +22,7 @@ import os
 import h5py
 import numpy as np
 
-from pysmpc.graph.graph import Graph
+from pysmpc.graph.graph import INPUT_RANGE_KEY, Graph, check_input_range
 from pysmpc.models._errors import ModelFormatError
 from pysmpc.models._keras import graph_from_keras, parse_config
 
@@ -95,6 +98,7 @@ def load_keras_h5(path: str | os.PathLike) -> Graph:
                 text = _text(f.attrs["model_config"])
                 kind = layout(f)
                 group = f["model_weights"] if "model_weights" in f else f
+                input_range = f.attrs.get(INPUT_RANGE_KEY)
         except _H5_ERRORS as exc:  # also UnicodeDecodeError, a ValueError
             raise ModelFormatError(f"{path}: cannot read the model config, the file is corrupt or truncated: "
                                    f"{type(exc).__name__}: {str(exc)[:200]}") from None
@@ -110,4 +114,6 @@ def load_keras_h5(path: str | os.PathLike) -> Graph:
 
         graph = graph_from_keras(config, weights, source=path)
     graph.notes.insert(0, f"read as a {'Keras 2' if kind == 'keras2' else 'Keras 3'} HDF5 file")
+    if input_range is not None:  # recorded with the file (examples/create_model.py writes it)
+        graph.input_range = check_input_range(input_range, f"{path}: root attribute {INPUT_RANGE_KEY!r}")
     return graph

@@ -61,17 +61,22 @@ def load_graph(path: str | os.PathLike, timeout: float | None = None, config=Non
                              "(config=, its to_json() or the config.json of a .keras archive)")
         if ext != ".h5":
             raise ValueError(f"{path}: config= is for Keras 3 .weights.h5 files only")
-        from functools import partial
-
         from pysmpc.models.keras_v3 import load_keras_weights
 
-        reader = partial(load_keras_weights, config=config)
+        def reader(path):  # a closure: the forked child calls it with the path alone
+            return load_keras_weights(path, config)
     elif ext in (".h5", ".hdf5"):
-        from pysmpc.models.keras_h5 import load_keras_h5 as reader
+        from pysmpc.models.keras_h5 import load_keras_h5
+
+        reader = load_keras_h5
     elif ext == ".keras":
-        from pysmpc.models.keras_v3 import load_keras_v3 as reader
+        from pysmpc.models.keras_v3 import load_keras_v3
+
+        reader = load_keras_v3
     elif ext == ".onnx":
-        from pysmpc.models.onnx_import import load_onnx as reader
+        from pysmpc.models.onnx_import import load_onnx
+
+        reader = load_onnx
     else:
         raise ValueError(f"{path}: unknown model format {ext!r}; supported: {_FORMATS}")
     if ext != ".onnx" and hasattr(os, "fork"):
@@ -114,6 +119,7 @@ def _read_in_child(reader, path: str, timeout: float) -> Graph:
         code = 0
         try:
             os.close(read_end)
+            outcome: tuple[bool, object]
             try:
                 outcome = (True, _read(reader, path))
             except Exception as exc:  # noqa: BLE001 - everything goes back to the parent
@@ -183,18 +189,38 @@ def from_keras(model) -> Graph:
 
 
 def from_torch(module, example_input, **export_kwargs) -> Graph:
-    """Convert a PyTorch module to a Graph by exporting it to ONNX in memory.
+    """Convert a PyTorch module to a Graph by exporting it to ONNX.
 
     The module is exported in eval mode (its mode is restored afterwards)
-    with ``torch.onnx.export`` to a temporary file on ``example_input`` (NCHW, batch of 1 is
-    enough), then read by the ONNX importer; the graph takes NHWC input.
-    Needs ``torch`` and ``onnx`` (and ``onnxscript`` for torch's default
-    exporter); ``export_kwargs`` go to ``torch.onnx.export``.
+    with ``torch.onnx.export`` on ``example_input`` (one batch as the
+    module takes it, e.g. NCHW ``torch.zeros(1, 1, 28, 28)``; a NumPy array
+    is converted to a float32 tensor) to a private temporary directory,
+    then read by the ONNX importer. The graph remembers the module's NCHW
+    layout (``Graph.input_layout``), so ``Model`` takes the inputs the module
+    takes. ``export_kwargs`` go to ``torch.onnx.export`` (``opset_version``,
+    ``dynamo=False``, ...; ``verbose`` defaults to False here).
+
+    Needs ``torch``, ``onnx`` and, for torch's default (dynamo) exporter,
+    ``onnxscript``: ``pip install 'pysmpc[torch]'``.
+
+    Raises:
+        TypeError: `module` is not a torch.nn.Module, or export_kwargs
+            name an argument from_torch sets itself (model, args, f).
+        ImportError: onnx or onnxscript is missing (the message says what to install).
     """
     import torch
 
     from pysmpc.models.onnx_import import _onnx, graph_from_onnx
 
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"from_torch takes a torch.nn.Module, got {type(module).__name__}")
+    taken = sorted(set(export_kwargs) & {"model", "args", "f"})
+    if taken:
+        raise TypeError(f"from_torch sets {', '.join(taken)} of torch.onnx.export itself: pass the module and "
+                        f"example_input, and other export options as keywords")
+    export_kwargs.setdefault("verbose", False)  # torch's exporter otherwise prints its progress
+    if isinstance(example_input, np.ndarray):
+        example_input = torch.from_numpy(np.ascontiguousarray(example_input, dtype=np.float32))
     onnx = _onnx()
     was_training = module.training
     module.eval()
@@ -203,7 +229,13 @@ def from_torch(module, example_input, **export_kwargs) -> Graph:
         # directory; the exporter may put the weights in a side file next to the model.
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
             path = os.path.join(tmp, "model.onnx")
-            torch.onnx.export(module, (example_input,), path, **export_kwargs)
+            try:
+                torch.onnx.export(module, (example_input,), path, **export_kwargs)
+            except ImportError as exc:
+                if "onnxscript" not in str(exc):
+                    raise
+                raise ImportError("torch's ONNX exporter needs the 'onnxscript' package: pip install "
+                                  "'pysmpc[torch]' (or pass dynamo=False for torch's TorchScript exporter)") from exc
             model = onnx.load(path)
     finally:
         module.train(was_training)

@@ -1,6 +1,9 @@
 """Read ONNX models (e.g. exported from PyTorch) into an NHWC Graph.
 
-ONNX image tensors are NCHW; the graph runs NHWC. Each ONNX tensor is kept
+ONNX image tensors are NCHW; the graph runs NHWC. A model with an image
+input keeps NCHW as its ``input_layout``: ``Model.predict`` and ``Client``
+take (N, C, H, W) arrays, as the source model does, and transpose them
+once (graph.layout). Inside, each ONNX tensor is kept
 as a graph tensor plus a *layout*: the order in which the graph tensor
 holds the ONNX tensor's axes (batch excluded). A 4-D input is taken as
 NCHW and the graph's input is NHWC (layout (1, 2, 0): H, W, C). Layers
@@ -36,7 +39,7 @@ import os
 import numpy as np
 
 from pysmpc.graph.fold import fold_batch_norms
-from pysmpc.graph.graph import Graph, Layer
+from pysmpc.graph.graph import INPUT_RANGE_KEY, Graph, Layer, check_input_range
 from pysmpc.models._errors import ModelFormatError
 
 __all__ = ["SUPPORTED_OPS", "OPSETS", "graph_from_onnx", "load_onnx"]
@@ -260,7 +263,10 @@ class _Translator:
         if out.name == "input":
             raise ValueError(f"{source}: the model computes nothing on its input")
         layers = _reachable(self.layers, out.name)
-        graph = Graph(input_shape, layers, source=source, notes=self.notes, output=out.name)
+        recorded = {p.key: p.value for p in self.model.metadata_props}.get(INPUT_RANGE_KEY)
+        input_range = None if recorded is None else check_input_range(recorded, f"{source}: metadata {INPUT_RANGE_KEY!r}")
+        graph = Graph(input_shape, layers, source=source, notes=self.notes, output=out.name,
+                      input_layout="NCHW" if len(onnx_shape) == 3 else "NHWC", input_range=input_range)
         return fold_batch_norms(graph)
 
     def translate(self, node, op: str, name: str, a: dict, readers: dict) -> None:
@@ -349,7 +355,8 @@ class _Translator:
             if target == v.shape:
                 self.values[out] = v
                 return
-            kind, params = ("flatten", {}) if len(target) == 1 else ("reshape", {"shape": target})
+            params: dict = {} if len(target) == 1 else {"shape": target}
+            kind = "flatten" if len(target) == 1 else "reshape"
             layer = self.emit(kind, name, params, inputs=[v.name])
             self.values[out] = _Value(layer, target, tuple(range(len(target))))
         elif op == "Concat":

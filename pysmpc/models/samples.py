@@ -11,7 +11,7 @@ import numpy as np
 __all__ = ["load_samples", "read_idx", "shipped_model_path"]
 
 _DATA = Path(__file__).resolve().parent.parent / "data"
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+_IDX_TYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
@@ -47,7 +47,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
         raise ValueError(f"{path}: not an IDX file (magic {data[:4].hex()})")
-    dtype, ndim = np.dtype(_IDX_TYPES[data[2]]), data[3]
+    dtype, ndim = _IDX_TYPES[data[2]], data[3]
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims)) * dtype.itemsize

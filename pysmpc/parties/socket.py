@@ -1008,7 +1008,8 @@ def connect_peer(address: tuple[str, int], me: int, peer: int, *, session: str, 
     `check()` is called while waiting and may raise (e.g. the peer's
     process died). `extra` adds fields to our hello (a client query says
     what it asks for there); `reply`, a dict, is filled with the peer's
-    answering hello (a round's rules come back there to a data owner).
+    answering hello (a round's rules come back there to a data owner, a
+    served model's description to a query client).
     Raises PeerTimeout when `timeout` passes, ChannelError
     when the peer is not who it should be or refuses us.
     """
@@ -1106,7 +1107,8 @@ def reply_hello(stream, me: int, session: str, *, error: str | None = None, time
                 extra: dict | None = None) -> None:
     """Answer a peer's hello: accept it into `session`, or refuse it with `error` (then close).
 
-    `extra` adds fields to the answer (a round's rules, for a data owner).
+    `extra` adds fields to the answer (a round's rules, for a data owner;
+    the served model, for a client that asked to have it described).
     """
     fields = {**(extra or {}), "party": me, "session": session, "version": VERSION}
     if error is not None:

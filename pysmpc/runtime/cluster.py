@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import signal
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 
 from pysmpc.parties.party import CLIENT, P0, P1
 from pysmpc.sharing.fixedpoint import FixedPoint
-from pysmpc.sharing.prg import PRG, new_seed
+from pysmpc.sharing.prg import PRG
 from pysmpc.sharing.shares import share
 
-__all__ = ["BaseCluster", "ClusterError", "PARTY_KEYS", "DEFAULT_TIMEOUT"]
+__all__ = ["BaseCluster", "ClusterError", "PARTY_KEYS", "DEFAULT_TIMEOUT", "stop_on_signals"]
 
 PARTY_KEYS = {0: "P0", 1: "P1", 2: "P2", CLIENT: "client"}
 
@@ -51,7 +54,7 @@ class BaseCluster:
         self.timeout = timeout
         self._ids = itertools.count()
         self._broken: str | None = None
-        self._client_prg = PRG(new_seed())
+        self._client_prg = PRG.fresh()  # reseeded in a forked child: no two children deal the same shares
         self.client_channel = None
 
     @property
@@ -165,3 +168,34 @@ class BaseCluster:
     def reset_stats(self) -> None:
         self.call("reset_stats")
         self.client_channel.reset_stats()
+
+
+@contextmanager
+def stop_on_signals(stop):
+    """While serving: Ctrl-C (SIGINT) and SIGTERM call stop(signal name) instead of ending the process.
+
+    So a server stops between batches, answers the batch in hand and
+    returns, and its caller exits cleanly (the workers are stopped as
+    usual). stop() runs in a thread of its own: a signal handler runs
+    between two bytecodes of the main thread, which may hold a lock that
+    stop() needs. A second signal raises KeyboardInterrupt (stop now). Only
+    in the main thread (where Python runs signal handlers); elsewhere it
+    does nothing. Yields the list of the signals' names received.
+    """
+    received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+        threading.Thread(target=stop, args=(received[0],), daemon=True, name="pysmpc-stop-serving").start()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import queue
 import threading
+import time
+
+import numpy as np
 
 from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.local import LocalNetwork
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party, exchange_seeds
-from pysmpc.runtime.cluster import BaseCluster, ClusterError
+from pysmpc.runtime.cluster import BaseCluster, ClusterError, stop_on_signals
 from pysmpc.runtime.ops import run_op
+from pysmpc.runtime.queries import allowed_reveals
 from pysmpc.runtime.rounds import book_of
 
 __all__ = ["LocalCluster", "run_parties"]
 
 PARTIES = (P0, P1, DEALER)
+serve_log = logging.getLogger("pysmpc.serve")  # one line per served query
+# How often an idle serve_model looks whether it was asked to stop.
+_STOP_POLL = 0.25
 
 
 def run_parties(program, *, seeds: dict | None = None, timeout: float = 30.0, record: bool = False):
@@ -83,6 +91,8 @@ class LocalCluster(BaseCluster):
         self._results = {i: queue.SimpleQueue() for i in PARTIES}
         self.parties: dict[int, Party] = {}
         self._queries: queue.Queue = queue.Queue()
+        self._serving = threading.Event()  # set while serve_model runs
+        self._stop_reason: str | None = None
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -167,6 +177,12 @@ class LocalCluster(BaseCluster):
         return [outcomes[i][1] for i in PARTIES]
 
     # -- serving in-process clients ----------------------------------------------
+    def describe_model(self, wait: float = 0.0) -> dict | None:
+        """What the parties serve (as TcpCluster.describe_model); None if not started or no model is shared."""
+        party = self.parties.get(P0)
+        served = None if party is None else party.store.get("served_models")
+        return None if served is None else served.describe()
+
     def submit_query(self, x, reveal: str = "logits", timeout: float = 60.0):
         """Queue a client query for `serve_model` and wait for its answer."""
         reply: queue.Queue = queue.Queue(maxsize=1)
@@ -180,27 +196,66 @@ class LocalCluster(BaseCluster):
         return value
 
     def serve_model(self, shared_model, num_requests: int | None = None, timeout: float | None = None,
-                    progress: bool = False) -> int:
-        """Answer queued client queries with `shared_model`; returns how many were served.
+                    progress: bool = False, reveal: str = "logits") -> int:
+        """Answer queued client queries with `shared_model`; returns how many were answered.
 
         Blocks until `num_requests` queries were answered (None: until
-        `timeout` passes with no query). A failed query is answered with its
-        error and does not stop the loop.
+        `stop_serving()`, Ctrl-C or SIGTERM, or until `timeout` passes with
+        no query). A failed or refused query is answered with its error,
+        does not use up a request and does not stop the loop. `reveal` is
+        the most a client may learn, as TcpCluster.serve_model: "argmax"
+        refuses logits queries. Each query is logged (logger "pysmpc.serve").
         """
-        served = 0
-        while num_requests is None or served < num_requests:
-            try:
-                x, reveal, reply = self._queries.get(timeout=timeout)
-            except queue.Empty:
-                break
-            try:
-                reply.put((True, shared_model.predict(x, reveal=reveal)))
-            except Exception as exc:  # noqa: BLE001 - the client gets the error
-                reply.put((False, exc))
-                if self._broken:
-                    raise
-            served += 1
+        allowed = allowed_reveals(reveal)
+        served = failed = 0
+        self._stop_reason = None
+        self._serving.set()
+        stopped = "done"
+        idle_since = time.monotonic()
+        try:
+            with stop_on_signals(self.stop_serving) as signals:
+                while num_requests is None or served < num_requests:
+                    if self._stop_reason is not None:
+                        stopped = signals[0] if signals else self._stop_reason
+                        break
+                    if timeout is not None and time.monotonic() - idle_since >= timeout:
+                        stopped = "idle"
+                        break
+                    try:
+                        x, asked, reply = self._queries.get(timeout=_STOP_POLL)
+                    except queue.Empty:
+                        continue
+                    start = time.perf_counter()
+                    rows = int(np.shape(x)[0]) if np.ndim(x) > len(shared_model.graph.input_shape) else 1
+                    try:
+                        if asked not in allowed:
+                            raise ClusterError(f"this server reveals only {' or '.join(allowed)} (the model owner's "
+                                               f"policy); a {asked!r} query is refused: ask for reveal='argmax'")
+                        reply.put((True, shared_model.predict(x, reveal=asked)))
+                        served += 1
+                        serve_log.info("query: %d row(s), %s, %.1f ms", rows, asked,
+                                       1000 * (time.perf_counter() - start))
+                    except Exception as exc:  # noqa: BLE001 - the client gets the error
+                        reply.put((False, exc))
+                        failed += 1
+                        serve_log.info("query refused (%d row(s), %s): %s", rows, asked, exc)
+                        if self._broken:
+                            raise
+                    idle_since = time.monotonic()
+        finally:
+            self._serving.clear()
+        self.last_serve = {"served": served, "failed": failed, "restarts": 0, "stopped": stopped}
         return served
+
+    def stop_serving(self, reason: str = "stop_serving()") -> None:
+        """End a serve_model running in another thread after the query in hand (no-op when none runs)."""
+        if self._serving.is_set() and self._stop_reason is None:
+            self._stop_reason = reason
+
+    @property
+    def serving(self) -> bool:
+        """Whether a serve_model call runs now."""
+        return self._serving.is_set()
 
     def round_books(self) -> dict:
         """P0's and P1's secure-aggregation round books: in-process data owners submit their shares there.

@@ -8,27 +8,22 @@ strings, public arrays): a worker never runs code it was sent.
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections import deque
 
 import numpy as np
 
 from pysmpc import ring
-from pysmpc.parties.channel import ChannelError, PeerDisconnected
-from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party
-from pysmpc.parties.socket import ABORT_TAG
+from pysmpc.parties.party import CLIENT, P0, P1, Party
 from pysmpc.protocols import argmax as argmax_protocol
 from pysmpc.protocols import compare, conv2d, matmul, mul, pool, relu, select, truncate
 from pysmpc.graph.secure import load_plan, run_plan
 from pysmpc.protocols.open import open_arith, reveal_to
+from pysmpc.runtime.queries import ServedModels
 from pysmpc.runtime.rounds import ROUND_OPS
 from pysmpc.sharing.shares import AShare
 
 __all__ = ["OPS", "run_op"]
-
-_log = logging.getLogger("pysmpc.ops")
 
 
 def _get(party: Party, tid: int) -> AShare:
@@ -213,9 +208,11 @@ def _plan_tensors(party: Party, plan: list) -> dict:
     return {tid: _get(party, tid) for tid in ids}
 
 
-def op_load_model(party: Party, model_key: str, plan: list) -> None:
+def op_load_model(party: Party, model_key: str, plan: list, description: dict | None = None) -> None:
     """Keep a model's plan and open its weight masks once (graph.secure.load_plan).
 
+    `description` (input and output shapes, input range, fractional bits)
+    is what this party tells clients about the model (queries.ServedModels).
     A worker first finishes loading its Numba kernels (runtime.worker): the
     first use of a kernel takes seconds, and within an inference its peers
     would wait that long for this party, close to their timeout.
@@ -224,6 +221,8 @@ def op_load_model(party: Party, model_key: str, plan: list) -> None:
     if kernels_ready is not None:
         kernels_ready.wait()
     load_plan(party, model_key, plan, _plan_tensors(party, plan))
+    if description is not None:
+        party.store.setdefault("served_models", ServedModels()).add(model_key, description)
 
 
 def op_infer(party: Party, out: int, model_key: str, x: int, frac_bits: int, truncate_output: bool = False) -> dict:
@@ -248,20 +247,35 @@ def op_predict(party: Party, model_key: str, shape: list, frac_bits: int, mask_i
     The input is two additive shares, or, with `mask_id`, E = x - A sent
     to both P0 and P1 by a client holding that prepared run's input mask
     A (op_prepare with input_mask_ids): the first product then opens
-    nothing. With reveal="logits" the output keeps the scale the last
-    layer left (the client divides); with reveal="argmax" it is the secure
-    argmax's one-hot rows (integers; P2 deals the argmax's material live).
+    nothing. With reveal="logits" the output is securely truncated to
+    `frac_bits` first (`reveal_output_truncated`); with reveal="argmax" it
+    is the secure argmax's one-hot rows (integers; P2 deals the argmax's
+    material live).
     """
     if reveal not in ("logits", "argmax"):
         raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
+    truncate_output = reveal_output_truncated(reveal)
     x = _receive_input(party, tuple(shape))
     profile: list = []
-    prepared = mask_id is not None or bool(_stock(party, model_key, x.shape, False))
-    y, out_bits = _run_model(party, model_key, x, frac_bits, False, profile, mask_id=mask_id)
+    prepared = mask_id is not None or bool(_stock(party, model_key, x.shape, truncate_output))
+    y, out_bits = _run_model(party, model_key, x, frac_bits, truncate_output, profile, mask_id=mask_id)
     if reveal == "argmax":
         y, out_bits = argmax_protocol.argmax(party, y), 0
     reveal_to(party, y.value, CLIENT, tag="output")
     return {"shape": list(y.shape), "frac_bits": out_bits, "profile": _profile_table(profile), "prepared": prepared}
+
+
+def reveal_output_truncated(reveal: str) -> bool:
+    """Whether a model's output is truncated to F fractional bits before it is revealed this way.
+
+    Logits are: the last product leaves them at 2F bits (or more after an
+    average pool), and revealing that exact accumulator would hand a client
+    F more bits of every weight combination than the model's own format
+    holds, which makes extracting the model by solving equations exact.
+    The secure truncation (protocols.truncate, 1 round) drops them. The
+    argmax compares the untruncated values: it reveals only a position.
+    """
+    return reveal == "logits"
 
 
 def _profile_table(profile: list[dict]) -> dict:
@@ -353,6 +367,8 @@ def _run_model(party: Party, model_key: str, x: AShare, frac_bits: int, truncate
 
 
 def op_unload_model(party: Party, model_key: str) -> None:
+    if "served_models" in party.store:
+        party.store["served_models"].remove(model_key)
     plan = party.store.pop(("plan", model_key), [])
     party.store.pop(("prepared", model_key), None)
     party.store.pop(("masked", model_key), None)
@@ -365,212 +381,11 @@ OPS.update(load_model=op_load_model, infer=op_infer, predict=op_predict, prepare
            unload_model=op_unload_model)
 
 
-def op_serve(party: Party, model_key: str, num_requests: int, frac_bits: int, input_shape: list,
-             max_batch: int = 16, max_rows: int = 256, idle_timeout: float | None = None,
-             prepare_ahead: bool = True, query_timeout: float | None = None) -> dict:
-    """Serve client queries that arrive at the workers (TCP), `num_requests` of them.
+def op_serve(party: Party, *args, **kwargs) -> dict:
+    """Serve client queries that reach the workers (TCP): runtime/serving.py, the loop by its own concern."""
+    from pysmpc.runtime.serving import serve
 
-    1. P0 takes the oldest queued query and those that batch with it, and
-       tells P1 and P2 their ids (control messages); P1 and P2 wait for the
-       same queries to reach them. P0 tells the caller how far it got
-       before and after each batch (a "ctl:progress" control message:
-       served, failed, in flight).
-    2. P0 and P1 read each query's input share from the client; all three
-       check what they got and agree (control messages) on which queries
-       are well-formed. A bad query (wrong shape or dtype, more than
-       `max_rows` inputs, a frame over its declared size) is answered with
-       an error naming the problem; the loop goes on.
-    3. Run the model once on the batch (plus the secure argmax when asked),
-       and P0 and P1 send each client its rows of the output shares and
-       their fractional bits (the client does the last division).
-
-    With prepare_ahead, the dealer's material for a batch of one is made
-    before the first query and, after each batch, for the next batch of
-    the same size (offline, while waiting for queries; op_prepare).
-
-    A client only ever costs its own query: one that sends nothing is given
-    up after `query_timeout` seconds (default: the channel's timeout), one
-    that hangs up or sends garbage gets no answer. If the serving itself
-    fails (a peer is lost), the batch's clients and every queued one are
-    told why before the error propagates, and this worker takes no more
-    queries.
-
-    Query traffic is added to the party's stats under "query:<tag>".
-    Returns {"served": ok, "failed": bad}.
-    """
-    inbox = party.store.get("query_inbox")
-    if inbox is None or not hasattr(party.channel, "send_control"):
-        raise RuntimeError("this cluster takes no client queries: serving needs workers over TCP")
-    input_shape = tuple(input_shape)
-    query_timeout = party.channel.timeout if query_timeout is None else float(query_timeout)
-    served = failed = 0
-    if prepare_ahead:
-        op_prepare(party, model_key, [1, *input_shape], frac_bits)
-    while served + failed < num_requests:
-        batch: list = []
-        try:
-            batch = _agree_on_batch(party, inbox, min(max_batch, num_requests - served - failed), max_rows,
-                                    idle_timeout, query_timeout) or []
-            if not batch:
-                break
-            _report_progress(party, served, failed, in_flight=len(batch))
-            answered, rows = _serve_batch(party, model_key, batch, frac_bits, input_shape, query_timeout,
-                                          max_rows)
-        except BaseException as exc:
-            reason = f"party {party.index} stopped serving: {type(exc).__name__}: {exc}"
-            for query in batch:
-                if query is not None and party.index in (P0, P1):
-                    query.fail(f"the cluster failed while answering this query ({reason})")
-            inbox.close(f"this worker no longer serves ({reason})")
-            raise
-        finally:
-            for query in batch:
-                if query is not None:
-                    party.channel.absorb(query.channel, "query")
-                    query.channel.close()
-        served += answered
-        failed += len(batch) - answered
-        _report_progress(party, served, failed, in_flight=0)
-        if prepare_ahead and rows and served + failed < num_requests:
-            # Idle until the next query: make its material now (offline), for
-            # the batch size just seen, so it runs without waiting on P2.
-            shape = (rows, *input_shape)
-            if not _stock(party, model_key, shape, False):
-                op_prepare(party, model_key, list(shape), frac_bits)
-    return {"served": served, "failed": failed}
-
-
-def _report_progress(party, served: int, failed: int, in_flight: int) -> None:
-    """P0 tells the caller how far serving got, so it can count what a lost worker cut short."""
-    if party.index == P0:
-        progress = {"served": served, "failed": failed, "in_flight": in_flight}
-        party.channel.send_control(CLIENT, "ctl:progress", json.dumps(progress).encode())
-
-
-def _serve_batch(party, model_key, batch, frac_bits, input_shape, query_timeout, max_rows) -> tuple[int, int]:
-    """Steps 2-3 for one agreed batch; returns how many of its queries were answered, and the rows run.
-
-    The rows run are the same on every party (they follow the agreed
-    flags); the answered count may differ (a client gone before its answer).
-    """
-    shares, problems = [], []
-    for query in batch:
-        share, problem = _read_query(party, query, frac_bits, input_shape, query_timeout, max_rows)
-        shares.append(share)
-        problems.append(problem)
-    rejected_by = _agree_on_flags(party, [p is None for p in problems], query_timeout)
-    for query, rejecters, problem in zip(batch, rejected_by, problems):
-        if rejecters and query is not None and party.index in (P0, P1):
-            query.fail(problem or f"party {', '.join(map(str, rejecters))} could not use this query (it did not "
-                                  "reach that party, or its input share was missing or malformed there)")
-    good_queries = [(q, s) for q, s, r in zip(batch, shares, rejected_by) if not r]
-    if not good_queries:
-        return 0, 0
-    return _answer(party, model_key, good_queries, frac_bits), sum(s.shape[0] for _, s in good_queries)
-
-
-def _recv_from_party(party, frm: int, expected: str, timeout):
-    """The next control message from party `frm`, which must be tagged `expected`."""
-    tag, payload = party.channel.recv_control(frm, timeout=timeout)
-    if tag == ABORT_TAG:
-        raise PeerDisconnected(f"{party.name}: party {frm} gave up ({bytes(payload).decode(errors='replace')}) "
-                               f"while we waited for '{expected}'")
-    if tag != expected:
-        raise RuntimeError(f"{party.name}: expected '{expected}' from party {frm}, got '{tag}'")
-    return payload
-
-
-def _agree_on_batch(party, inbox, max_batch, max_rows, idle_timeout, query_timeout):
-    """Step 1: the same batch of queries on all three parties (None: stop serving)."""
-    if party.index == P0:
-        batch = inbox.next_batch(max_batch, max_rows, timeout=idle_timeout)
-        for j in (P1, DEALER):
-            party.channel.send_control(j, "serve:next", json.dumps([q.id for q in batch]).encode())
-        return batch or None
-    # Waiting for P0 has no time limit: serving may idle for hours. If P0
-    # dies the connection drops; if it stalls, the caller's liveness check
-    # (heartbeats) notices and ends the session.
-    ids = json.loads(bytes(_recv_from_party(party, P0, "serve:next", timeout=None)))
-    if not ids:
-        return None
-    return [inbox.take(qid, timeout=query_timeout) for qid in ids]
-
-
-def _read_query(party, query, frac_bits, input_shape, query_timeout, max_rows):
-    """Step 2: this party's input share of a query (None on P2), or a problem."""
-    if query is None:
-        return None, "the query did not reach every party"
-    request = query.request
-    try:
-        shape = tuple(int(s) for s in request["shape"])
-    except (KeyError, TypeError, ValueError):
-        return None, "the query's shape is missing or malformed"
-    if len(shape) != len(input_shape) + 1 or shape[1:] != input_shape or shape[0] < 1:
-        return None, f"query shape {shape} does not fit the model's input (batch, {', '.join(map(str, input_shape))})"
-    if shape[0] > max_rows:
-        return None, (f"the query has a batch of {shape[0]} inputs; this server takes at most {max_rows} per query "
-                      "(max_rows): split it")
-    if request.get("frac_bits") != frac_bits:
-        return None, f"the query is encoded with {request.get('frac_bits')} fractional bits, the model with {frac_bits}"
-    if request.get("reveal") not in ("logits", "argmax"):
-        return None, f"reveal must be 'logits' or 'argmax', got {request.get('reveal')!r}"
-    if party.index == DEALER:
-        return AShare(None, party.index, shape), None
-    query.channel.timeout = query_timeout
-    try:
-        value = query.channel.recv(CLIENT, tag="input")
-    except Exception as exc:  # noqa: BLE001 - a bad client must not stop the server
-        return None, f"no input share from the client: {exc}"
-    if not isinstance(value, np.ndarray) or value.dtype != np.uint64 or value.shape != shape:
-        got = (f"a {value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray)
-               else f"a {type(value).__name__}")
-        return None, f"the input share is {got}; expected a uint64 array of shape {shape} (ring elements)"
-    return AShare(value, party.index), None
-
-
-def _agree_on_flags(party, mine: list[bool], query_timeout: float = 0.0) -> list[list[int]]:
-    """All three parties learn which queries every party found well-formed (control messages).
-
-    Returns, per query, the parties that rejected it (empty: answer it).
-    """
-    flags = np.array(mine, dtype=np.uint8).tobytes()
-    others = [j for j in (P0, P1, DEALER) if j != party.index]
-    for j in others:
-        party.channel.send_control(j, "serve:ok", flags)
-    rejected_by = [[] if ok else [party.index] for ok in mine]
-    for j in others:
-        # A peer may still be waiting up to query_timeout for a client's input.
-        payload = _recv_from_party(party, j, "serve:ok", timeout=party.channel.timeout + query_timeout)
-        theirs = np.frombuffer(bytes(payload), dtype=np.uint8).astype(bool)
-        if theirs.shape != (len(mine),):
-            raise RuntimeError(f"{party.name}: party {j} sent {theirs.size} query flags for a batch of {len(mine)}")
-        for k in np.flatnonzero(~theirs):
-            rejected_by[k].append(j)
-    return [sorted(r) for r in rejected_by]
-
-
-def _answer(party, model_key, good_queries, frac_bits) -> int:
-    """Step 3: one run of the model for the batch; each client gets its rows. Returns how many got them."""
-    from pysmpc.sharing.shares import concat_shares
-
-    x = concat_shares([s for _, s in good_queries], axis=0)
-    y, out_bits = _run_model(party, model_key, x, frac_bits, truncate_output=False)
-    reveal = good_queries[0][0].request["reveal"]
-    if reveal == "argmax":
-        y = argmax_protocol.argmax(party, y)
-    if party.index == DEALER:
-        return len(good_queries)
-    row, delivered = 0, 0
-    for query, share in good_queries:
-        n = share.shape[0]
-        scale = np.array([0 if reveal == "argmax" else out_bits], dtype=np.uint64)
-        try:
-            query.channel.send(CLIENT, [np.ascontiguousarray(y.value[row : row + n]), scale], tag="output")
-            delivered += 1
-        except ChannelError as exc:  # the client hung up: its loss, not the other clients'
-            _log.warning("%s: could not send query %s its answer: %s", party.name, query.id, exc)
-        row += n
-    return delivered
+    return serve(party, *args, **kwargs)
 
 
 OPS.update(serve=op_serve)
@@ -589,12 +404,12 @@ def op_add_gaussian(party: Party, out: int, x: int, std: float, frac_bits: int) 
     Cost: 0 rounds, 0 bytes.
     """
     from pysmpc.sharing.gaussian import standard_normal
-    from pysmpc.sharing.prg import PRG, new_seed
+    from pysmpc.sharing.prg import PRG
 
     share = _get(party, x)
     if party.index not in (P0, P1):
         return _put(party, out, AShare(None, party.index, share.shape))
-    noise = standard_normal(PRG(new_seed()), share.shape) * float(std)
+    noise = standard_normal(PRG.fresh(), share.shape) * float(std)
     noise_ring = np.rint(noise * float(1 << frac_bits)).astype(np.int64).view(np.uint64)
     return _put(party, out, AShare(share.value + noise_ring, party.index))
 

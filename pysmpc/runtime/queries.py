@@ -4,7 +4,8 @@ A query client connects to each worker with a hello that carries
 `query = {"shape": [...], "reveal": "logits"|"argmax", "frac_bits": F}` and
 a random query id as its session. The worker's listener puts each such
 connection here; P0 picks which queries run next and tells P1 and P2 their
-ids, so all three serve the same queries in the same order.
+ids and layouts, so all three serve the same queries in the same order, and
+each checks its own copy of every request against P0's (runtime/serving.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.party import CLIENT
 from pysmpc.parties.socket import FRAME_HEADER_ROOM
 
-__all__ = ["QueryInbox", "Query", "DEFAULT_MAX_AGE", "check_request", "query_frame_limit"]
+__all__ = ["QueryInbox", "Query", "ServedModels", "DEFAULT_MAX_AGE", "REVEAL_MODES", "allowed_reveals",
+           "check_request", "request_layout", "query_frame_limit"]
 
 log = logging.getLogger("pysmpc.queries")
 
@@ -29,6 +31,10 @@ DEFAULT_MAX_AGE = 120.0
 
 
 _MAX_RANK = 8
+# Larger sizes fit no model; the bound keeps every later product of sizes small.
+_MAX_SIZE = (1 << 31) - 1
+# What a query may ask to see, from most revealed to least.
+REVEAL_MODES = ("logits", "argmax")
 
 
 def check_request(request) -> str | None:
@@ -37,14 +43,30 @@ def check_request(request) -> str | None:
         return "the query request is not a JSON object"
     shape = request.get("shape")
     if (not isinstance(shape, list) or not 1 <= len(shape) <= _MAX_RANK
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
-        return f"the query shape must be a list of 1 to {_MAX_RANK} positive ints, got {str(shape)[:80]}"
-    if request.get("reveal") not in ("logits", "argmax"):
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= _MAX_SIZE for s in shape)):
+        return f"the query shape must be a list of 1 to {_MAX_RANK} ints in 1..{_MAX_SIZE}, got {str(shape)[:80]}"
+    if request.get("reveal") not in REVEAL_MODES:
         return f"reveal must be 'logits' or 'argmax', got {str(request.get('reveal'))[:40]!r}"
     frac_bits = request.get("frac_bits")
     if not isinstance(frac_bits, int) or isinstance(frac_bits, bool):
         return "frac_bits must be an int"
     return None
+
+
+def allowed_reveals(reveal: str) -> tuple[str, ...]:
+    """The reveal modes a server with policy `reveal` answers: "logits" allows both, "argmax" labels only."""
+    if reveal not in REVEAL_MODES:
+        raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
+    return REVEAL_MODES if reveal == "logits" else ("argmax",)
+
+
+def request_layout(request: dict) -> dict:
+    """The fields of a (well-formed) request that decide where its rows sit in a batch and how they are run.
+
+    Each worker holds its own copy of a request; the serving loop runs a
+    batch only on layouts all three agree on (runtime/serving.py).
+    """
+    return {"shape": list(request["shape"]), "reveal": request["reveal"], "frac_bits": request["frac_bits"]}
 
 
 class Query:
@@ -184,3 +206,44 @@ def query_frame_limit(request, max_frame_bytes: int) -> int:
     for s in shape:
         elements *= s
     return min(max_frame_bytes, 8 * elements + FRAME_HEADER_ROOM)
+
+
+class ServedModels:
+    """What a worker tells a client about the model it serves, before any query (thread-safe).
+
+    The model owner describes each model it loads (its input and output
+    shapes without the batch axis, its input range, its fractional bits);
+    the serving loop adds the reveal policy while it runs. A client's
+    "describe" hello is answered from here (runtime/worker.py), so a client
+    can check its shapes and scale its input before it sends anything.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._models: dict = {}
+        self._serving: tuple | None = None  # (model key, reveal policy)
+
+    def add(self, key, description: dict) -> None:
+        with self._lock:
+            self._models[key] = dict(description)
+
+    def remove(self, key) -> None:
+        with self._lock:
+            self._models.pop(key, None)
+            if self._serving is not None and self._serving[0] == key:
+                self._serving = None
+
+    def serving(self, key, reveal: str | None) -> None:
+        """Mark `key` as the model being served with policy `reveal` (None: serving ended)."""
+        with self._lock:
+            self._serving = None if reveal is None else (key, reveal)
+
+    def describe(self) -> dict | None:
+        """The served model's description with its reveal policy; else the only loaded model's; else None."""
+        with self._lock:
+            if self._serving is not None and self._serving[0] in self._models:
+                key, reveal = self._serving
+                return {**self._models[key], "reveal": reveal}
+            if len(self._models) == 1:
+                return {**next(iter(self._models.values())), "reveal": None}
+            return None

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -33,7 +34,9 @@ from pysmpc.parties.socket import (
     parse_hosts,
 )
 from pysmpc.runtime import wire
-from pysmpc.runtime.cluster import DEFAULT_TIMEOUT, BaseCluster, ClusterError
+from pysmpc.runtime.cluster import DEFAULT_TIMEOUT, BaseCluster, ClusterError, stop_on_signals
+from pysmpc.runtime.queries import allowed_reveals
+from pysmpc.runtime.serving import STOP_SERVING_TAG
 from pysmpc.sharing.shares import share
 
 __all__ = ["TcpCluster", "DEFAULT_HOSTS", "DEFAULT_TIMEOUT"]
@@ -42,7 +45,10 @@ PARTIES = (P0, P1, DEALER)
 DEFAULT_HOSTS = ("localhost:4000", "localhost:4001", "localhost:4002")
 _POLL = 0.25
 _TAIL = 3000
+# describe_model: how long the first attempt to reach a worker may take before it fails (or is waited for).
+_REACH_TIMEOUT = 2.0
 log = logging.getLogger("pysmpc.cluster")
+serve_log = logging.getLogger("pysmpc.serve")  # one line per served query
 
 
 class TcpCluster(BaseCluster):
@@ -113,6 +119,8 @@ class TcpCluster(BaseCluster):
         self._failed_dispatch: dict[int, BaseException] = {}
         self._restart_hooks: list = []
         self.progress: dict[int, dict] = {}  # the latest "ctl:progress" of each worker (serving)
+        self._serving = threading.Event()  # set while serve_model runs
+        self._stop_reason: str | None = None
 
     @property
     def processes(self) -> dict[int, subprocess.Popen]:
@@ -213,7 +221,8 @@ class TcpCluster(BaseCluster):
                 cmd = [sys.executable, "-m", "pysmpc.runtime.worker", "--party", str(i), "--hosts", hosts,
                        "--timeout", str(self.timeout), "--startup-timeout", str(self.startup_timeout + 5),
                        "--max-frame-bytes", str(self.max_frame_bytes),
-                       "--listen-fd", str(listeners[i].fileno()), *self.worker_args.get(i, ())]
+                       "--listen-fd", str(listeners[i].fileno()), "--exit-with-parent", str(os.getpid()),
+                       *self.worker_args.get(i, ())]
                 if self.tls_dir is not None:
                     cmd += ["--tls-dir", str(self.tls_dir)]
                 if self.allow_cleartext:
@@ -271,17 +280,25 @@ class TcpCluster(BaseCluster):
         self._restart_hooks = [h for h in self._restart_hooks if h() not in (None, callback)]
 
     # -- serving client queries ----------------------------------------------------------
-    def serve_model(self, shared_model, num_requests: int, max_batch: int = 16, max_rows: int = 256,
+    def serve_model(self, shared_model, num_requests: int | None = None, max_batch: int = 16, max_rows: int = 256,
                     idle_timeout: float | None = None, query_timeout: float | None = None,
-                    max_restarts: int = 3) -> int:
-        """Have the workers answer `num_requests` client queries; block until they have.
+                    max_restarts: int = 3, reveal: str = "logits") -> int:
+        """Have the workers answer client queries; block until `num_requests` were answered, or until stopped.
 
         Clients connect to the workers directly (`submit_query`, from any
         process), so their inputs and outputs never pass through here. Queries
         that arrive together are batched. A client that sends nothing is
         given up after `query_timeout` s (default: the timeout). Returns how
-        many were answered with a result (malformed queries get an error and
-        count as failed); `last_serve` has the counts and restarts.
+        many were answered; a refused query (malformed, or outside the
+        server's policy) gets an error, counts as failed and does not use
+        up a request. `last_serve` has the counts, restarts and why serving
+        stopped; each query is logged (logger "pysmpc.serve": rows, reveal
+        mode, online milliseconds, or why it was refused).
+
+        num_requests=None serves until `stop_serving()` (from another
+        thread), Ctrl-C or SIGTERM (when called from the main thread: the
+        batch in hand is answered first; a second signal interrupts at
+        once), or until `idle_timeout` seconds pass with no query.
 
         If a worker is lost while serving (its process died or it stalled)
         and the cluster spawned its workers, the queries in flight fail with
@@ -290,35 +307,121 @@ class TcpCluster(BaseCluster):
         up to `max_restarts` times; the queries lost in flight count as
         failed (queued ones were not started: their clients get an error and
         do not count). Any other error, or one restart too many, is raised.
+
+        `reveal` is the most a client may learn: "logits" (the default:
+        logits, truncated to the model's fractional bits, or labels) or
+        "argmax" (labels only: a logits query is refused with an error to
+        its client).
         """
-        if num_requests is None or int(num_requests) < 1:
-            raise ValueError(f"num_requests must be a positive int over TCP, got {num_requests!r}")
+        allowed_reveals(reveal)  # a bad policy fails here, not on the workers
+        if num_requests is not None and (isinstance(num_requests, bool) or int(num_requests) < 1):
+            raise ValueError(f"num_requests must be a positive int, or None to serve until stopped; "
+                             f"got {num_requests!r}")
         served = failed = restarts = 0
-        while served + failed < int(num_requests):
-            self.progress = {}
-            try:
-                results, _ = self.call("serve", shared_model.key, int(num_requests) - served - failed,
-                                       shared_model.frac_bits, list(shared_model.graph.input_shape), max_batch,
-                                       max_rows, idle_timeout, query_timeout, wait=math.inf)
-            except ClusterError as exc:
-                if not exc.lost or not self.spawn or restarts >= max_restarts:
-                    self.last_serve = {"served": served, "failed": failed, "restarts": restarts}
-                    raise
-                done = self.progress.get(P0, {})
-                served += done.get("served", 0)
-                failed += done.get("failed", 0) + done.get("in_flight", 0)
-                restarts += 1
-                log.warning("serving lost P%s (%s); restarting the workers (%d of at most %d)",
-                            ", P".join(map(str, exc.lost)), exc, restarts, max_restarts)
-                self.restart()
-                continue
-            left = int(num_requests) - served - failed
-            served += results[0]["served"]
-            failed += results[0]["failed"]
-            if results[0]["served"] + results[0]["failed"] < left:
-                break  # idle_timeout passed with no query
-        self.last_serve = {"served": served, "failed": failed, "restarts": restarts}
+        self._stop_reason = None
+        self._serving.set()
+        stopped = "done"
+        try:
+            with stop_on_signals(self.stop_serving) as signals:
+                while num_requests is None or served < int(num_requests):
+                    if self._stop_reason is not None:
+                        break
+                    self.progress = {}
+                    left = None if num_requests is None else int(num_requests) - served
+                    try:
+                        results, _ = self.call("serve", shared_model.key, left, shared_model.frac_bits,
+                                               list(shared_model.graph.input_shape), max_batch=max_batch,
+                                               max_rows=max_rows, idle_timeout=idle_timeout,
+                                               query_timeout=query_timeout, reveal=reveal, wait=math.inf)
+                    except ClusterError as exc:
+                        if not exc.lost or not self.spawn or restarts >= max_restarts:
+                            self.last_serve = {"served": served, "failed": failed, "restarts": restarts,
+                                               "stopped": f"error: {exc}"}
+                            raise
+                        done = self.progress.get(P0, {})
+                        served += done.get("served", 0)
+                        failed += done.get("failed", 0) + done.get("in_flight", 0)
+                        restarts += 1
+                        log.warning("serving lost P%s (%s); restarting the workers (%d of at most %d)",
+                                    ", P".join(map(str, exc.lost)), exc, restarts, max_restarts)
+                        self.restart()
+                        continue
+                    served += results[0]["served"]
+                    failed += results[0]["failed"]
+                    stopped = results[0]["stopped"]
+                    if stopped != "done":
+                        break  # idle_timeout passed, or a stop came
+                if self._stop_reason is not None:
+                    stopped = self._stop_reason if not signals else signals[0]
+        finally:
+            self._serving.clear()
+        self.last_serve = {"served": served, "failed": failed, "restarts": restarts, "stopped": stopped}
         return served
+
+    def stop_serving(self, reason: str = "stop_serving()") -> None:
+        """End a serve_model running in another thread: the workers finish the batch in hand, then it returns.
+
+        Does nothing when no serve_model runs. Safe from any thread (not
+        from a signal handler: stop_on_signals calls it from a thread).
+        """
+        if not self._serving.is_set():
+            return
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        channel = self._state["channel"]
+        if channel is not None:
+            try:
+                channel.send_control(P0, STOP_SERVING_TAG, b"")
+            except ChannelError as exc:  # P0 is gone: serve_model hears of it anyway
+                log.warning("could not ask P0 to stop serving: %s", exc)
+
+    @property
+    def serving(self) -> bool:
+        """Whether a serve_model call runs now."""
+        return self._serving.is_set()
+
+    def describe_model(self, wait: float = 0.0) -> dict | None:
+        """What the workers serve: {"input_shape", "output_shape", "input_range", "frac_bits", "reveal"}.
+
+        Asks each of the three workers (a "describe" hello; this cluster
+        need not be started), so it also checks that all three are
+        reachable. One that is not fails at once with its address and the
+        reason (a ClusterError), or, with `wait` seconds, is waited for
+        with a message (logger "pysmpc.cluster", a warning: shown on
+        stderr without any logging setup). Returns None when the workers
+        run but serve no model yet (no session, or the owner has not
+        shared one): the shapes cannot be checked then.
+        """
+        tls = self._client_tls()
+        deadline = time.monotonic() + max(0.0, float(wait))
+        descriptions = []
+        for i in PARTIES:
+            attempt = _REACH_TIMEOUT  # the first try: a worker that is up answers well within it
+            while True:
+                answer: dict = {}
+                try:
+                    stream = connect_peer(self.hosts[i], CLIENT, i, session=secrets.token_hex(8), tls=tls,
+                                          timeout=attempt, max_frame_bytes=self.max_frame_bytes,
+                                          extra={"describe": True}, reply=answer)
+                    stream.close()
+                    break
+                except ChannelError as exc:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        hint = "" if wait else " (is the worker running? connect with wait=SECONDS to wait for it)"
+                        raise ClusterError(f"cannot reach P{i} at {_fmt(self.hosts[i])}: {exc}{hint}") from None
+                    if attempt == _REACH_TIMEOUT:
+                        log.warning("waiting up to %.0f s for P%d at %s: %s", left, i, _fmt(self.hosts[i]), exc)
+                    attempt = max(0.1, left)  # connect_peer retries until the worker listens
+            descriptions.append(answer.get("model"))
+        # The reveal policy may be set on one worker a moment before another (serving starting): compare the model.
+        models = [None if d is None else {k: v for k, v in d.items() if k != "reveal"} for d in descriptions]
+        if any(m != models[0] for m in models):
+            raise ClusterError(f"the workers describe different models (P0: {models[0]}, P1: {models[1]}, "
+                               f"P2: {models[2]}): are these the three workers of one cluster?")
+        if models[0] is None:
+            return None
+        return {**models[0], "reveal": next((d["reveal"] for d in descriptions if d.get("reveal")), None)}
 
     def submit_query(self, x, reveal: str = "logits", timeout: float = 60.0) -> np.ndarray:
         """Query the model the workers serve: share x to P0 and P1, reconstruct the answer here.
@@ -511,9 +614,12 @@ class TcpCluster(BaseCluster):
             return None
         if tag == "ctl:progress":
             try:
-                self.progress[i] = json.loads(bytes(payload))
-            except (TypeError, ValueError):
-                pass
+                progress = json.loads(bytes(payload))
+                for record in progress.pop("queries", ()):
+                    _log_query(record)
+                self.progress[i] = progress
+            except (TypeError, ValueError, AttributeError, KeyError):
+                log.warning("P%s sent an unreadable progress report", i)
             return None
         if tag != "ctl:result":
             return False, ChannelError(f"P{i} answered '{name}' with a '{tag}' message"), True
@@ -523,6 +629,16 @@ class TcpCluster(BaseCluster):
             return False, ChannelError(f"P{i} sent an unreadable reply to '{name}': {exc}"), True
         except Exception as exc:  # noqa: BLE001 - the error the party raised, rebuilt
             return False, exc, False
+
+
+def _log_query(record: dict) -> None:
+    """Log one served query, as P0 reported it (logger "pysmpc.serve")."""
+    if record["refused"] is None:
+        serve_log.info("query %s: %d row(s), %s, %.1f ms online", record["query"], record["rows"], record["reveal"],
+                       record["online_ms"])
+    else:
+        serve_log.info("query %s refused (%d row(s), %s): %s", record["query"], record["rows"], record["reveal"],
+                       record["refused"])
 
 
 def _root_error(errors: dict[int, BaseException]) -> BaseException:

@@ -26,8 +26,13 @@ without it the worker refuses to start unless --allow-cleartext forces it.
 A connection whose hello carries a `query` is a client query for the model
 being served (runtime/queries.py, op "serve"); one that comes before the
 session exists waits for it (a worker restarted by its cluster takes up
-the queries that reached it while it started). Anyone else is refused as
-busy during a session.
+the queries that reached it while it started). A client's hello with
+`describe` is answered with the model being served (its shapes, input
+range and reveal policy; none before the session and the model exist),
+then closed. Anyone else is refused as busy during a session.
+
+`--exit-with-parent PID` (TcpCluster passes its own pid) ends the worker
+as soon as the process that spawned it is gone, even killed without a word.
 
 `--fault SPEC` (fault tests only; parties/faults.py) delays or drops this
 worker's protocol frames.
@@ -42,6 +47,7 @@ import argparse
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -68,10 +74,11 @@ from pysmpc.parties.socket import (
 from pysmpc.runtime import wire
 from pysmpc.runtime.cluster import DEFAULT_TIMEOUT
 from pysmpc.runtime.ops import run_op
-from pysmpc.runtime.queries import Query, QueryInbox, check_request, query_frame_limit
+from pysmpc.runtime.queries import Query, QueryInbox, ServedModels, check_request, query_frame_limit
 from pysmpc.runtime.rounds import RoundBook, check_owner_name
+from pysmpc.runtime.serving import STOP_SERVING_TAG
 
-__all__ = ["main", "serve"]
+__all__ = ["build_parser", "main", "serve"]
 
 PARTIES = (P0, P1, DEALER)
 log = logging.getLogger("pysmpc.worker")
@@ -84,23 +91,40 @@ class SetupError(RuntimeError):
     """The worker could not join a session."""
 
 
-def main(argv=None) -> int:
-    """Run one worker; return its exit code (0 after a clean session)."""
-    parser = argparse.ArgumentParser(prog="python -m pysmpc.runtime.worker", description=__doc__.split("\n")[0])
-    parser.add_argument("--party", type=int, required=True, choices=PARTIES)
+def build_parser(prog: str = "python -m pysmpc.runtime.worker") -> argparse.ArgumentParser:
+    """The worker's command line; `prog` is the name its help and errors use (`pysmpc worker` from the CLI)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Start one party of a TCP cluster: listen on its host, "
+                                     "join the other two, and serve the client's operations until it leaves.")
+    parser.add_argument("--party", type=int, required=True, choices=PARTIES,
+                        help="which party this worker is: 0 and 1 hold the shares, 2 is the dealer")
     parser.add_argument("--hosts", default="localhost:4000,localhost:4001,localhost:4002",
-                        help="host:port of P0,P1,P2 (comma separated)")
-    parser.add_argument("--tls-dir", default=None, help="directory with ca.pem and pN.pem/pN.key (pysmpc certs)")
+                        help="host:port of P0,P1,P2 (comma separated; default: %(default)s)")
+    parser.add_argument("--tls-dir", default=None, metavar="DIR",
+                        help="directory with ca.pem and pN.pem/pN.key (pysmpc certs); needed when a host is not "
+                             "loopback")
     parser.add_argument("--allow-cleartext", action="store_true",
                         help="run without TLS even though some hosts are not loopback (shares cross the network "
                              "in the clear)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for a peer's message")
-    parser.add_argument("--startup-timeout", type=float, default=None,
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="seconds to wait for a peer's message (default: %(default)s)")
+    parser.add_argument("--startup-timeout", type=float, default=None, metavar="SECONDS",
                         help="seconds to wait for the client (default: for ever)")
-    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME)
+    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME, metavar="BYTES",
+                        help="largest message this worker accepts; the same as serve's --max-frame-bytes "
+                             "(default: %(default)s)")
     parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # socket bound by TcpCluster
+    parser.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
+                        help="exit as soon as process PID, which started this worker, is gone (TcpCluster passes "
+                             "its own pid: a killed model owner leaves no worker behind)")
     parser.add_argument("--fault", action="append", default=[], help=argparse.SUPPRESS)  # fault tests only
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        type=str.upper, help="what the worker logs to stderr (default: %(default)s)")
+    return parser
+
+
+def main(argv=None, prog: str = "python -m pysmpc.runtime.worker") -> int:
+    """Run one worker; return its exit code (0 after a clean session). `prog`: the name its help uses."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     for spec in args.fault:
         try:
@@ -110,6 +134,12 @@ def main(argv=None) -> int:
 
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format=f"%(asctime)s pysmpc-worker P{args.party} %(levelname)s %(message)s")
+    if args.exit_with_parent is not None:
+        _exit_with_parent(args.exit_with_parent)
+        # Ctrl-C at a terminal reaches the whole process group: the owner
+        # stops serving and then its workers, which must not die under it first.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         hosts = parse_hosts(args.hosts)
         tls = TlsConfig(args.tls_dir, args.party) if args.tls_dir else None
@@ -136,9 +166,45 @@ def main(argv=None) -> int:
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:
+        log.info("stopped by a signal; exiting")
         return 130
     finally:
         listener.close()
+
+
+def _terminate(signum, frame):
+    """SIGTERM ends the worker as Ctrl-C does: its connections close and its peers see it leave."""
+    raise KeyboardInterrupt
+
+
+# How often a spawned worker looks whether the process that started it is still there.
+_PARENT_POLL = 0.5
+
+
+def _exit_with_parent(pid: int) -> None:
+    """Exit this process as soon as `pid` is no longer its parent (it died, even by SIGKILL, and left no goodbye).
+
+    A worker waiting for a session, or serving, may not notice its
+    owner's connection close for a while (or ever, before the owner
+    connected); an orphan is re-parented, which is checked here every
+    _PARENT_POLL seconds. Portable where prctl(PR_SET_PDEATHSIG) is not,
+    and unlike it not tied to the thread that spawned the worker.
+    """
+    def gone():
+        # Each log record is flushed as it is written; logging.shutdown() could
+        # wait on a handler lock another thread holds.
+        log.error("the process that started this worker (pid %s) is gone; exiting", pid)
+        os._exit(4)
+
+    if os.getppid() != pid:
+        gone()
+
+    def watch():
+        while os.getppid() == pid:
+            time.sleep(_PARENT_POLL)
+        gone()
+
+    threading.Thread(target=watch, daemon=True, name="pysmpc-parent-watch").start()
 
 
 def _address(sock: socket.socket) -> str:
@@ -166,17 +232,20 @@ def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None =
         log.warning("fault injected: %s", spec)
     stop = threading.Event()
     inbox = QueryInbox()
+    served_models = ServedModels()
     for hello, stream in session.early_queries:
         _queue_query(index, hello["session"], hello["query"], stream, inbox, timeout, max_frame_bytes)
     book = RoundBook(index) if index in (P0, P1) else None
     threading.Thread(target=_accept_extra,
-                     args=(index, listener, tls, channel.session, stop, inbox, timeout, max_frame_bytes, book),
+                     args=(index, listener, tls, channel.session, stop, inbox, timeout, max_frame_bytes, book,
+                           served_models),
                      daemon=True, name="pysmpc-accept").start()
     heartbeat = _Heartbeat(channel, session.heartbeat)
     try:
         try:
             party = Party(index, channel, exchange_seeds(index, channel))
             party.store["query_inbox"] = inbox
+            party.store["served_models"] = served_models
             if book is not None:
                 party.store["fl_book"] = book
             party.store["kernels_ready"] = kernels_ready
@@ -273,6 +342,9 @@ def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes
             except (ChannelError, OSError) as exc:
                 log.warning("refused a connection from %s:%s: %s", addr[0], addr[1], exc)
                 continue
+            if peer == CLIENT and hello.get("describe"):
+                _describe(index, hello["session"], stream, None)  # no session: no model yet
+                continue
             if "submit" in hello:
                 reply_hello(stream, index, hello["session"], error=f"P{index} has no session yet: no round is open")
                 log.warning("refused a data owner's shares: no session yet")
@@ -353,8 +425,10 @@ def _refuse_all(index: int, queries: list, reason: str) -> None:
 
 
 def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: QueryInbox, timeout: float,
-                  max_frame_bytes: int, book: RoundBook | None = None) -> None:
-    """During a session: queue client queries, take data owners' shares; refuse anyone else (busy)."""
+                  max_frame_bytes: int, book: RoundBook | None = None,
+                  served_models: ServedModels | None = None) -> None:
+    """During a session: queue client queries, describe the served model, take data owners' shares;
+    refuse anyone else (busy)."""
     while not stop.is_set():
         try:
             sock, addr = listener.accept()
@@ -376,11 +450,23 @@ def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: Q
             if peer == CLIENT and isinstance(request, dict):
                 _queue_query(index, hello["session"], request, stream, inbox, timeout, max_frame_bytes)
                 return
+            if peer == CLIENT and hello.get("describe"):
+                _describe(index, hello["session"], stream, None if served_models is None else served_models.describe())
+                return
             reply_hello(stream, index, hello["session"], error=f"P{index} is busy with session {session}")
             log.warning("refused %s from %s:%s: busy", "the client" if peer == CLIENT else f"P{peer}",
                         addr[0], addr[1])
 
         threading.Thread(target=refuse, daemon=True).start()
+
+
+def _describe(index, session, stream, description: dict | None) -> None:
+    """Answer a client's "describe" hello with the served model (None: none yet), then hang up."""
+    try:
+        reply_hello(stream, index, str(session)[:64], extra={"model": description})
+    except (ChannelError, OSError):
+        pass
+    stream.close()
 
 
 def _take_submission(index, hello, stream, book: RoundBook | None, timeout: float) -> None:
@@ -471,6 +557,8 @@ def _loop(party: Party, channel: SocketChannel, heartbeat: _Heartbeat) -> int:
         if tag == "ctl:shutdown":
             log.info("client said goodbye; exiting")
             return 0
+        if tag == STOP_SERVING_TAG:  # meant for a serving loop that ended before it came
+            continue
         name = "?"
         try:
             if tag != "ctl:call":
@@ -496,4 +584,11 @@ def _loop(party: Party, channel: SocketChannel, heartbeat: _Heartbeat) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Skip the interpreter's teardown: freeing a served model's arrays and
+    # the JIT-compiled kernels takes seconds on a busy machine, during which
+    # the worker looks alive to whoever waits for it to go.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -9,7 +9,21 @@ import numpy as np
 
 from pysmpc.parties.channel import is_offline_tag
 
-__all__ = ["traffic_per_image", "prepared_traffic_per_image", "measure_inference"]
+__all__ = ["measure_inference", "measure_layers", "prepared_traffic_per_image", "speed_ratios", "torch_available",
+           "traffic_per_image"]
+
+# The system name of each plaintext baseline row.
+NUMPY_BASELINE = "plaintext numpy (float64)"
+TORCH_BASELINE = "pytorch"
+
+
+def torch_available() -> bool:
+    """Whether PyTorch can be imported (the "pytorch" baseline needs it)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def traffic_per_image(stats: dict, images: int) -> dict:
@@ -39,17 +53,23 @@ def prepared_traffic_per_image(cluster, shared_model, x: np.ndarray) -> dict:
 
 def measure_inference(model, images: np.ndarray, batches=(1, 64, 256), clusters=("plaintext", "in-process", "tcp"),
                       repeats: int = 3, progress=None) -> list[dict]:
-    """Time model.predict (plaintext) and private predictions per cluster kind and batch size.
+    """Time model.predict (plaintext), PyTorch and private predictions per cluster kind and batch size.
+
+    clusters: "plaintext" (the float64 numpy executor, model.predict),
+    "pytorch" (the same weights as a float32 PyTorch module on one thread,
+    graph.to_torch: what a PyTorch user would run; needs torch), and the
+    private runs "in-process" and "tcp".
 
     Private predictions run as a server runs them: the dealer's material
     for each query is made ahead (SharedModel.prepare, offline, untimed
     in the latency) and the query then runs online on it. Each row:
     system, batch, latency_ms (online; median of `repeats` runs after one
-    warm-up), images_per_s, offline_ms (median time to prepare one batch's
-    material), online and dealer bytes per image (cluster.stats() of one
-    prepared run), rounds per inference (the cost plan, which the tests
-    check against the channels), the peak RSS of this process and, over
-    TCP, the largest peak RSS of the three workers.
+    warm-up), images_per_s and the peak RSS of this process. The "pytorch"
+    rows add dtype, threads and torch_version. The private rows add
+    offline_ms (median time to prepare one batch's material), online and
+    dealer bytes per image (cluster.stats() of one prepared run), rounds
+    per inference (the cost plan, which the tests check against the
+    channels) and, over TCP, the largest peak RSS of the three workers.
     """
     from pysmpc.runtime.local import LocalCluster
     from pysmpc.runtime.tcp import TcpCluster
@@ -60,8 +80,11 @@ def measure_inference(model, images: np.ndarray, batches=(1, 64, 256), clusters=
     for kind in clusters:
         if kind == "plaintext":
             for batch in batches:
-                rows.append(_timed("plaintext numpy (float64)", batch, lambda b=batch: model.predict(x_all[:b]), repeats))
+                rows.append(_timed(NUMPY_BASELINE, batch, lambda b=batch: model.predict(x_all[:b]), repeats))
                 _tick(progress)
+            continue
+        if kind == "pytorch":
+            rows.extend(_torch_rows(model.graph, x_all, batches, repeats, progress))
             continue
         cluster = LocalCluster() if kind == "in-process" else TcpCluster(ephemeral_ports=True)
         with cluster:
@@ -88,6 +111,83 @@ def measure_inference(model, images: np.ndarray, batches=(1, 64, 256), clusters=
                 _tick(progress)
             shared.stop()
     return rows
+
+
+def _torch_rows(graph, x_all: np.ndarray, batches, repeats: int, progress):
+    """Time the graph as a float32 PyTorch module on one thread (the setting is restored afterwards)."""
+    import torch
+
+    from pysmpc.graph import to_torch
+
+    module = to_torch(graph)
+    # NCHW float32, made once: the layout and type a PyTorch user feeds in (not part of the timing).
+    x_torch = torch.from_numpy(np.ascontiguousarray(x_all.transpose(0, 3, 1, 2) if x_all.ndim == 4 else x_all,
+                                                    dtype=np.float32))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                row = _timed(TORCH_BASELINE, batch, lambda b=batch: module(x_torch[:b]), repeats)
+                row.update(dtype="float32", threads=1, torch_version=torch.__version__)
+                yield row
+                _tick(progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def speed_ratios(rows: list[dict]) -> list[dict]:
+    """How many times slower each private row is than each plaintext baseline row of the same batch.
+
+    One dict per (private row, baseline): system, batch, baseline,
+    latency_ratio (private / baseline latency) and throughput_ratio
+    (baseline / private images per second; the same number, as both come
+    from one median).
+    """
+    baselines = [r for r in rows if r["system"] in (NUMPY_BASELINE, TORCH_BASELINE)]
+    ratios = []
+    for row in rows:
+        if not row["system"].startswith("pysmpc"):
+            continue
+        for base in baselines:
+            if base["batch"] == row["batch"]:
+                ratios.append({"system": row["system"], "batch": row["batch"], "baseline": base["system"],
+                               "latency_ratio": row["latency_ms"] / base["latency_ms"],
+                               "throughput_ratio": base["images_per_s"] / row["images_per_s"]})
+    return ratios
+
+
+def measure_layers(model, batch: int = 1, repeats: int = 5, images: np.ndarray | None = None) -> list[dict]:
+    """Per-layer online cost of private predictions in-process, on material made ahead (as a server runs them).
+
+    Runs one untimed prediction, then `repeats` predictions of `batch`
+    inputs (`images`, or uniform random ones in [0, 1]), each on material
+    prepared just before it. Returns one dict per layer of P0's profile:
+    name, kind, seconds (median over the runs), bytes_sent and rounds (P0
+    online, what each computing party sends; the same on every run).
+    """
+    from pysmpc.runtime.local import LocalCluster
+
+    if batch < 1 or repeats < 1:
+        raise ValueError(f"batch and repeats must be positive, got {batch} and {repeats}")
+    if images is None:
+        images = np.random.default_rng(0).random((batch, *model.input_shape))
+    x = np.asarray(images, dtype=np.float64)[:batch]
+    profiles = []
+    with LocalCluster() as cluster:
+        shared = model.share(cluster)
+        shared.predict(x)  # warm-up: first-call costs (allocator, lazy imports) are not the layers'
+        for _ in range(repeats):
+            shared.prepare(batch)
+            shared.predict(x)
+            profiles.append(shared.profile)
+        shared.stop()
+    layers = []
+    for i, first in enumerate(profiles[0]):
+        layers.append({"name": first["name"], "kind": first["kind"],
+                       "seconds": float(np.median([p[i]["seconds"] for p in profiles])),
+                       "bytes_sent": int(first["bytes_sent"]), "rounds": int(first["rounds"])})
+    return layers
 
 
 def _timed(system: str, batch: int, fn, repeats: int) -> dict:

@@ -1,57 +1,99 @@
-"""Read query images: .npy arrays and plain PNG files (no imaging library needed)."""
+"""Read query images: .npy arrays, and PNG, JPEG and other raster files through Pillow (pysmpc[images])."""
 
 from __future__ import annotations
 
 import os
-import struct
 import tokenize
-import zlib
+import warnings
 
 import numpy as np
 
-__all__ = ["MAX_PIXELS", "load_image"]
+__all__ = ["IMAGE_FORMATS", "MAX_PIXELS", "MISSING_PILLOW", "load_image"]
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
-# A query image is small (MNIST: 28 x 28); a larger one is refused before it
-# is decoded, so a few bytes of PNG cannot inflate to gigabytes.
+#: The most pixels a query image may have. A query image is small (MNIST: 28 x 28); a larger one is
+#: refused before it is decoded, so a few bytes of compressed data cannot inflate to gigabytes.
 MAX_PIXELS = 1 << 20
+#: The Pillow formats read: the common raster ones. Formats Pillow decodes through another
+#: program (EPS through Ghostscript) are not among them.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+#: The message of the ImportError raised when an image file is given and Pillow is missing.
+MISSING_PILLOW = "reading image files needs Pillow: pip install 'pysmpc[images]' (or pip install Pillow)"
+
+
+class _NotAnImage(Exception):
+    """A well-formed file that holds no image we read (its message goes to the caller's ValueError)."""
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Return an image as float64 (H, W, 1) in [0, 1] (MNIST style: 0 is background).
+    """Return an image as stored, (H, W, C): uint8 pixels 0-255 from an 8-bit image file, a .npy as it holds it.
 
-    .npy: used as is if float or bool (values must already be in [0, 1]),
-    divided by 255 if uint8; (H, W) gains a channel axis. .png: 8-bit
-    greyscale, RGB or with alpha, not interlaced; colour is averaged to grey.
-    At most MAX_PIXELS pixels.
+    No scaling here: the query path (Client.query_model, serve/inputs.py)
+    fits every input to the served model's input range the same way, so a
+    file and an array give the same answer (a uint8 image is divided by
+    255 for a model trained on [0, 1], with a note). .npy: real or bool
+    dtypes, as stored; (H, W) gains a channel axis. Any other file is
+    decoded by Pillow if it is one of IMAGE_FORMATS (PNG, JPEG, BMP, GIF,
+    TIFF, WebP, PPM/PGM; the first frame of an animation): 8-bit images
+    come back as uint8 pixels, colour averaged to grey (rounded) and alpha
+    dropped; 16-bit greyscale as float64 divided by 65535. At most
+    MAX_PIXELS pixels, checked from the header before decoding; Pillow's
+    own decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS) is kept and,
+    from its warning threshold on, is an error.
 
     Raises:
-        ValueError: not a readable .npy or PNG file, the wrong dtype, shape
-            or size, or values that are not finite or outside [0, 1]; the
-            message names the file and the problem.
+        ValueError: not a readable .npy or image file, the wrong dtype,
+            shape or size, or values that are not finite; the message names
+            the file and the problem.
+        ImportError: an image file (not .npy) and Pillow is not installed.
     """
     path = os.fspath(path)
     if path.endswith(".npy"):
         image = _read_npy(path)
-    elif path.lower().endswith(".png"):
-        image = _read_png(path) / 255.0
     else:
-        raise ValueError(f"{path}: query images must be .png or .npy files")
+        image = _read_picture(path)
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or min(image.shape) < 1:
         raise ValueError(f"{path}: expected an (H, W) or (H, W, C) image, got shape {image.shape}")
-    if not np.all(np.isfinite(image)):
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
         raise ValueError(f"{path}: the image contains NaN or infinite values")
-    if image.min() < 0 or image.max() > 1:
-        raise ValueError(f"{path}: pixel values must lie in [0, 1] (uint8 images are divided by 255), "
-                         f"got [{image.min():g}, {image.max():g}]")
     return image
 
 
-class _NotAnImage(Exception):
-    """A well-formed .npy file that holds no image (its message goes to the caller's ValueError)."""
+def _read_picture(path: str) -> np.ndarray:
+    """Decode an image file with Pillow into (H, W) grey: uint8 pixels, or float64 in [0, 1] from 16 bits."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ImportError(f"{path}: {MISSING_PILLOW}") from None
+    kinds = ", ".join(IMAGE_FORMATS)
+    try:
+        with warnings.catch_warnings():
+            # Over MAX_IMAGE_PIXELS Pillow only warns (over twice that it raises): refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as picture:  # reads the header only
+                width, height = picture.size
+                if not 1 <= width * height <= MAX_PIXELS:
+                    raise _NotAnImage(f"{picture.format} image of {width} x {height} pixels; at least 1 and at "
+                                      f"most {MAX_PIXELS} are read")
+                if picture.mode.startswith("I;16"):
+                    return np.asarray(picture, dtype=np.float64) / 65535.0
+                if picture.mode in ("I", "F"):
+                    raise _NotAnImage(f"32-bit {'integer' if picture.mode == 'I' else 'float'} images are not "
+                                      "read: save it with 8 or 16 bits per sample, or as a .npy array")
+                return np.rint(np.asarray(picture.convert("RGB"), dtype=np.float64).mean(axis=2)).astype(np.uint8)
+    except _NotAnImage as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{path}: refused by Pillow's decompression-bomb limit: {exc}") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file Pillow reads as one of {kinds} (or a .npy array)") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise ValueError(f"{path}: cannot read the file: {exc.strerror}") from None
+    # Pillow's decoders report corrupt data as OSError, SyntaxError, EOFError, struct.error,
+    # zlib.error and more; to the caller they all mean the same.
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{path}: corrupt or unreadable image: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def _read_npy(path: str) -> np.ndarray:
@@ -78,79 +120,4 @@ def _read_npy(path: str) -> np.ndarray:
     if len(data) != count * dtype.itemsize:
         raise ValueError(f"{path}: not a valid .npy file: {len(data)} bytes of data, the header says "
                          f"{count * dtype.itemsize}")
-    image = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
-    return image.astype(np.float64) / (255.0 if dtype == np.uint8 else 1.0)
-
-
-def _read_png(path: str) -> np.ndarray:
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(_PNG_SIGNATURE):
-        raise ValueError(f"{path}: not a PNG file")
-    pos, header, idat = len(_PNG_SIGNATURE), None, []
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        chunk = data[pos + 8 : pos + 8 + length]
-        if len(chunk) != length:
-            raise ValueError(f"{path}: truncated PNG chunk {kind!r}")
-        if kind == b"IHDR":
-            if length != 13:
-                raise ValueError(f"{path}: PNG header chunk of {length} bytes, expected 13")
-            header = struct.unpack(">IIBBBBB", chunk)
-        elif kind == b"IDAT":
-            idat.append(chunk)
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    if header is None or not idat:
-        raise ValueError(f"{path}: PNG without header or image data")
-    width, height, depth, colour, _, _, interlace = header
-    if depth != 8 or colour not in _CHANNELS or interlace:
-        raise ValueError(f"{path}: only 8-bit, non-interlaced grey/RGB(A) PNGs are read (depth {depth}, "
-                         f"colour type {colour}, interlace {interlace})")
-    if not 1 <= width * height <= MAX_PIXELS:
-        raise ValueError(f"{path}: PNG of {width} x {height} pixels; at least 1 and at most {MAX_PIXELS} are read")
-    channels = _CHANNELS[colour]
-    stride = width * channels
-    expected = height * (stride + 1)
-    try:
-        # Never inflate more than the header's size (plus one byte, to notice extra data).
-        raw = zlib.decompressobj().decompress(b"".join(idat), expected + 1)
-    except zlib.error as exc:
-        raise ValueError(f"{path}: corrupt PNG data: {exc}") from None
-    if len(raw) != expected:
-        raise ValueError(f"{path}: PNG data has {'more than ' if len(raw) > expected else ''}{len(raw)} bytes, "
-                         f"expected {expected}")
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1)
-    pixels = np.zeros((height, stride), dtype=np.int32)
-    for y in range(height):
-        _unfilter_row(rows[y, 0], rows[y, 1:].astype(np.int32), pixels, y, channels)
-    image = pixels.reshape(height, width, channels).astype(np.float64)
-    if channels in (2, 4):  # drop alpha
-        image = image[..., :-1]
-    return image.mean(axis=2)
-
-
-def _unfilter_row(kind: int, row: np.ndarray, out: np.ndarray, y: int, bpp: int) -> None:
-    prior = out[y - 1] if y > 0 else np.zeros_like(row)
-    if kind == 0:
-        out[y] = row
-    elif kind == 1:  # each byte adds the one bpp to its left: a running sum per channel
-        out[y] = np.cumsum(row.reshape(-1, bpp), axis=0, dtype=np.int64).reshape(-1) & 0xFF
-    elif kind == 2:
-        out[y] = (row + prior) & 0xFF
-    elif kind in (3, 4):  # sequential along the row: plain Python ints are faster than numpy scalars here
-        cur, raw, up = [0] * len(row), row.tolist(), prior.tolist()
-        for i in range(len(raw)):
-            left = cur[i - bpp] if i >= bpp else 0
-            if kind == 3:
-                pred = (left + up[i]) >> 1
-            else:
-                up_left = up[i - bpp] if i >= bpp else 0
-                p = left + up[i] - up_left
-                pa, pb, pc = abs(p - left), abs(p - up[i]), abs(p - up_left)
-                pred = left if pa <= pb and pa <= pc else (up[i] if pb <= pc else up_left)
-            cur[i] = (raw[i] + pred) & 0xFF
-        out[y] = cur
-    else:
-        raise ValueError(f"unknown PNG filter type {kind}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C").copy()

@@ -80,7 +80,7 @@ class FixedPoint:
         Raises:
             TypeError: for non-numeric input (strings, objects, complex, bool).
             ValueError: for NaN or infinity (says how many and where).
-            OverflowError: if some |x| > max_value (names the largest).
+            OverflowError: if some ``|x|`` > max_value (names the largest).
         """
         arr = np.asarray(x)
         if arr.dtype.kind not in "iuf":

@@ -22,8 +22,11 @@ seed gives the same words everywhere.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
+import threading
+import weakref
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -61,18 +64,41 @@ class PRG:
     module docstring and :meth:`derive`).
     """
 
-    __slots__ = ("_key", "_encryptor", "_zeros", "_scratch")
+    __slots__ = ("_key", "_encryptor", "_zeros", "_scratch", "__weakref__")
 
     def __init__(self, seed: bytes) -> None:
         if not isinstance(seed, (bytes, bytearray)):
             raise TypeError(f"PRG seed must be bytes, got {type(seed).__name__}")
         if len(seed) != SEED_BYTES:
             raise ValueError(f"PRG seed must be exactly {SEED_BYTES} bytes, got {len(seed)}")
+        self._zeros: memoryview | None = None
+        self._scratch: bytearray | None = None
+        self._key_with(seed)
+
+    def _key_with(self, seed: bytes) -> None:
+        """Start the stream of `seed` from its beginning."""
         self._key = bytes(seed)
         cipher = Cipher(algorithms.AES(self._key), modes.CTR(bytes(16)))
         self._encryptor = cipher.encryptor()
-        self._zeros: memoryview | None = None
-        self._scratch: bytearray | None = None
+
+    @classmethod
+    def fresh(cls) -> PRG:
+        """Return a PRG on a new private seed (new_seed()) that a forked child reseeds.
+
+        For randomness this process alone draws: the shares a client or
+        model owner deals (x0 to P0, x - x0 to P1), a party's noise. After
+        os.fork() parent and child hold the same state, and two children
+        sharing values x and y under the same x0 give P1 x - x0 and y - x0:
+        their difference is x - y, in the clear. So every PRG made here
+        gets a new seed from the OS in a forked child, before the child runs
+        (os.register_at_fork). A PRG on an agreed seed (`PRG(seed)`: the
+        parties' pairwise streams, which must stay aligned) is never
+        reseeded, nor are PRGs `derive`d from this one before the fork.
+        """
+        prg = cls(new_seed())
+        _register_fork_hook()
+        _FORK_RESEEDED.add(prg)
+        return prg
 
     def __repr__(self) -> str:
         # Never print the seed.
@@ -150,3 +176,22 @@ class PRG:
                 self._scratch = bytearray(2 * _SLACK)
             self._encryptor.update_into(self._zeros[:tail], self._scratch)
             dst[pos:] = self._scratch[:tail]
+
+
+# PRGs made by PRG.fresh(), reseeded in a forked child; held weakly (a
+# dropped PRG needs no reseeding).
+_FORK_RESEEDED: weakref.WeakSet = weakref.WeakSet()
+_fork_hook = {"registered": False, "lock": threading.Lock()}
+
+
+def _register_fork_hook() -> None:
+    """Register the reseeding with os.register_at_fork, once, when the first fresh PRG is made."""
+    with _fork_hook["lock"]:
+        if not _fork_hook["registered"] and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_reseed_after_fork)
+            _fork_hook["registered"] = True
+
+
+def _reseed_after_fork() -> None:
+    for prg in list(_FORK_RESEEDED):
+        prg._key_with(new_seed())
