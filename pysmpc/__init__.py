@@ -17,8 +17,8 @@ from pysmpc.sharing.fixedpoint import FixedPoint
 __version__ = "0.1.0"
 
 
-def load_model(path, input_range=None) -> Model:
-    """Load a Keras (.hdf5, .h5, .keras) or ONNX (.onnx) model file for private serving.
+def load_model(path, input_range=None, config=None, frac_bits: int | None = None) -> Model:
+    """Load a Keras (.hdf5, .h5, .keras; .weights.h5 with its `config`) or ONNX (.onnx) model file for private serving.
 
     The Model takes inputs in the file's own layout: NHWC for Keras, NCHW
     for ONNX image models (``Model.input_layout``).
@@ -29,10 +29,14 @@ def load_model(path, input_range=None) -> Model:
     present; this argument overrides it. Clients check their queries
     against it (a uint8 image is divided by 255 for a [0, 1] model, with a
     note; values outside it are refused).
+    config: the model's config for a Keras 3 .weights.h5 file (its to_json(),
+    as a path, JSON text or dict).
+    frac_bits: the model's fixed-point fractional bits (default: the
+    cluster's); see Model.calibrate.
     """
     from pysmpc.models import load_graph
 
-    return Model(load_graph(path), input_range=input_range)
+    return Model(load_graph(path, config=config), input_range=input_range, frac_bits=frac_bits)
 
 
 def from_keras(keras_model, input_range=None) -> Model:

@@ -115,7 +115,7 @@ def _inspect(args) -> int:
         from pysmpc.serve.plots import require_matplotlib
 
         require_matplotlib()  # before the model is read, not after
-    model = load_model(args.model)
+    model = load_model(args.model, frac_bits=args.frac_bits)
     print(model.summary())
     costs = model.cost(args.batch)
     print(f"\nsecure cost per inference of a batch of {args.batch} (online, each computing party):")
@@ -125,6 +125,11 @@ def _inspect(args) -> int:
     total_rounds = sum(c.rounds for _, c in costs)
     total_bytes = sum(c.bytes_sent for _, c in costs)
     print(f"{'total':<16}{total_rounds:>8}{total_bytes:>14,}{sum(c.dealer_bytes for _, c in costs):>14,}")
+    if args.calibrate:
+        from pysmpc.graph.calibrate import calibration_report
+
+        print()
+        print(calibration_report(model.graph, args.calibrate, args.frac_bits))
     if args.plot:
         _plot_layers(model, args)
     return 0

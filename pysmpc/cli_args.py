@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "and time into this image (needs pysmpc[plot])")
     inspect.add_argument("--repeats", type=positive, default=5, metavar="N",
                          help="with --plot: timed predictions (each layer's median time is drawn)")
+    inspect.add_argument("--frac-bits", type=positive, default=None, metavar="F",
+                         help="the model's fixed-point fractional bits (default 16)")
+    inspect.add_argument("--calibrate", metavar="SAMPLES.npy",
+                         help="sample inputs (.npy, in the model's input layout): report each layer's largest "
+                              "magnitude against the fixed-point limits, and the F the samples allow")
 
     hosts_default = "localhost:4000,localhost:4001,localhost:4002"
     frame = _number(int, FRAME_HEADER_ROOM)

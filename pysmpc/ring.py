@@ -72,6 +72,7 @@ __all__ = [
     "rshift_logical",
     "matmul",
     "im2col",
+    "depthwise_conv2d",
     "conv2d",
     "conv_output_shape",
     "int_pair",
@@ -355,6 +356,31 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride=1, padding: str = "valid") -> np
     col = np.empty((col_rows, kh * kw * c), _U64)
     _ring.conv2d(out.reshape(n * rows, o), col, x, w2, kh, kw, sh, sw, pt, pl, oh, ow)
     return out
+
+
+def depthwise_conv2d(x: np.ndarray, w: np.ndarray, stride=1) -> np.ndarray:
+    """Return the depthwise convolution of NHWC x with w (KH, KW, C, M) mod 2^64, 'valid' windows.
+
+    Output channel c*M + m is input channel c convolved with w[:, :, c, m]
+    (Keras DepthwiseConv2D's order, and ONNX Conv with group = C). Pad x
+    first for other paddings. Computed as KH*KW broadcast multiply-adds
+    (NumPy's uint64 arithmetic wraps mod 2^64): no GEMM fits a per-channel
+    product, and depthwise layers are a small part of a network's work.
+    """
+    x = _conv_input(x)
+    _check_array("w", w)
+    if w.ndim != 4 or w.shape[2] != x.shape[3]:
+        raise ValueError(f"depthwise_conv2d: w must be (KH, KW, C, M) with C = {x.shape[3]}, got {w.shape}")
+    n, h, wd, c = x.shape
+    kh, kw, _, m = w.shape
+    sh, sw = int_pair("stride", stride)
+    oh, ow, _, _ = conv_output_shape((h, wd), (kh, kw), (sh, sw), "valid")
+    out = np.zeros((n, oh, ow, c, m), _U64)
+    for a in range(kh):
+        for b in range(kw):
+            tap = x[:, a : a + sh * (oh - 1) + 1 : sh, b : b + sw * (ow - 1) + 1 : sw, :, None]
+            out += tap * w[a, b]
+    return out.reshape(n, oh, ow, c * m)
 
 
 # ---- kernel control --------------------------------------------------------

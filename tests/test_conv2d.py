@@ -46,3 +46,38 @@ def test_channel_mismatch_is_a_clear_error():
     w = np.zeros((3, 3, 2, 1), np.uint64)
     with pytest.raises(ValueError, match="channels"):
         run_shared(lambda p, a, b: conv2d(p, a, b), x, w)
+
+
+def naive_depthwise(x, w, stride):
+    """Python ints, one window at a time: the depthwise product's definition mod 2^64."""
+    n, h, wd, c = x.shape
+    kh, kw, _, m = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((n, oh, ow, c * m), np.uint64)
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, i * stride : i * stride + kh, j * stride : j * stride + kw, :]
+            for ch in range(c):
+                for k in range(m):
+                    total = [sum(int(a) * int(b) for a, b in zip(patch[b_, :, :, ch].ravel(), w[:, :, ch, k].ravel()))
+                             for b_ in range(n)]
+                    out[:, i, j, ch * m + k] = [t % 2**64 for t in total]
+    return out
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv2d_fixed_is_exact_and_costs_one_round(stride):
+    from pysmpc.protocols.conv2d import cost_depthwise_fixed, depthwise_conv2d_fixed
+
+    rng = np.random.default_rng(stride)
+    w = rng.integers(0, 2**64, size=(3, 2, 3, 2), dtype=np.uint64)
+    x = rng.integers(0, 2**64, size=(2, 6, 5, 3), dtype=np.uint64)
+
+    def program(party, w_share, x_share):
+        share_fixed_operand(party, w_share, key="dw")
+        return depthwise_conv2d_fixed(party, x_share, "dw", stride)
+
+    z, parties = run_shared(program, w, x)
+    np.testing.assert_array_equal(z, naive_depthwise(x, w, stride))
+    np.testing.assert_array_equal(ring.depthwise_conv2d(x, w, stride), z)
+    assert_cost(parties, cost_open_weights(w.shape) + cost_depthwise_fixed(x.shape, w.shape, stride))

@@ -317,7 +317,7 @@ def test_folded_weights_that_overflow_are_refused(workdir):
      "malformed config of layer 0 \\('c' of class Conv2D\\): TypeError"),
     ('{"class_name": "Functional", "config": {"layers": [{"class_name": "InputLayer", "config": {}}, '
      '{"class_name": "Dense", "config": {}, "inbound_nodes": [{"class_name": "__keras_tensor__"}]}]}}',
-     "malformed inbound nodes: KeyError"),
+     "malformed inbound nodes of layer .layer_1.: KeyError"),
 ], ids=["deep", "string", "config-string", "layer-ints", "input-shape", "dilation", "inbound"])
 def test_malformed_keras_configs_name_the_problem(workdir, config, message):
     path = workdir / "config.h5"

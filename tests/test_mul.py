@@ -69,3 +69,35 @@ def test_square_is_exact_in_the_ring_and_costs_half_a_mul(shape):
     assert_cost(parties, mul_protocol.cost_square(shape), f"square {shape}")
     n = int(np.prod(shape))
     assert mul_protocol.cost_square(shape).bytes_sent * 2 == mul_protocol.cost(shape, shape).bytes_sent or n == 0
+
+
+@pytest.mark.parametrize("w_shape", [(3,), (1, 1, 3), (4, 5, 3)])
+def test_mul_fixed_broadcasts_a_fixed_weight_and_opens_only_x(w_shape):
+    from helpers import assert_cost
+    from pysmpc.protocols.matmul import cost_open_weights, share_fixed_operand
+    from pysmpc.protocols.mul import cost_fixed, mul_fixed
+
+    rng = np.random.default_rng(len(w_shape))
+    w = rng.integers(0, 2**64, size=w_shape, dtype=np.uint64)
+    xs = [rng.integers(0, 2**64, size=(2, 4, 5, 3), dtype=np.uint64) for _ in range(2)]
+
+    def program(party, w_share, *x_shares):
+        share_fixed_operand(party, w_share, key="scale")
+        return [mul_fixed(party, x, "scale") for x in x_shares]
+
+    outs, parties = run_shared(program, w, *xs)
+    for x, z in zip(xs, outs):
+        np.testing.assert_array_equal(z, x * w)
+    assert_cost(parties, cost_open_weights(w.shape) + cost_fixed(xs[0].shape) + cost_fixed(xs[1].shape))
+
+
+def test_mul_fixed_refuses_a_weight_that_does_not_broadcast():
+    from pysmpc.protocols.matmul import share_fixed_operand
+    from pysmpc.protocols.mul import mul_fixed
+
+    def program(party, w_share, x_share):
+        share_fixed_operand(party, w_share, key="bad")
+        return mul_fixed(party, x_share, "bad")
+
+    with pytest.raises(ValueError, match="does not broadcast"):
+        run_shared(program, np.zeros((2, 3), np.uint64), np.zeros((4, 3), np.uint64))

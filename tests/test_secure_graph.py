@@ -204,3 +204,151 @@ def test_prepared_material_of_at_most_four_shapes_is_kept(cluster):
         shared.predict(rng.uniform(0, 1, (batch, 9, 9, 2)))
         assert (sum(s["bytes_sent"] for s in cluster.stats()["P2"].values()) > 0) == dealer_online
     shared.stop()
+
+
+# -- DAGs: branches, multi-input layers and every layer kind ----------------------------------
+
+
+def dag_cnn(rng) -> Graph:
+    """Every layer kind: an inception-like fork, a residual add, batch norm, padded pools, nonlinearities."""
+    def conv(name, k, cin, cout, inputs, **params):
+        return Layer("conv2d", name, params, {"kernel": rng.normal(0, 0.4, (k, k, cin, cout)),
+                                              "bias": rng.normal(0, 0.1, cout)}, inputs=inputs)
+    return Graph((8, 8, 2), [
+        Layer("batch_norm", "scale_in", {}, {"scale": np.array([1.5, 0.5]), "shift": np.array([-0.2, 0.1])}),
+        conv("branch_a", 3, 2, 3, ["scale_in"], padding="same"),
+        conv("branch_b", 1, 2, 3, ["scale_in"]),
+        Layer("relu", "relu_a", inputs=["branch_a"]),
+        Layer("clip", "relu6_b", {"lo": 0.0, "hi": 6.0}, inputs=["branch_b"]),
+        Layer("add", "residual", inputs=["relu_a", "relu6_b"]),
+        Layer("depthwise_conv2d", "dw", {"stride": 2, "padding": "same"},
+              {"kernel": rng.normal(0, 0.4, (3, 3, 3, 2)), "bias": rng.normal(0, 0.1, 6)}),
+        Layer("batch_norm", "bn", {}, {"scale": rng.uniform(0.5, 1.5, 6), "shift": rng.normal(0, 0.1, 6)}),
+        Layer("max_pool2d", "mp", {"pool": 3, "stride": 2, "padding": "same"}, inputs=["residual"]),
+        Layer("avg_pool2d", "ap", {"pool": 3, "stride": 2, "padding": "same"}, inputs=["residual"]),
+        Layer("concat", "cat", {"axis": -1}, inputs=["bn", "mp", "ap"]),
+        Layer("zero_pad", "pad", {"pads": (1, 0, 0, 1)}),
+        Layer("transpose", "t", {"perm": (1, 0, 2)}),
+        Layer("global_avg_pool", "gap", inputs=["t"]),
+        Layer("global_max_pool", "gmp", inputs=["t"]),
+        Layer("concat", "pooled", {"axis": 0}, inputs=["gap", "gmp"]),
+        Layer("sigmoid", "gate"),
+        Layer("reshape", "r", {"shape": (2, 12)}),
+        Layer("flatten", "f"),
+        Layer("dense", "fc", {}, {"kernel": rng.normal(0, 0.3, (24, 4)), "bias": rng.normal(0, 0.1, 4)}),
+        Layer("tanh", "squash"),
+        Layer("softmax", "probs"),
+    ])
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared"])
+def test_dag_private_run_matches_plaintext_and_plan(cluster, prepared):
+    rng = np.random.default_rng(11)
+    graph = dag_cnn(rng)
+    x = rng.uniform(-1, 1, (3, *graph.input_shape))
+    shared = Model(graph).share(cluster)
+    if prepared:
+        shared.prepare(3)
+    cluster.reset_stats()
+    probs = shared.predict(x)
+    if prepared:
+        assert sum(s["bytes_sent"] for s in cluster.stats()["P2"].values()) == 0
+    # The nonlinearities' documented bounds (tanh 2^-13 through a softmax) on top of truncation units.
+    np.testing.assert_allclose(probs, run_fixed_point(graph, x, F), atol=2e-3)
+    np.testing.assert_allclose(probs, run_float(graph, x), atol=3e-3)
+    planned = shared.cost(3, prepared=prepared)
+    stats = cluster.stats()
+    for party in ("P0", "P1"):
+        infer = {t: s for t, s in stats[party].items()
+                 if not t.startswith(("dealer", "setup")) and t not in ("input", "output")}
+        assert sum(s["rounds"] for s in infer.values()) == sum(c.rounds for _, c in planned)
+        assert sum(s["bytes_sent"] for s in infer.values()) == sum(c.bytes_sent for _, c in planned)
+    measured = [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile]
+    assert measured == [(name, c.rounds, c.bytes_sent) for name, c in planned]
+    shared.stop()
+
+
+def two_branch_graph(rng) -> Graph:
+    """Two independent conv + relu branches of one input, joined by a concat."""
+    def conv(name, k):
+        return Layer("conv2d", name, {"padding": "same"}, {"kernel": rng.normal(0, 0.4, (k, k, 2, 3)),
+                                                           "bias": rng.normal(0, 0.1, 3)}, inputs=["input"])
+    return Graph((6, 6, 2), [
+        conv("left", 3), Layer("relu", "left_relu"),
+        conv("right", 1), Layer("relu", "right_relu"), Layer("max_pool2d", "right_pool", {"pool": 2, "stride": 1}),
+        Layer("max_pool2d", "left_pool", {"pool": 2, "stride": 1}, inputs=["left_relu"]),
+        Layer("concat", "cat", {"axis": -1}, inputs=["left_pool", "right_pool"]),
+        Layer("flatten", "f"),
+        Layer("dense", "fc", {}, {"kernel": rng.normal(0, 0.3, (150, 2)), "bias": np.zeros(2)}),
+    ])
+
+
+def test_independent_branches_share_their_rounds(cluster):
+    rng = np.random.default_rng(12)
+    graph = two_branch_graph(rng)
+    x = rng.uniform(-1, 1, (2, 6, 6, 2))
+    shared = Model(graph).share(cluster)
+    planned = dict(shared.cost(2))
+    # Each branch alone: conv 1 + relu 4 + max pool 2 levels x 4 = 13 rounds; together 13, not 26; dense 1;
+    # the logits' truncation 1.
+    assert sum(c.rounds for c in planned.values()) == 13 + 1 + 1
+    assert planned["left"].rounds == 1 and planned["right"].rounds == 0  # the shared round counts for 'left'
+    cluster.reset_stats()
+    np.testing.assert_allclose(shared.predict(x), run_fixed_point(graph, x, F), atol=16 / 2**F)
+    rounds = sum(s["rounds"] for t, s in cluster.stats()["P1"].items()
+                 if not t.startswith(("dealer", "setup")) and t not in ("input", "output"))
+    assert rounds == 15
+    merged = [t for t in cluster.stats()["P1"] if "+" in t]
+    assert any("conv2d:left" in t and "conv2d:right" in t for t in merged), merged
+    assert [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile] == \
+        [(name, c.rounds, c.bytes_sent) for name, c in shared.cost(2)]
+    shared.stop()
+
+
+def test_liveness_drops_a_tensor_after_its_last_reader():
+    from pysmpc.graph.secure import _Values
+    from pysmpc.sharing.shares import AShare
+
+    plan = [{"kind": "relu", "name": "a", "inputs": ["input"]}, {"kind": "relu", "name": "b", "inputs": ["a"]},
+            {"kind": "add", "name": "c", "inputs": ["a", "b"]}]
+    values = _Values(plan, "input", AShare(np.zeros(2, np.uint64), 0))
+    values["a"] = AShare(np.ones(2, np.uint64), 0)
+    values.take(["input"])
+    assert "input" not in values
+    values.take(["a"])
+    assert "a" in values  # 'c' still reads it
+    values["b"] = values["a"]
+    values.take(["a", "b"])
+    assert not values
+
+
+def test_a_model_with_its_own_fractional_bits(cluster):
+    """Model(graph, frac_bits=12): weights, input and every protocol at F = 12, costs planned at 12."""
+    rng = np.random.default_rng(13)
+    graph = dag_cnn(rng)
+    x = rng.uniform(-1, 1, (2, *graph.input_shape))
+    model = Model(graph, frac_bits=12)
+    shared = model.share(cluster)
+    assert shared.frac_bits == 12 != cluster.frac_bits
+    cluster.reset_stats()
+    probs = shared.predict(x)
+    # The nonlinearities' bounds scale with 2^-F: 16 times those at F = 16.
+    np.testing.assert_allclose(probs, run_fixed_point(graph, x, 12), atol=3e-2)
+    np.testing.assert_allclose(probs, model.predict_fixed_point(x), atol=3e-2)
+    assert [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile] == \
+        [(name, c.rounds, c.bytes_sent) for name, c in model.cost(2)]
+    shared.stop()
+
+
+def test_masked_input_through_a_flatten(cluster):
+    """A model starting with flatten -> dense takes a masked input on prepared material (the mask is flat)."""
+    rng = np.random.default_rng(14)
+    graph = Graph((4, 4, 1), [Layer("flatten", "f"),
+                              Layer("dense", "d", {}, {"kernel": rng.normal(0, 0.3, (16, 3)), "bias": np.zeros(3)})])
+    x = rng.uniform(0, 1, (2, 4, 4, 1))
+    shared = Model(graph).share(cluster)
+    shared.prepare(2)
+    cluster.reset_stats()
+    np.testing.assert_allclose(shared.predict(x), run_fixed_point(graph, x, F), atol=4 / 2**F)
+    assert [p["rounds"] for p in shared.profile if p["name"] == "d"] == [0]  # the dense layer opened nothing
+    shared.stop()

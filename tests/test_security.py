@@ -208,3 +208,37 @@ def test_nonlinearity_dealer_traffic_does_not_depend_on_the_data(name):
     for m1, m2 in zip(first, second):
         for u, v in zip(m1 if isinstance(m1, list) else [m1], m2 if isinstance(m2, list) else [m2]):
             np.testing.assert_array_equal(u, v)
+
+
+def test_branches_in_lockstep_send_only_masked_values():
+    """Merged exchanges (parallel branches in one round) carry what each branch sends alone: masked words."""
+    from test_secure_graph import two_branch_graph
+
+    from pysmpc import LocalCluster
+    from pysmpc.graph import fixed_point_trace
+    from pysmpc.serve.model import Model
+
+    rng = np.random.default_rng(31)
+    graph = two_branch_graph(rng)
+    x = rng.uniform(-1, 1, (4, 6, 6, 2))
+    with LocalCluster() as cluster:
+        shared = Model(graph).share(cluster)
+        channels = cluster.party_channels()
+        recorders = {i: channels[i].start_recording() for i in (0, 1, 2)}
+        shared.predict(x)
+        for ch in channels.values():
+            ch.recorder = None
+    merged = [tag for _, tag, _ in recorders[0].messages if "+" in tag]
+    assert merged, "the two branches should have shared rounds"
+    # Every intermediate value, at scale F and (before its truncation) 2F.
+    trace = fixed_point_trace(graph, x)
+    values = np.concatenate([t.reshape(-1) for t in trace])
+    secrets = np.unique(np.concatenate([values, values << np.uint64(16)]))
+    secrets = secrets[secrets != 0]
+    for i in (0, 1):
+        words = np.concatenate([np.asarray(a).reshape(-1).view(np.uint64)
+                                for _, _, data in recorders[i].messages
+                                for a in (data if isinstance(data, (list, tuple)) else [data])])
+        assert not np.isin(words, secrets).any(), f"P{i} received a plaintext word"
+        assert _chi_square_top_byte(words) < CHI2_LIMIT, f"P{i}: received words are not uniform"
+    assert [(tag, frm) for frm, tag, _ in recorders[2].messages] == [], "P2 received something during the query"

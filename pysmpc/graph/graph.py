@@ -1,25 +1,48 @@
-"""A sequential model graph: NHWC layers with float64 weights, and shape inference.
+"""A model graph: named NHWC tensors, layers that read one or more of them, and shape inference.
 
 A ``Graph`` is what every importer (Keras HDF5, Keras 3 ``.keras``, ONNX)
 produces and every executor (float, fixed-point, shared) consumes. It holds
 no framework objects, only numpy arrays and plain parameters, so it can be
 built by hand in tests.
 
+Each layer writes one tensor, named after the layer, and reads the tensors
+named in ``inputs`` (the graph's input is ``Graph.input_name``, "input" by
+default). A layer built without ``inputs`` reads the layer before it (or
+the graph input): a list of such layers is a sequential model. Layers are
+listed in an order where every input comes before its readers; the last
+layer (or ``output``) is the graph's output.
+
 Layer kinds (exact strings) and what each holds:
 
-========== ======================================= ===========================
-kind        params                                   weights
-========== ======================================= ===========================
-conv2d      stride (sh, sw); padding 'valid',        kernel (kh, kw, cin, cout)
-            'same' (TensorFlow rule) or explicit     (HWIO), bias (cout,)
-            (top, bottom, left, right)
-avg_pool2d  pool (ph, pw), stride (sh, sw),          -
-            padding 'valid'
-max_pool2d  as avg_pool2d                            -
-relu        -                                        -
-flatten     - (NHWC order, as Keras flattens)        -
-dense       -                                        kernel (in, out), bias (out,)
-========== ======================================= ===========================
+================ ===================================== ==================================
+kind              params                                 weights
+================ ===================================== ==================================
+conv2d            stride (sh, sw); padding 'valid',      kernel (kh, kw, cin, cout) (HWIO),
+                  'same' (TensorFlow rule) or explicit   bias (cout,)
+                  (top, bottom, left, right)
+depthwise_conv2d  as conv2d; output channel c*m + k       kernel (kh, kw, cin, m),
+                  reads input channel c                  bias (cin*m,)
+avg_pool2d        pool (ph, pw), stride (sh, sw),        -
+                  padding as conv2d (the average
+                  counts only the input's elements)
+max_pool2d        as avg_pool2d (padding never wins)     -
+global_avg_pool   keepdims (False: (C,), True: (1,1,C))  -
+global_max_pool   as global_avg_pool                     -
+relu              -                                      -
+clip              lo, hi (floats; either may be None)    -
+                  relu6 is clip 0..6
+sigmoid, tanh     -                                      -
+softmax           - (over the last axis)                 -
+batch_norm        - (y = x * scale + shift, broadcast    scale, shift (same shape,
+                  over the leading axes)                 broadcastable to the input)
+add               - (2+ inputs of one shape)             -
+concat            axis (of the tensor, no batch axis)    -
+zero_pad          pads (top, bottom, left, right)        -
+flatten           - (NHWC order, as Keras flattens)      -
+reshape           shape (no batch axis; one -1 allowed)  -
+transpose         perm (of the axes without batch)       -
+dense             - (on a flat input)                    kernel (in, out), bias (out,)
+================ ===================================== ==================================
 
 Shapes never include the batch axis: an image input is (H, W, C). The
 graph computes NHWC whatever its source; ``input_layout`` records the
@@ -35,22 +58,26 @@ import numpy as np
 
 from pysmpc.graph.layout import check_layout, shape_in_layout
 
-__all__ = ["KINDS", "INPUT_RANGE_KEY", "Graph", "GraphError", "Layer", "check_input_range", "conv_padding"]
+__all__ = ["KINDS", "INPUT_RANGE_KEY", "Graph", "GraphError", "Layer", "check_input_range", "conv_padding",
+           "pool_padding"]
 
-KINDS = ("conv2d", "avg_pool2d", "max_pool2d", "relu", "flatten", "dense")
+KINDS = ("conv2d", "depthwise_conv2d", "avg_pool2d", "max_pool2d", "global_avg_pool", "global_max_pool",
+         "relu", "clip", "sigmoid", "tanh", "softmax", "batch_norm", "add", "concat", "zero_pad", "flatten",
+         "reshape", "transpose", "dense")
 
 _WEIGHTS = {
     "conv2d": ("kernel", "bias"),
+    "depthwise_conv2d": ("kernel", "bias"),
     "dense": ("kernel", "bias"),
-    "avg_pool2d": (),
-    "max_pool2d": (),
-    "relu": (),
-    "flatten": (),
+    "batch_norm": ("scale", "shift"),
 }
+# Kinds that read several tensors; every other kind reads exactly one.
+_MULTI_INPUT = ("add", "concat")
+_SPATIAL = ("conv2d", "depthwise_conv2d", "avg_pool2d", "max_pool2d")
 
 
 class GraphError(ValueError):
-    """A graph or layer is malformed: unknown kind, bad weights or shapes."""
+    """A graph or layer is malformed: unknown kind, bad weights, shapes or connections."""
 
 
 # Where a model file records its input range: an HDF5 root attribute (Keras
@@ -96,26 +123,46 @@ def _pair(value, what: str) -> tuple[int, int]:
     return pair[0], pair[1]
 
 
+def _bound(value, what: str):
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise GraphError(f"{what} must be a number or None, got {value!r}") from None
+    if not np.isfinite(value):
+        raise GraphError(f"{what} must be finite, got {value!r}")
+    return value
+
+
 @dataclass
 class Layer:
-    """One layer: a ``kind`` from ``KINDS``, a unique ``name``, params and weights.
+    """One layer: a ``kind`` from ``KINDS``, a unique ``name``, params, weights and input names.
 
     Missing params get defaults: conv2d stride (1, 1) and padding 'valid';
     pools stride = pool and padding 'valid'. Weights are stored as C-ordered
-    float64 copies.
+    float64 copies. ``inputs`` None means "the layer before" (resolved by
+    the Graph).
     """
 
     kind: str
     name: str
     params: dict = field(default_factory=dict)
     weights: dict = field(default_factory=dict)
+    inputs: list | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise GraphError(f"layer {self.name!r}: unknown kind {self.kind!r}; known kinds: {', '.join(KINDS)}")
+        if not isinstance(self.name, str) or not self.name:
+            raise GraphError(f"layer name must be a non-empty string, got {self.name!r}")
+        if self.inputs is not None:
+            if isinstance(self.inputs, str) or not all(isinstance(i, str) for i in self.inputs):
+                raise GraphError(f"layer {self.name!r}: inputs must be a list of tensor names, got {self.inputs!r}")
+            self.inputs = list(self.inputs)
         params = dict(self.params)
         where = f"layer {self.name!r} ({self.kind})"
-        if self.kind == "conv2d":
+        if self.kind in ("conv2d", "depthwise_conv2d"):
             params["stride"] = _pair(params.get("stride", 1), f"{where} stride")
             params["padding"] = _padding(params.get("padding", "valid"), where)
         elif self.kind in ("avg_pool2d", "max_pool2d"):
@@ -123,10 +170,39 @@ class Layer:
                 raise GraphError(f"{where}: missing param 'pool'")
             params["pool"] = _pair(params["pool"], f"{where} pool")
             params["stride"] = _pair(params.get("stride", params["pool"]), f"{where} stride")
-            padding = params.get("padding", "valid")
-            if padding != "valid":
-                raise GraphError(f"{where}: only padding 'valid' is supported for pooling, got {padding!r}")
-            params["padding"] = "valid"
+            params["padding"] = _padding(params.get("padding", "valid"), where)
+        elif self.kind in ("global_avg_pool", "global_max_pool"):
+            params["keepdims"] = bool(params.get("keepdims", False))
+        elif self.kind == "clip":
+            params["lo"] = _bound(params.get("lo"), f"{where} lo")
+            params["hi"] = _bound(params.get("hi"), f"{where} hi")
+            if params["lo"] is None and params["hi"] is None:
+                raise GraphError(f"{where}: needs a bound: lo, hi or both")
+            if params["lo"] is not None and params["hi"] is not None and params["lo"] > params["hi"]:
+                raise GraphError(f"{where}: lo {params['lo']} is above hi {params['hi']}")
+        elif self.kind == "concat":
+            if "axis" not in params:
+                raise GraphError(f"{where}: missing param 'axis'")
+            params["axis"] = int(params["axis"])
+        elif self.kind == "zero_pad":
+            given = params.get("pads")
+            try:
+                pads = tuple(int(p) for p in given)  # type: ignore[union-attr]  # None: the TypeError below
+            except TypeError:
+                raise GraphError(f"{where}: pads must be (top, bottom, left, right), got {given!r}") from None
+            if len(pads) != 4 or min(pads) < 0:
+                raise GraphError(f"{where}: pads must be 4 non-negative ints (top, bottom, left, right), got {pads!r}")
+            params["pads"] = pads
+        elif self.kind == "reshape":
+            try:
+                params["shape"] = tuple(int(s) for s in params["shape"])
+            except (KeyError, TypeError):
+                raise GraphError(f"{where}: needs param 'shape', a tuple of ints (no batch axis)") from None
+        elif self.kind == "transpose":
+            try:
+                params["perm"] = tuple(int(p) for p in params["perm"])
+            except (KeyError, TypeError):
+                raise GraphError(f"{where}: needs param 'perm', the order of the axes (no batch axis)") from None
         self.params = params
         self.weights = {k: np.array(v, dtype=np.float64, order="C") for k, v in self.weights.items()}
         self.check_weights()
@@ -138,7 +214,7 @@ class Layer:
         building it are checked again by Graph.validate.
         """
         where = f"layer {self.name!r} ({self.kind})"
-        expected = _WEIGHTS[self.kind]
+        expected = _WEIGHTS.get(self.kind, ())
         if set(self.weights) != set(expected):
             raise GraphError(
                 f"{where}: expected weights {list(expected)}, got {sorted(self.weights)}"
@@ -147,12 +223,15 @@ class Layer:
         for key, value in self.weights.items():
             if not np.all(np.isfinite(value)):
                 raise GraphError(f"{where}: weight {key!r} contains NaN or infinity")
-        if self.kind == "conv2d":
+        if self.kind in ("conv2d", "depthwise_conv2d"):
             kernel, bias = self.weights["kernel"], self.weights["bias"]
-            if kernel.ndim != 4 or bias.shape != (kernel.shape[3],):
+            outputs = None if kernel.ndim != 4 else (
+                kernel.shape[3] if self.kind == "conv2d" else kernel.shape[2] * kernel.shape[3])
+            if outputs is None or bias.shape != (outputs,):
+                what = "(cout,)" if self.kind == "conv2d" else "(cin * multiplier,)"
                 raise GraphError(
-                    f"{where}: kernel must be (kh, kw, cin, cout) and bias (cout,); "
-                    f"got kernel {kernel.shape}, bias {bias.shape}"
+                    f"{where}: kernel must be (kh, kw, cin, {'cout' if self.kind == 'conv2d' else 'multiplier'}) "
+                    f"and bias {what}; got kernel {kernel.shape}, bias {bias.shape}"
                 )
         elif self.kind == "dense":
             kernel, bias = self.weights["kernel"], self.weights["bias"]
@@ -160,45 +239,131 @@ class Layer:
                 raise GraphError(
                     f"{where}: kernel must be (in, out) and bias (out,); got kernel {kernel.shape}, bias {bias.shape}"
                 )
+        elif self.kind == "batch_norm":
+            scale, shift = self.weights["scale"], self.weights["shift"]
+            if scale.shape != shift.shape:
+                raise GraphError(f"{where}: scale {scale.shape} and shift {shift.shape} must have one shape")
 
     def param_count(self) -> int:
         """Return the number of weights (kernel and bias entries)."""
         return int(sum(w.size for w in self.weights.values()))
 
-    def output_shape(self, input_shape: tuple) -> tuple:
-        """Return this layer's output shape (no batch axis) for ``input_shape``.
+    def output_shape(self, input_shape: tuple, *more_shapes: tuple) -> tuple:
+        """Return this layer's output shape (no batch axis) for its input shape(s).
 
         Raises:
             GraphError: the input shape does not fit the layer.
         """
         shape = tuple(int(s) for s in input_shape)
-        where = f"layer {self.name!r} ({self.kind}) with input shape {shape}"
-        if self.kind in ("conv2d", "avg_pool2d", "max_pool2d"):
+        shapes = [shape] + [tuple(int(s) for s in m) for m in more_shapes]
+        where = f"layer {self.name!r} ({self.kind}) with input shape {shape if not more_shapes else shapes}"
+        kind, p = self.kind, self.params
+        if kind in _MULTI_INPUT:
+            if len(shapes) < 2:
+                raise GraphError(f"{where}: needs at least two inputs")
+        elif more_shapes:
+            raise GraphError(f"{where}: takes one input, got {len(shapes)}")
+        if kind in _SPATIAL or kind in ("global_avg_pool", "global_max_pool", "zero_pad"):
             if len(shape) != 3:
                 raise GraphError(f"{where}: needs an (H, W, C) input")
+        if kind in _SPATIAL:
             h, w, c = shape
-            if self.kind == "conv2d":
+            if kind in ("conv2d", "depthwise_conv2d"):
                 kh, kw, cin, cout = self.weights["kernel"].shape
                 if cin != c:
                     raise GraphError(f"{where}: kernel expects {cin} input channels, got {c}")
+                if kind == "depthwise_conv2d":
+                    cout = cin * cout
                 top, bottom, left, right = conv_padding(self, shape)
-                h, w, c = h + top + bottom, w + left + right, cout
+                c = cout
             else:
-                kh, kw = self.params["pool"]
-            sh, sw = self.params["stride"]
+                kh, kw = p["pool"]
+                top, bottom, left, right = pool_padding(self, shape)
+            h, w = h + top + bottom, w + left + right
+            sh, sw = p["stride"]
             if h < kh or w < kw:
                 raise GraphError(f"{where}: window {(kh, kw)} is larger than the (padded) input {(h, w)}")
             return ((h - kh) // sh + 1, (w - kw) // sw + 1, c)
-        if self.kind == "relu":
+        if kind in ("global_avg_pool", "global_max_pool"):
+            return (1, 1, shape[2]) if p["keepdims"] else (shape[2],)
+        if kind in ("relu", "clip", "sigmoid", "tanh", "softmax"):
             return shape
-        if self.kind == "flatten":
+        if kind == "batch_norm":
+            try:
+                out = np.broadcast_shapes(shape, self.weights["scale"].shape)
+            except ValueError:
+                out = None
+            if out != shape:
+                raise GraphError(f"{where}: scale and shift of shape {self.weights['scale'].shape} do not "
+                                 f"broadcast over the input")
+            return shape
+        if kind == "add":
+            if any(s != shape for s in shapes):
+                raise GraphError(f"{where}: all inputs must have one shape")
+            return shape
+        if kind == "concat":
+            rank = len(shape)
+            axis = p["axis"] + rank if p["axis"] < 0 else p["axis"]
+            if not 0 <= axis < rank:
+                raise GraphError(f"{where}: axis {p['axis']} out of range for rank {rank} (no batch axis)")
+            for s in shapes:
+                if len(s) != rank or s[:axis] + s[axis + 1:] != shape[:axis] + shape[axis + 1:]:
+                    raise GraphError(f"{where}: inputs must match except along axis {axis}")
+            return shape[:axis] + (sum(s[axis] for s in shapes),) + shape[axis + 1:]
+        if kind == "zero_pad":
+            top, bottom, left, right = p["pads"]
+            return (shape[0] + top + bottom, shape[1] + left + right, shape[2])
+        if kind == "flatten":
             return (int(np.prod(shape)),)
+        if kind == "reshape":
+            target = p["shape"]
+            size = int(np.prod(shape))
+            if target.count(-1) > 1 or any(t == 0 or t < -1 for t in target):
+                raise GraphError(f"{where}: bad target shape {target}")
+            if -1 in target:
+                known = int(np.prod([t for t in target if t != -1]))
+                if known == 0 or size % known:
+                    raise GraphError(f"{where}: cannot reshape {size} elements to {target}")
+                target = tuple(size // known if t == -1 else t for t in target)
+            if int(np.prod(target)) != size:
+                raise GraphError(f"{where}: cannot reshape {size} elements to {target}")
+            return target
+        if kind == "transpose":
+            if sorted(p["perm"]) != list(range(len(shape))):
+                raise GraphError(f"{where}: perm {p['perm']} is not a permutation of the {len(shape)} axes")
+            return tuple(shape[a] for a in p["perm"])
         # dense
         n_in, n_out = self.weights["kernel"].shape
         if shape != (n_in,):
             hint = " (add a flatten layer before it)" if len(shape) > 1 else ""
             raise GraphError(f"{where}: kernel expects a flat input of {n_in} features{hint}")
         return (n_out,)
+
+    def details(self) -> str:
+        """A short description of the parameters (for summaries)."""
+        p = self.params
+        if self.kind == "conv2d":
+            kh, kw, _, cout = self.weights["kernel"].shape
+            return f"{cout} filters {kh}x{kw}, stride {p['stride']}, padding {p['padding']}"
+        if self.kind == "depthwise_conv2d":
+            kh, kw, cin, mult = self.weights["kernel"].shape
+            return f"{cin}x{mult} depthwise {kh}x{kw}, stride {p['stride']}, padding {p['padding']}"
+        if self.kind in ("avg_pool2d", "max_pool2d"):
+            return f"pool {p['pool']}, stride {p['stride']}" + (f", padding {p['padding']}"
+                                                                if p["padding"] != "valid" else "")
+        if self.kind == "dense":
+            return f"{self.weights['kernel'].shape[0]} -> {self.weights['kernel'].shape[1]}"
+        if self.kind == "clip":
+            return f"[{p['lo']}, {p['hi']}]"
+        if self.kind in ("concat",):
+            return f"axis {p['axis']}"
+        if self.kind == "zero_pad":
+            return f"pads {p['pads']}"
+        if self.kind == "reshape":
+            return f"to {p['shape']}"
+        if self.kind == "transpose":
+            return f"perm {p['perm']}"
+        return ""
 
 
 def _padding(value, where: str):
@@ -216,8 +381,14 @@ def _padding(value, where: str):
     return "valid" if pads == (0, 0, 0, 0) else pads
 
 
+def _same_padding(kh, kw, sh, sw, h, w) -> tuple[int, int, int, int]:
+    pad_h = max((-(-h // sh) - 1) * sh + kh - h, 0)
+    pad_w = max((-(-w // sw) - 1) * sw + kw - w, 0)
+    return (pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2)
+
+
 def conv_padding(layer: Layer, input_shape: tuple) -> tuple[int, int, int, int]:
-    """Return the zero padding (top, bottom, left, right) a conv2d layer applies.
+    """Return the zero padding (top, bottom, left, right) a conv2d (or depthwise) layer applies.
 
     'valid' is no padding. 'same' follows TensorFlow/Keras: the output is
     ceil(H / sh) rows, and the total padding max((out - 1) * sh + kh - H, 0)
@@ -231,19 +402,28 @@ def conv_padding(layer: Layer, input_shape: tuple) -> tuple[int, int, int, int]:
         return tuple(padding)
     kh, kw = layer.weights["kernel"].shape[:2]
     sh, sw = layer.params["stride"]
-    h, w = int(input_shape[0]), int(input_shape[1])
-    pad_h = max((-(-h // sh) - 1) * sh + kh - h, 0)
-    pad_w = max((-(-w // sw) - 1) * sw + kw - w, 0)
-    return (pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2)
+    return _same_padding(kh, kw, sh, sw, int(input_shape[0]), int(input_shape[1]))
+
+
+def pool_padding(layer: Layer, input_shape: tuple) -> tuple[int, int, int, int]:
+    """Return the padding (top, bottom, left, right) of a pooling layer, by the rule of conv_padding."""
+    padding = layer.params["padding"]
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding != "same":
+        return tuple(padding)
+    (kh, kw), (sh, sw) = layer.params["pool"], layer.params["stride"]
+    return _same_padding(kh, kw, sh, sw, int(input_shape[0]), int(input_shape[1]))
 
 
 @dataclass
 class Graph:
-    """A sequential model: ``input_shape`` (no batch axis), then ``layers`` in order.
+    """A model: ``input_shape`` (no batch axis), then ``layers`` with every input before its readers.
 
     ``source`` says where the graph came from (a file path or a framework);
     ``notes`` records what an importer changed, e.g. a final softmax that was
     dropped (the client applies it) or a batch norm folded into a conv.
+    ``output`` names the output tensor (default: the last layer's).
     ``input_layout`` is the layout the source model's callers pass images
     in: 'NHWC' (Keras; the default) or 'NCHW' (PyTorch, ONNX). The graph
     itself always computes on NHWC, and ``input_shape`` is (H, W, C) either
@@ -261,6 +441,8 @@ class Graph:
     notes: list = field(default_factory=list)
     input_layout: str = "NHWC"
     input_range: tuple | None = None
+    input_name: str = "input"
+    output: str | None = None
 
     def __post_init__(self) -> None:
         self.layers = list(self.layers)
@@ -268,7 +450,10 @@ class Graph:
         self.validate()
 
     def validate(self) -> None:
-        """Check layer types, unique names and that every shape fits.
+        """Check layer types, unique names, connections and that every shape fits.
+
+        Layers built without inputs read the layer before them (the input
+        for the first); this fills in their ``inputs``.
 
         Raises:
             GraphError: with the offending layer's index, name and shapes.
@@ -286,32 +471,97 @@ class Graph:
         self.input_range = check_input_range(self.input_range)
         if not self.layers:
             raise GraphError("graph has no layers")
-        seen = set()
+        seen = {self.input_name}
+        used = set()
+        previous = self.input_name
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
                 raise GraphError(f"layer {i} is a {type(layer).__name__}, not a Layer")
             if layer.name in seen:
-                raise GraphError(f"layer {i}: duplicate layer name {layer.name!r}")
+                what = "the graph input's name" if layer.name == self.input_name else "duplicate layer name"
+                raise GraphError(f"layer {i}: {what} {layer.name!r}")
+            if layer.inputs is None:
+                layer.inputs = [previous]
+            for name in layer.inputs:
+                if name not in seen:
+                    raise GraphError(f"layer {i} ({layer.name!r}) reads {name!r}, which is not the input or a "
+                                     "layer before it")
+            arity = len(layer.inputs)
+            if (arity < 2) if layer.kind in _MULTI_INPUT else (arity != 1):
+                raise GraphError(f"layer {i} ({layer.name!r}, {layer.kind}) takes "
+                                 f"{'two or more inputs' if layer.kind in _MULTI_INPUT else 'one input'}, "
+                                 f"got {layer.inputs}")
+            used.update(layer.inputs)
             seen.add(layer.name)
+            previous = layer.name
             try:
                 layer.check_weights()
             except GraphError as exc:
                 raise GraphError(f"layer {i}: {exc}") from None
+        if self.output is None:
+            self.output = self.layers[-1].name
+        if self.output not in seen or self.output == self.input_name:
+            raise GraphError(f"output {self.output!r} is not a layer of the graph")
+        unused = [layer.name for layer in self.layers if layer.name not in used and layer.name != self.output]
+        if unused:
+            raise GraphError(f"the outputs of layers {unused} are never used (the graph has one output, "
+                             f"{self.output!r})")
         self.shapes()
 
     def shapes(self) -> list:
         """Return the shapes [input, after layer 0, after layer 1, ...] (no batch axis)."""
+        known = {self.input_name: self.input_shape}
         shapes = [self.input_shape]
         for i, layer in enumerate(self.layers):
             try:
-                shapes.append(layer.output_shape(shapes[-1]))
+                shape = layer.output_shape(*(known[n] for n in layer.inputs))
             except GraphError as exc:
                 raise GraphError(f"layer {i}: {exc}") from None
+            known[layer.name] = shape
+            shapes.append(shape)
         return shapes
+
+    def tensor_shapes(self) -> dict:
+        """Return {tensor name: shape} for the input and every layer's output (no batch axis)."""
+        names = [self.input_name] + [layer.name for layer in self.layers]
+        return dict(zip(names, self.shapes()))
 
     def output_shape(self) -> tuple:
         """Return the shape of the graph's output (no batch axis)."""
-        return self.shapes()[-1]
+        return self.tensor_shapes()[self.output]
+
+    def is_sequential(self) -> bool:
+        """Whether each layer reads only the one before it (the input for the first), ending at the last."""
+        previous = self.input_name
+        for layer in self.layers:
+            if layer.inputs != [previous]:
+                return False
+            previous = layer.name
+        return self.output == previous
+
+    def last_uses(self) -> list[list[str]]:
+        """For each layer, the tensors no later layer reads (executors free them after it).
+
+        The graph's output is never freed.
+        """
+        last = {}
+        for i, layer in enumerate(self.layers):
+            for name in layer.inputs:
+                last[name] = i
+        frees: list[list[str]] = [[] for _ in self.layers]
+        for name, i in last.items():
+            if name != self.output:
+                frees[i].append(name)
+        return frees
+
+    def consumers(self) -> dict:
+        """Return {tensor name: [indices of the layers that read it]}."""
+        readers: dict = {self.input_name: []}
+        for i, layer in enumerate(self.layers):
+            readers.setdefault(layer.name, [])
+            for name in layer.inputs:
+                readers[name].append(i)
+        return readers
 
     def param_count(self) -> int:
         """Return the total number of weights."""
@@ -320,22 +570,14 @@ class Graph:
     def summary(self) -> str:
         """Return a text table: each layer's name, kind, details, output shape and weights."""
         shapes = self.shapes()
+        sequential = self.is_sequential()
         layout = ("" if self.input_layout == "NHWC"
                   else f"callers pass {self.input_layout} {shape_in_layout(shapes[0], self.input_layout)}")
-        rows = [("#", "name", "kind", "details", "output shape", "params"),
-                ("", "input", "", layout, str(shapes[0]), "0")]
+        head = ("#", "name", "kind", "details", "output shape", "params") + (() if sequential else ("inputs",))
+        rows = [head, ("", self.input_name, "", layout, str(shapes[0]), "0") + (() if sequential else ("",))]
         for i, layer in enumerate(self.layers):
-            p = layer.params
-            if layer.kind == "conv2d":
-                kh, kw, _, cout = layer.weights["kernel"].shape
-                details = f"{cout} filters {kh}x{kw}, stride {p['stride']}, padding {p['padding']}"
-            elif layer.kind in ("avg_pool2d", "max_pool2d"):
-                details = f"pool {p['pool']}, stride {p['stride']}"
-            elif layer.kind == "dense":
-                details = f"{layer.weights['kernel'].shape[0]} -> {layer.weights['kernel'].shape[1]}"
-            else:
-                details = ""
-            rows.append((str(i), layer.name, layer.kind, details, str(shapes[i + 1]), str(layer.param_count())))
+            row = (str(i), layer.name, layer.kind, layer.details(), str(shapes[i + 1]), str(layer.param_count()))
+            rows.append(row + (() if sequential else (", ".join(layer.inputs),)))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         lines = [f"Graph from {self.source or '(unknown source)'}"]
         for r in rows:
@@ -343,3 +585,4 @@ class Graph:
         lines.append(f"Total params: {self.param_count()}")
         lines.extend(f"Note: {note}" for note in self.notes)
         return "\n".join(lines)
+

@@ -5,18 +5,27 @@ rounding). ``run_fixed_point`` performs the secure computation's integer
 arithmetic mod 2^64 in the clear, so the gap between the two is the
 quantization error, and any further gap to the secure result is protocol
 error (truncation's +1 carry, at most one unit in the last place per
-truncation).
+truncation; the nonlinearities' documented bounds).
+
+Both walk the graph's layers in order, keep each tensor until its last
+reader has run (``Graph.last_uses``), and free it then.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pysmpc.graph.graph import Graph, Layer, conv_padding
+from pysmpc import ring
+from pysmpc.graph.graph import Graph, Layer, conv_padding, pool_padding
 
-__all__ = ["fixed_point_trace", "run_fixed_point", "run_float"]
+__all__ = ["fixed_point_trace", "run_fixed_point", "run_float", "MAX_POOL_PAD_LOG2"]
 
 _U64 = np.uint64
+# Max pooling pads with -2^MAX_POOL_PAD_LOG2 (in ring units): below every
+# encodable value (|x| < 2^47 at F <= 16 ... 2^61 at most), so a padded
+# position never wins, and the difference to any value stays below 2^63,
+# where the secure comparison is exact.
+MAX_POOL_PAD_LOG2 = 61
 
 
 def _batched(graph: Graph, x) -> tuple[np.ndarray, bool]:
@@ -30,11 +39,11 @@ def _batched(graph: Graph, x) -> tuple[np.ndarray, bool]:
     raise ValueError(f"input shape {x.shape} does not match the graph input {shape} (with or without a batch axis)")
 
 
-def _pad(x: np.ndarray, pads) -> np.ndarray:
+def _pad(x: np.ndarray, pads, value=0) -> np.ndarray:
     top, bottom, left, right = pads
     if not any(pads):
         return x
-    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
 
 
 def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
@@ -54,24 +63,90 @@ def _im2col(x: np.ndarray, layer: Layer) -> tuple[np.ndarray, tuple]:
     return cols, (n, oh, ow)
 
 
-def _run_float_batch(graph: Graph, x: np.ndarray) -> np.ndarray:
-    for layer in graph.layers:
-        kind = layer.kind
-        if kind == "conv2d":
-            kernel = layer.weights["kernel"]
-            cols, (n, oh, ow) = _im2col(x, layer)
-            x = (cols @ kernel.reshape(-1, kernel.shape[3]) + layer.weights["bias"]).reshape(n, oh, ow, -1)
-        elif kind == "dense":
-            x = x @ layer.weights["kernel"] + layer.weights["bias"]
-        elif kind == "relu":
-            x = np.maximum(x, 0.0)
-        elif kind == "flatten":
-            x = x.reshape(x.shape[0], -1)
-        else:
-            (ph, pw), (sh, sw) = layer.params["pool"], layer.params["stride"]
-            win = _windows(x, ph, pw, sh, sw)
-            x = win.mean(axis=(4, 5)) if kind == "avg_pool2d" else win.max(axis=(4, 5))
-    return x
+def pool_counts(layer: Layer, input_shape: tuple) -> np.ndarray:
+    """Return (OH, OW): how many of the input's elements each window of a padded pool covers.
+
+    An average pool divides by this count (Keras, and ONNX with
+    count_include_pad 0): padding is not averaged in.
+    """
+    h, w = input_shape[:2]
+    ones = _pad(np.ones((1, h, w, 1)), pool_padding(layer, input_shape))
+    (ph, pw), (sh, sw) = layer.params["pool"], layer.params["stride"]
+    return _windows(ones, ph, pw, sh, sw).sum(axis=(4, 5))[0, :, :, 0].astype(np.int64)
+
+
+def _depthwise_float(x: np.ndarray, layer: Layer) -> np.ndarray:
+    kernel = layer.weights["kernel"]
+    kh, kw, c, m = kernel.shape
+    x = _pad(x, conv_padding(layer, x.shape[1:]))
+    win = _windows(x, kh, kw, *layer.params["stride"])  # (N, OH, OW, C, kh, kw)
+    out = np.einsum("nijcab,abcm->nijcm", win, kernel)
+    return out.reshape(out.shape[:3] + (c * m,)) + layer.weights["bias"]
+
+
+def _float_layer(layer: Layer, xs: list) -> np.ndarray:
+    kind, p = layer.kind, layer.params
+    x = xs[0]
+    if kind == "conv2d":
+        kernel = layer.weights["kernel"]
+        cols, (n, oh, ow) = _im2col(x, layer)
+        return (cols @ kernel.reshape(-1, kernel.shape[3]) + layer.weights["bias"]).reshape(n, oh, ow, -1)
+    if kind == "depthwise_conv2d":
+        return _depthwise_float(x, layer)
+    if kind == "dense":
+        return x @ layer.weights["kernel"] + layer.weights["bias"]
+    if kind == "relu":
+        return np.maximum(x, 0.0)
+    if kind == "clip":
+        return np.clip(x, -np.inf if p["lo"] is None else p["lo"], np.inf if p["hi"] is None else p["hi"])
+    if kind == "sigmoid":
+        return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
+    if kind == "tanh":
+        return np.tanh(x)
+    if kind == "softmax":
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    if kind == "batch_norm":
+        return x * layer.weights["scale"] + layer.weights["shift"]
+    if kind == "add":
+        return sum(xs[1:], xs[0])
+    if kind == "concat":
+        return np.concatenate(xs, axis=_axis(layer, x) + 1)
+    if kind == "zero_pad":
+        return _pad(x, p["pads"])
+    if kind == "flatten":
+        return x.reshape(x.shape[0], -1)
+    if kind == "reshape":
+        return x.reshape((x.shape[0],) + p["shape"])
+    if kind == "transpose":
+        return x.transpose((0,) + tuple(a + 1 for a in p["perm"]))
+    if kind in ("global_avg_pool", "global_max_pool"):
+        reduce = np.mean if kind == "global_avg_pool" else np.max
+        return reduce(x, axis=(1, 2), keepdims=p["keepdims"])
+    (ph, pw), (sh, sw) = p["pool"], p["stride"]
+    pads = pool_padding(layer, x.shape[1:])
+    if kind == "max_pool2d":
+        return _windows(_pad(x, pads, -np.inf), ph, pw, sh, sw).max(axis=(4, 5))
+    total = _windows(_pad(x, pads), ph, pw, sh, sw).sum(axis=(4, 5))
+    return total / pool_counts(layer, x.shape[1:])[None, :, :, None]
+
+
+def _axis(layer: Layer, x: np.ndarray) -> int:
+    axis = layer.params["axis"]
+    return axis + x.ndim - 1 if axis < 0 else axis
+
+
+def _walk(graph: Graph, x, layer_fn, keep_all: bool = False):
+    """Run layer_fn(layer, inputs) over the graph; return the output (or all tensors, in layer order)."""
+    tensors = {graph.input_name: x}
+    outputs = [x]
+    for layer, frees in zip(graph.layers, graph.last_uses()):
+        tensors[layer.name] = y = layer_fn(layer, [tensors[n] for n in layer.inputs])
+        if keep_all:
+            outputs.append(y)
+        for name in frees:
+            del tensors[name]
+    return outputs if keep_all else tensors[str(graph.output)]  # validate() set it
 
 
 def run_float(graph: Graph, x, batch_size: int = 256) -> np.ndarray:
@@ -88,7 +163,7 @@ def run_float(graph: Graph, x, batch_size: int = 256) -> np.ndarray:
     """
     xb, batched = _batched(graph, x)
     xb = xb.astype(np.float64)
-    outs = [_run_float_batch(graph, xb[i : i + batch_size]) for i in range(0, len(xb), batch_size)]
+    outs = [_walk(graph, xb[i : i + batch_size], _float_layer) for i in range(0, len(xb), batch_size)]
     out = np.concatenate(outs) if outs else np.zeros((0,) + graph.output_shape())
     return out if batched else out[0]
 
@@ -99,6 +174,10 @@ def _encode(x: np.ndarray, frac_bits: int) -> np.ndarray:
     if scaled.size and np.max(np.abs(scaled)) >= 2.0**62:
         raise OverflowError(f"value too large for {frac_bits} fractional bits: max |x| = {np.max(np.abs(x))}")
     return scaled.astype(np.int64).view(_U64)
+
+
+def _decode(x_ring: np.ndarray, frac_bits: int) -> np.ndarray:
+    return x_ring.view(np.int64).astype(np.float64) / float(1 << frac_bits)
 
 
 def _shift(x: np.ndarray, bits: int) -> np.ndarray:
@@ -117,31 +196,84 @@ def _pool_divisor(window: int, frac_bits: int) -> tuple[int, int]:
     return round((1 << frac_bits) / window), frac_bits
 
 
-def _fixed_point_layers(graph: Graph, x_ring: np.ndarray, frac_bits: int):
-    """Yield each layer's uint64 output, starting from the encoded input."""
-    for layer in graph.layers:
-        kind = layer.kind
+def inverse_counts(counts: np.ndarray, frac_bits: int) -> np.ndarray:
+    """round(2^F / count) per window position, as uint64: what a padded average pool multiplies by."""
+    return np.array([[round((1 << frac_bits) / int(c)) for c in row] for row in counts], dtype=_U64)
+
+
+def _fixed_layer(frac_bits: int):
+    def encode(w):
+        return _encode(w, frac_bits)
+
+    def layer_fn(layer: Layer, xs: list) -> np.ndarray:
+        kind, p = layer.kind, layer.params
+        x = xs[0]
         if kind == "conv2d":
-            kernel_ring = _encode(layer.weights["kernel"], frac_bits)
-            cols, (n, oh, ow) = _im2col(x_ring, layer)
+            kernel_ring = encode(layer.weights["kernel"])
+            cols, (n, oh, ow) = _im2col(x, layer)
             acc = cols @ kernel_ring.reshape(-1, kernel_ring.shape[3])
-            x_ring = (_shift(acc, frac_bits) + _encode(layer.weights["bias"], frac_bits)).reshape(n, oh, ow, -1)
-        elif kind == "dense":
-            acc = x_ring @ _encode(layer.weights["kernel"], frac_bits)
-            x_ring = _shift(acc, frac_bits) + _encode(layer.weights["bias"], frac_bits)
-        elif kind == "relu":
-            x_ring = np.where(x_ring.view(np.int64) < 0, _U64(0), x_ring)
-        elif kind == "flatten":
-            x_ring = x_ring.reshape(x_ring.shape[0], -1)
-        elif kind == "max_pool2d":
-            (ph, pw), (sh, sw) = layer.params["pool"], layer.params["stride"]
-            x_ring = _windows(x_ring.view(np.int64), ph, pw, sh, sw).max(axis=(4, 5)).view(_U64)
-        else:  # avg_pool2d
-            (ph, pw), (sh, sw) = layer.params["pool"], layer.params["stride"]
-            total = _windows(x_ring, ph, pw, sh, sw).sum(axis=(4, 5), dtype=_U64)
-            multiplier, shift = _pool_divisor(ph * pw, frac_bits)
-            x_ring = _shift(total * _U64(multiplier), shift)
-        yield x_ring
+            return (_shift(acc, frac_bits) + encode(layer.weights["bias"])).reshape(n, oh, ow, -1)
+        if kind == "depthwise_conv2d":
+            padded = _pad(x, conv_padding(layer, x.shape[1:]))
+            acc = ring.depthwise_conv2d(padded, encode(layer.weights["kernel"]), layer.params["stride"])
+            return _shift(acc, frac_bits) + encode(layer.weights["bias"])
+        if kind == "dense":
+            acc = x @ encode(layer.weights["kernel"])
+            return _shift(acc, frac_bits) + encode(layer.weights["bias"])
+        if kind == "batch_norm":
+            return _shift(x * encode(layer.weights["scale"]), frac_bits) + encode(layer.weights["shift"])
+        if kind == "relu":
+            return np.where(x.view(np.int64) < 0, _U64(0), x)
+        if kind == "clip":
+            signed = x.view(np.int64)
+            lo = None if p["lo"] is None else round(p["lo"] * (1 << frac_bits))
+            hi = None if p["hi"] is None else round(p["hi"] * (1 << frac_bits))
+            return np.clip(signed, lo, hi).view(_U64)
+        if kind in ("sigmoid", "tanh", "softmax"):
+            # The protocols approximate the function to within their stated
+            # bounds (protocols.sigmoid/tanh/softmax ABS_ERROR); the twin
+            # takes the exact function of the decoded value, rounded.
+            return encode(_float_layer(layer, [_decode(x, frac_bits)]))
+        if kind == "add":
+            total = xs[0].copy()
+            for other in xs[1:]:
+                total += other
+            return total
+        if kind == "concat":
+            return np.concatenate(xs, axis=_axis(layer, x) + 1)
+        if kind == "zero_pad":
+            return _pad(x, p["pads"])
+        if kind == "flatten":
+            return x.reshape(x.shape[0], -1)
+        if kind == "reshape":
+            return x.reshape((x.shape[0],) + p["shape"])
+        if kind == "transpose":
+            return np.ascontiguousarray(x.transpose((0,) + tuple(a + 1 for a in p["perm"])))
+        if kind == "global_max_pool":
+            return x.view(np.int64).max(axis=(1, 2), keepdims=p["keepdims"]).view(_U64)
+        if kind == "global_avg_pool":
+            total = x.sum(axis=(1, 2), keepdims=p["keepdims"], dtype=_U64)
+            multiplier, shift = _pool_divisor(x.shape[1] * x.shape[2], frac_bits)
+            return _shift(total * _U64(multiplier), shift)
+        (ph, pw), (sh, sw) = p["pool"], p["stride"]
+        pads = pool_padding(layer, x.shape[1:])
+        if kind == "max_pool2d":
+            padded = _pad(x.view(np.int64), pads, -(1 << MAX_POOL_PAD_LOG2))
+            return _windows(padded, ph, pw, sh, sw).max(axis=(4, 5)).view(_U64)
+        # avg_pool2d
+        total = _windows(_pad(x, pads), ph, pw, sh, sw).sum(axis=(4, 5), dtype=_U64)
+        if any(pads):
+            inverse = inverse_counts(pool_counts(layer, x.shape[1:]), frac_bits)
+            return _shift(total * inverse[None, :, :, None], frac_bits)
+        multiplier, shift = _pool_divisor(ph * pw, frac_bits)
+        return _shift(total * _U64(multiplier), shift)
+
+    return layer_fn
+
+
+def _check_frac_bits(frac_bits: int) -> None:
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, (int, np.integer)) or not 0 < frac_bits < 31:
+        raise ValueError(f"frac_bits must be in 1..30 (products carry 2F bits), got {frac_bits!r}")
 
 
 def fixed_point_trace(graph: Graph, x, frac_bits: int = 16) -> list:
@@ -149,10 +281,11 @@ def fixed_point_trace(graph: Graph, x, frac_bits: int = 16) -> list:
 
     The per-layer values of ``run_fixed_point``, to compare a secure run
     layer by layer (decode with ``ring.view(np.int64) / 2**frac_bits``).
+    Every tensor is kept (no freeing), in layer order.
     """
+    _check_frac_bits(frac_bits)
     xb, _ = _batched(graph, x)
-    x_ring = _encode(xb, frac_bits)
-    return [x_ring, *_fixed_point_layers(graph, x_ring, frac_bits)]
+    return _walk(graph, _encode(xb, frac_bits), _fixed_layer(frac_bits), keep_all=True)
 
 
 def run_fixed_point(graph: Graph, x, frac_bits: int = 16, return_ring: bool = False, batch_size: int = 256):
@@ -166,20 +299,30 @@ def run_fixed_point(graph: Graph, x, frac_bits: int = 16, return_ring: bool = Fa
        (``conv_padding``); acc = im2col(x_ring) @ kernel_ring, which carries
        2F fractional bits; y = floor(acc / 2^F) (arithmetic shift);
        y += round(bias * 2^F). The bias is added after truncation, at F.
-    2. dense: the same with acc = x_ring @ kernel_ring.
-    3. avg_pool2d, window ph x pw ('valid', given stride): s = window sum
-       (exact, local on shares). If ph*pw = 2^k: y = floor(s / 2^k).
-       Otherwise y = floor(s * round(2^F / (ph*pw)) / 2^F), where round is
-       Python's round.
-    4. max_pool2d: exact max over each window (signed compare).
-    5. relu: y = x if x >= 0 (signed) else 0.
-    6. flatten: reshape, NHWC order.
+       depthwise_conv2d: the same with the per-channel product.
+    2. dense: the same with acc = x_ring @ kernel_ring; batch_norm: the same
+       with acc = x_ring * round(scale * 2^F), then + round(shift * 2^F).
+    3. avg_pool2d, window ph x pw (given stride): s = window sum (exact,
+       local on shares). Unpadded: if ph*pw = 2^k, y = floor(s / 2^k);
+       otherwise y = floor(s * round(2^F / (ph*pw)) / 2^F), where round is
+       Python's round. Padded: y = floor(s * round(2^F / count) / 2^F), with
+       count the input elements the window covers. global_avg_pool: as an
+       unpadded pool of the whole H x W.
+    4. max_pool2d, global_max_pool: exact max over each window (signed
+       compare); padding is -2^61, which never wins.
+    5. relu: y = x if x >= 0 (signed) else 0. clip: x clipped to
+       round(lo * 2^F), round(hi * 2^F).
+    6. sigmoid, tanh, softmax: the exact function of the decoded value,
+       rounded to F bits (the protocols are within their ABS_ERROR of it).
+    7. add: sum mod 2^64; concat, zero_pad, flatten, reshape, transpose:
+       moves and zeros, exact (NHWC order).
 
     Output: logits = int64(y) / 2^F.
 
-    The secure truncation returns floor(.) or floor(.) + 1, so a secure run
-    may differ from this by one unit per truncation, propagated through later
-    layers; everything else is exact.
+    The secure truncation returns floor(.) or floor(.) + 1, and the secure
+    executor may truncate a sum once where this truncates each term, so a
+    secure run may differ from this by one unit per truncation, propagated
+    through later layers; everything else is exact.
 
     Args:
         graph: a validated Graph.
@@ -191,15 +334,13 @@ def run_fixed_point(graph: Graph, x, frac_bits: int = 16, return_ring: bool = Fa
     Returns:
         float64 logits shaped like ``run_float``'s, or (logits, logits_ring).
     """
-    if not 0 < frac_bits < 31:
-        raise ValueError(f"frac_bits must be in 1..30 (products carry 2F bits), got {frac_bits}")
+    _check_frac_bits(frac_bits)
     xb, batched = _batched(graph, x)
-    outs = []
-    for i in range(0, len(xb), batch_size):
-        *_, last = _fixed_point_layers(graph, _encode(xb[i : i + batch_size], frac_bits), frac_bits)
-        outs.append(last)
+    layer_fn = _fixed_layer(frac_bits)
+    outs = [_walk(graph, _encode(xb[i : i + batch_size], frac_bits), layer_fn) for i in range(0, len(xb), batch_size)]
     y_ring = np.concatenate(outs) if outs else np.zeros((0,) + graph.output_shape(), dtype=_U64)
     if not batched:
         y_ring = y_ring[0]
-    logits = y_ring.view(np.int64).astype(np.float64) / float(1 << frac_bits)
+    logits = _decode(y_ring, frac_bits)
     return (logits, y_ring) if return_ring else logits
+

@@ -1,88 +1,93 @@
-"""Run a sequential graph on shares: each party calls this on its own state.
+"""Run a model graph on shares: each party calls this on its own state.
 
 The plan is the graph with its weights replaced by the ids under which the
-cluster shared them (`load_plan`). The executor itself never computes on
-shares: every step is a protocol call (pysmpc.protocols) or a local share
-operation, and per layer it records time, bytes and rounds from the party's
-channel.
+cluster shared them (`make_plan`, `load_plan`): one dict per layer, in the
+graph's order, each naming the tensors it reads ("inputs") and its output
+shape. The executor itself never computes on shares: every step is a
+protocol call (pysmpc.protocols) or a local share operation, and per layer
+it records time, bytes and rounds.
 
-Order of operations (F fractional bits; w and b shared at F):
-  conv2d / dense   z = x (*) w with the weights' mask opened once, then
+Scales. A product leaves its output at 2F fractional bits; its truncation
+is owed ("pending") and paid where it is cheapest (`compile_plan` decides
+once, for the run and for the cost plan alike):
+  conv2d / dense / depthwise / batch_norm
+                   z = x (*) w with the weights' mask opened once, then
                    + b * 2^F (local)                                  -> 2F
-                   (conv padding: zeros added locally to the shares)
-  avg_pool2d k x k right after it: window sum (local), and the division by
-                   k*k joins the owed truncation (k*k a power of two)
+                   (padding: zeros added locally to the shares)
+  avg_pool2d k x k right after a stride-1 conv that only it reads: folded
+                   into the convolution; else, on a value still owing its
+                   truncation, window sum (local) and the division by k*k
+                   joins the owed truncation (k*k a power of two)
   relu             relu of the truncated value, the truncation's opening
                    riding in the comparison's first round (4 rounds)  -> F
-  max pool, another product: truncate first (1 round)               -> F
-  flatten          a local reshape (an owed truncation carries over)
+  add, concat      the operands are brought to the highest owed scale by
+                   local multiplications by 2^d, exact: the sum owes one
+                   truncation, not one per operand
+  flatten, reshape, transpose, zero_pad
+                   local; an owed truncation carries over (it commutes)
+  max pools, nonlinearities, another product: truncate first (1 round) -> F
+  a value read by several layers is truncated once, by the layer making it
   output           truncated to F, or (truncate_output=False) left at
                    its scale for the receiver to divide in the clear.
 So each conv + avg-pool + relu block of the MNIST CNN costs 1 + 4 rounds,
 and the bias added at 2F stays exact through pooling and truncation.
-"""
 
+Branches. Layers that do not depend on each other (the branches of an
+inception block, a residual block's shortcut and body) run in lockstep
+(parties.lockstep): their exchanges travel in the same rounds, so a group
+of branches costs the rounds of its longest branch. The dealer's material
+is taken first, layer by layer in graph order (the order P2 deals in),
+then the layers run online together. A graph with nothing to overlap runs
+layer by layer, exactly as a sequential model always has.
+"""
 from __future__ import annotations
 
 import time
 
 import numpy as np
 
+from pysmpc.graph.plan import (PLAN_KINDS, PRODUCTS, _bits, _Compiled, _attributed_rounds, _first_product, _input_name,
+                               _inputs, _step_costs, compile_plan, input_maskable, make_plan, plan_cost)
+from pysmpc.parties.lockstep import run_in_lockstep
 from pysmpc.parties.party import Party
-from pysmpc.protocols.conv2d import conv2d_fixed
-from pysmpc.protocols.conv2d import cost_fixed as conv_cost_fixed
-from pysmpc.protocols.cost import Cost
-from pysmpc.protocols.matmul import cost_fixed as matmul_cost_fixed
+from pysmpc.protocols import clip as clip_protocol
+from pysmpc.protocols import mul as mul_protocol
+from pysmpc.protocols import pool as pool_protocol
+from pysmpc.protocols import sigmoid as sigmoid_protocol
+from pysmpc.protocols import softmax as softmax_protocol
+from pysmpc.protocols import tanh as tanh_protocol
+from pysmpc.protocols.conv2d import conv2d_fixed, depthwise_conv2d_fixed
 from pysmpc.protocols.matmul import matmul_fixed, share_fixed_operand
-from pysmpc.protocols.pool import avg_pool2d, max_pool2d, sum_pool2d
-from pysmpc.protocols.relu import cost as relu_cost
-from pysmpc.protocols.relu import cost_truncated as relu_cost_truncated
 from pysmpc.protocols.relu import relu, relu_truncated
-from pysmpc.protocols.truncate import cost as truncate_cost
 from pysmpc.protocols.truncate import truncate
-from pysmpc.sharing.shares import AShare
+from pysmpc.sharing.shares import AShare, concat_shares
 
-__all__ = ["load_plan", "run_plan", "plan_cost", "input_maskable", "PLAN_KINDS"]
-
-PLAN_KINDS = ("conv2d", "dense", "avg_pool2d", "max_pool2d", "relu", "flatten")
+# make_plan, plan_cost, compile_plan and input_maskable live in graph.plan; they are
+# re-exported here, where callers have always found them.
+__all__ = ["make_plan", "load_plan", "run_plan", "plan_cost", "compile_plan", "input_maskable", "PLAN_KINDS"]
 
 
 def load_plan(party: Party, model_key, plan: list[dict], tensors: dict) -> None:
-    """Open each layer's weight mask once (1 round per weight) and keep the plan.
+    """Open each weight's mask once (1 round per weight) and keep the plan.
 
     `tensors` maps tensor ids named in the plan to this party's shares.
     """
-    for layer in plan:
-        if layer["kind"] not in PLAN_KINDS:
-            raise ValueError(f"layer {layer.get('name')!r}: unsupported kind {layer['kind']!r}; supported: {PLAN_KINDS}")
-    for i, layer in enumerate(plan):
-        if layer["kind"] in ("conv2d", "dense"):
-            key = (model_key, layer["name"])
-            share_fixed_operand(party, tensors[layer["kernel"]], key=key, product_tag=f"weights:{layer['name']}")
-            fused = _fused_pool(plan, i)
-            if fused is not None:
-                _fuse_stored_weights(party, key, fused[0])
+    names = set()
+    for step in plan:
+        if step["kind"] not in PLAN_KINDS:
+            raise ValueError(f"layer {step.get('name')!r}: unsupported kind {step['kind']!r}; supported: {PLAN_KINDS}")
+        if step["name"] in names:
+            raise ValueError(f"the plan names two layers {step['name']!r}")
+        names.add(step["name"])
+    _input_name(plan)
+    compiled = compile_plan(plan)
+    for i, step in enumerate(plan):
+        if step["kind"] in PRODUCTS:
+            key = (model_key, step["name"])
+            share_fixed_operand(party, tensors[step["kernel"]], key=key, product_tag=f"weights:{step['name']}")
+            if compiled.steps[i].fused_pool is not None:
+                _fuse_stored_weights(party, key, compiled.steps[i].fused_pool[0])
     party.store[("plan", model_key)] = plan
-
-
-def _fused_pool(plan: list[dict], i: int):
-    """(k, stride) if conv i (stride 1) is followed by a k x k average pool with k*k a power of two.
-
-    Pooling is linear, so the pair is one convolution with the (kh+k-1) x
-    (kw+k-1) kernel sum_{a,b<k} w shifted by (a, b), at the pool's stride: it
-    computes only the outputs the pool keeps (the window sums; the division
-    by k*k joins the owed truncation).
-    """
-    layer = plan[i]
-    if layer["kind"] != "conv2d" or tuple(layer["stride"]) != (1, 1) or i + 1 >= len(plan):
-        return None
-    pool = plan[i + 1]
-    if pool["kind"] != "avg_pool2d":
-        return None
-    k, stride = _square(pool["pool"], pool["name"]), _square(pool["stride"], pool["name"])
-    if (k * k) & (k * k - 1):
-        return None
-    return k, stride
 
 
 def _fuse_kernel(w: np.ndarray, k: int) -> np.ndarray:
@@ -106,19 +111,6 @@ def _fuse_stored_weights(party: Party, key, k: int) -> None:
         party.store[("fixed", key)] = (_fuse_kernel(f_open, k), _fuse_kernel(b_term, k), fused_shape)
 
 
-def input_maskable(plan: list[dict]) -> bool:
-    """Whether the input's owner can mask it for the first product (run_plan's input_open).
-
-    True when the first layer other than flatten is a dense layer or an
-    unpadded convolution: its Beaver opening E = x - A then needs no round.
-    """
-    for layer in plan:
-        if layer["kind"] == "flatten":
-            continue
-        return layer["kind"] == "dense" or (layer["kind"] == "conv2d" and not any(layer.get("pads", (0, 0, 0, 0))))
-    return False
-
-
 def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
              profile: list | None = None, truncate_output: bool = True,
              input_open: bool = False) -> tuple[AShare, int]:
@@ -132,156 +124,167 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
     truncate_output=False the higher scale the last layer left (its
     truncation saved: the receiver divides in the clear). `profile`, if
     given, receives one dict per layer: name, kind, seconds, bytes sent and
-    rounds online on this party.
+    rounds online on this party (a round that branches share is counted
+    once, for the first layer in it).
     """
     plan = party.store[("plan", model_key)]
     if input_open and not input_maskable(plan):
         raise ValueError("this model's first layer cannot take a masked input (needs dense or an unpadded conv2d)")
-    pending = 0  # bits of truncation owed since the last product
+    compiled = compile_plan(plan)
+    masked_step = _first_product(plan) if input_open else None
+    batch = x.shape[0]
+    costs = _step_costs(plan, compiled, batch, truncate_output, masked_step, frac_bits, x.shape[1:])
+    rounds = [c.rounds for _, c in costs]
+    deps = [s.deps for s in compiled.steps] + ([[len(plan) - 1]] if truncate_output else [])
+    concurrent = _attributed_rounds(rounds, deps) != rounds
 
-    def settle(x):
-        nonlocal pending
-        if pending:
-            x, pending = truncate(party, x, pending, tag="trunc"), 0
-        return x
+    def program(i):
+        def run(p: Party, values: dict) -> None:
+            if i == len(plan):  # the output's truncation
+                values["output"] = _settle(p, values[plan[-1]["name"]], _bits(compiled.output_pending, frac_bits))
+                return
+            _run_step(p, model_key, plan, compiled, i, values, tensors, frac_bits, i == masked_step)
+        return run
 
-    def record(name, kind, start_time, start):
+    programs = [program(i) for i in range(len(deps))]
+    names = [(step["name"], step["kind"]) for step in plan] + ([("output", "truncate")] if truncate_output else [])
+    values = _Values(plan, compiled.input_name, x)
+    if not concurrent or not party.computes:
+        for i, run in enumerate(programs):
+            start_time, start = time.perf_counter(), party.channel.totals(online=True)
+            run(party, values)
+            if profile is not None:
+                end = party.channel.totals(online=True)
+                profile.append(dict(name=names[i][0], kind=names[i][1], seconds=time.perf_counter() - start_time,
+                                    bytes_sent=end.bytes_sent - start.bytes_sent, rounds=end.rounds - start.rounds))
+    else:
+        # 1. The dealer's material, layer by layer in graph order, each
+        #    layer's kept in a bundle of its own (dealer calls only: the
+        #    values are the dealer's view, shapes without shares).
+        shadow = _Values(plan, compiled.input_name, AShare(None, x.party, x.shape))
+        bundles = []
+        for run in programs:
+            with party.dealer.capturing() as bundle:
+                run(party, shadow)
+            bundles.append(bundle)
+        del shadow
+        # 2. The layers online, in lockstep: branches share their rounds.
+        stats = run_in_lockstep(party, [lambda p, run=run: run(p, values) for run in programs], deps, bundles)
         if profile is not None:
-            end = party.channel.totals(online=True)
-            profile.append(dict(name=name, kind=kind, seconds=time.perf_counter() - start_time,
-                                bytes_sent=end.bytes_sent - start.bytes_sent, rounds=end.rounds - start.rounds))
-
-    skip = False
-    for i, layer in enumerate(plan):
-        start_time, start = time.perf_counter(), party.channel.totals(online=True)
-        kind, name = layer["kind"], layer["name"]
-        if skip:  # an average pool already folded into the convolution before it
-            skip = False
-        elif kind in ("conv2d", "dense"):
-            x = settle(x)
-            window = 1
-            if kind == "conv2d":
-                pads = layer.get("pads", (0, 0, 0, 0))
-                if any(pads):
-                    x = x.pad_spatial(*pads)
-                fused = _fused_pool(plan, i)
-                stride = tuple(layer["stride"]) if fused is None else (fused[1], fused[1])
-                x = conv2d_fixed(party, x, (model_key, name), stride, "valid", tag=f"conv2d:{name}",
-                                 input_open=input_open)
-                if fused is not None:
-                    window, skip = fused[0] * fused[0], True
-            else:
-                x = matmul_fixed(party, x, (model_key, name), tag=f"dense:{name}", input_open=input_open)
-            input_open = False
-            if layer.get("bias") is not None:
-                # At the product's scale 2F (times the pooled window), so the
-                # later truncation keeps it exact.
-                x = x + tensors[layer["bias"]] * np.uint64(window << frac_bits)
-            pending = frac_bits + window.bit_length() - 1
-        elif kind == "avg_pool2d":
-            k, stride = _square(layer["pool"], name), _square(layer["stride"], name)
-            window = k * k
-            if pending and window & (window - 1) == 0:
-                x = sum_pool2d(party, x, k, stride)
-                pending += window.bit_length() - 1
-            else:
-                x = avg_pool2d(party, settle(x), k, frac_bits, stride, tag=f"avgpool:{name}")
-        elif kind == "max_pool2d":
-            x = max_pool2d(party, settle(x), _square(layer["pool"], name), _square(layer["stride"], name),
-                           tag=f"maxpool:{name}")
-        elif kind == "relu":
-            if pending:
-                x, pending = relu_truncated(party, x, pending, tag=f"relu:{name}"), 0
-            else:
-                x = relu(party, x, tag=f"relu:{name}")
-        elif kind == "flatten":
-            x = x.reshape(x.shape[0], -1)
-        record(name, kind, start_time, start)
-    if truncate_output:
-        start_time, start = time.perf_counter(), party.channel.totals(online=True)
-        x = settle(x)
-        record("output", "truncate", start_time, start)
-    return x, frac_bits + pending
+            for (name, kind), s in zip(names, stats):
+                profile.append(dict(name=name, kind=kind, seconds=s.seconds, bytes_sent=s.bytes_sent, rounds=s.rounds))
+    out_name = "output" if truncate_output else plan[-1]["name"]
+    out_bits = frac_bits if truncate_output else frac_bits + _bits(compiled.output_pending, frac_bits)
+    return values[out_name], out_bits
 
 
-def _square(pair, name) -> int:
-    a, b = (pair, pair) if isinstance(pair, int) else tuple(pair)
-    if a != b:
-        raise ValueError(f"layer {name!r}: only square pooling windows and strides are supported, got {pair}")
-    return int(a)
+class _Values(dict):
+    """Tensor name -> this party's shares; each is dropped once its last reader has taken it (liveness).
 
-
-def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output: bool = True,
-              input_open: bool = False) -> list[tuple[str, Cost]]:
-    """Online cost of `run_plan` per layer, from the protocols' cost formulas.
-
-    `shapes` is [input shape, each layer's output shape...] without the batch
-    axis (Graph.shapes()). Mirrors run_plan's order of operations: the
-    truncation owed by a product is paid by the layer that settles it (a
-    relu pays it inside its own first round).
+    Readers take their inputs when they start, so this holds in lockstep
+    too, whatever order the branches start in.
     """
-    costs = []
-    pending = None  # shape at which the owed truncation would run
-    skip = False
-    for i, (layer, in_shape, out_shape) in enumerate(zip(plan, shapes, shapes[1:])):
-        kind = layer["kind"]
-        x_shape, y_shape = (batch, *in_shape), (batch, *out_shape)
-        cost = Cost(0, 0, 0)
-        if skip:  # folded into the convolution before it
-            skip = False
-            pending = y_shape
-            costs.append((layer["name"], cost))
-            continue
-        settle = kind in ("conv2d", "dense", "max_pool2d")
-        if kind == "avg_pool2d":
-            window = _square(layer["pool"], layer["name"]) ** 2
-            if pending is not None and window & (window - 1) == 0:
-                pending = y_shape
-            else:
-                settle = True
-        if settle and pending is not None:
-            cost, pending = cost + truncate_cost(pending), None
+
+    def __init__(self, plan: list[dict], input_name: str, x: AShare):
+        super().__init__({input_name: x})
+        self.readers_left: dict = {}
+        for i in range(len(plan)):
+            for name in _inputs(plan, i):
+                self.readers_left[name] = self.readers_left.get(name, 0) + 1
+
+    def take(self, names: list[str]) -> list[AShare]:
+        out = [self[name] for name in names]
+        for name in names:
+            self.readers_left[name] -= 1
+            if not self.readers_left[name]:
+                del self[name]
+        return out
+
+
+def _settle(party: Party, x: AShare, bits: int, tag: str = "trunc") -> AShare:
+    return truncate(party, x, bits, tag=tag) if bits else x
+
+
+def _run_step(party: Party, model_key, plan, compiled: _Compiled, i: int, values: dict, tensors: dict,
+              frac_bits: int, input_open: bool) -> None:
+    """Run step i on `values` (tensor name -> this party's shares), storing its output there."""
+    step, s = plan[i], compiled.steps[i]
+    kind, name = step["kind"], step["name"]
+    ins = values.take(_inputs(plan, i))
+    x = _settle(party, ins[0], _bits(s.settle_in, frac_bits))
+    if kind in PRODUCTS:
+        key = (model_key, name)
+        window = 1
         if kind == "conv2d":
-            top, bottom, left, right = layer.get("pads", (0, 0, 0, 0))
-            padded = (batch, in_shape[0] + top + bottom, in_shape[1] + left + right, in_shape[2])
-            kernel = _kernel_shape(padded, y_shape, layer["stride"])
-            fused = _fused_pool(plan, i)
-            if fused is None:
-                cost = cost + conv_cost_fixed(padded, kernel, tuple(layer["stride"]), input_open=input_open)
-            else:
-                k, stride = fused
-                kernel = (kernel[0] + k - 1, kernel[1] + k - 1, kernel[2], kernel[3])
-                cost = cost + conv_cost_fixed(padded, kernel, (stride, stride), input_open=input_open)
-                skip = True
-            pending = y_shape
-            input_open = False
+            pads = step.get("pads", (0, 0, 0, 0))
+            if any(pads):
+                x = x.pad_spatial(*pads)
+            stride = tuple(step["stride"]) if s.fused_pool is None else (s.fused_pool[1],) * 2
+            y = conv2d_fixed(party, x, key, stride, "valid", tag=f"conv2d:{name}", input_open=input_open)
+            if s.fused_pool is not None:
+                window = s.fused_pool[0] ** 2
+        elif kind == "depthwise_conv2d":
+            pads = step.get("pads", (0, 0, 0, 0))
+            if any(pads):
+                x = x.pad_spatial(*pads)
+            y = depthwise_conv2d_fixed(party, x, key, tuple(step["stride"]), tag=f"depthwise:{name}")
         elif kind == "dense":
-            cost = cost + matmul_cost_fixed(x_shape, (in_shape[0], out_shape[0]), input_open=input_open)
-            pending = y_shape
-            input_open = False
-        elif kind == "avg_pool2d" and settle:
-            cost = cost + truncate_cost(y_shape)
-        elif kind == "relu":
-            cost = cost + (relu_cost_truncated(y_shape) if pending is not None else relu_cost(y_shape))
-            pending = None
-        elif kind == "flatten" and pending is not None:
-            pending = y_shape
-        elif kind == "max_pool2d":
-            k = _square(layer["pool"], layer["name"])
-            out_size = int(np.prod(y_shape))
-            candidates = k * k
-            while candidates > 1:
-                cost = cost + relu_cost((candidates // 2 * out_size,))
-                candidates = (candidates + 1) // 2
-        costs.append((layer["name"], cost))
-    if truncate_output:
-        costs.append(("output", truncate_cost(pending) if pending is not None else Cost(0, 0, 0)))
-    return costs
-
-
-def _kernel_shape(padded, y_shape, stride) -> tuple:
-    # conv_cost_fixed needs (kh, kw, cin, cout); recover kh, kw from the shapes.
-    sh, sw = stride
-    kh = padded[1] - (y_shape[1] - 1) * sh
-    kw = padded[2] - (y_shape[2] - 1) * sw
-    return (kh, kw, padded[3], y_shape[3])
+            y = matmul_fixed(party, x, key, tag=f"dense:{name}", input_open=input_open)
+        else:
+            y = mul_protocol.mul_fixed(party, x, key, tag=f"batchnorm:{name}")
+        if step.get("bias") is not None:
+            # At the product's scale 2F (times the pooled window), so the
+            # later truncation keeps it exact.
+            y = y + tensors[step["bias"]] * np.uint64(window << frac_bits)
+    elif kind == "avg_pool2d":
+        if s.folded_into is not None:
+            y = x  # the convolution before it computed the pooled values
+        else:
+            pool, stride, pads = tuple(step["pool"]), tuple(step["stride"]), step.get("pads", (0, 0, 0, 0))
+            if any(pads):
+                y = pool_protocol.avg_pool2d_padded(party, x, pool, stride, pads, frac_bits, tag=f"avgpool:{name}")
+            elif s.owed_pool:
+                y = pool_protocol.sum_pool2d(party, x, pool, stride)
+            else:
+                y = pool_protocol.avg_pool2d(party, x, pool, frac_bits, stride, tag=f"avgpool:{name}")
+    elif kind == "global_avg_pool":
+        if s.owed_pool:
+            y = pool_protocol.global_sum_pool(party, x, step["keepdims"])
+        else:
+            y = pool_protocol.global_avg_pool(party, x, frac_bits, step["keepdims"], tag=f"globalavg:{name}")
+    elif kind == "max_pool2d":
+        y = pool_protocol.max_pool2d(party, x, tuple(step["pool"]), tuple(step["stride"]), tag=f"maxpool:{name}",
+                                     pads=step.get("pads"))
+    elif kind == "global_max_pool":
+        y = pool_protocol.global_max_pool(party, x, step["keepdims"], tag=f"globalmax:{name}")
+    elif kind == "relu":
+        bits = _bits(s.relu_bits, frac_bits)
+        y = relu_truncated(party, x, bits, tag=f"relu:{name}") if bits else relu(party, x, tag=f"relu:{name}")
+    elif kind == "clip":
+        y = clip_protocol.clip(party, x, step["lo"], step["hi"], frac_bits, tag=f"clip:{name}")
+    elif kind == "sigmoid":
+        y = sigmoid_protocol.sigmoid(party, x, frac_bits, tag=f"sigmoid:{name}")
+    elif kind == "tanh":
+        y = tanh_protocol.tanh(party, x, frac_bits, tag=f"tanh:{name}")
+    elif kind == "softmax":
+        y = softmax_protocol.softmax(party, x, frac_bits, tag=f"softmax:{name}")
+    elif kind in ("add", "concat"):
+        aligned = [v * np.uint64(1 << _bits(d, frac_bits)) if d else v for v, d in zip(ins, s.align)]
+        if kind == "add":
+            y = aligned[0]
+            for other in aligned[1:]:
+                y = y + other
+        else:
+            axis = int(step["axis"])
+            y = concat_shares(aligned, axis=axis + 1 if axis >= 0 else axis)
+    elif kind == "zero_pad":
+        y = x.pad_spatial(*step["pads"])
+    elif kind == "flatten":
+        y = x.reshape(x.shape[0], -1)
+    elif kind == "reshape":
+        y = x.reshape((x.shape[0],) + tuple(step["shape"]))
+    elif kind == "transpose":
+        y = x.transpose((0,) + tuple(a + 1 for a in step["perm"]))
+    else:  # pragma: no cover - load_plan refuses other kinds
+        raise ValueError(f"layer {name!r}: unsupported kind {kind!r}")
+    values[name] = _settle(party, y, _bits(s.settle_out, frac_bits), tag=f"trunc:{name}")

@@ -27,6 +27,8 @@ def to_torch(graph: Graph, dtype=None):
 
     Raises:
         ImportError: torch is not installed.
+        NotImplementedError: a graph with branches, or a layer kind or
+            padding this builder has no module for.
     """
     import torch
     from torch import nn
@@ -36,8 +38,13 @@ def to_torch(graph: Graph, dtype=None):
     def tensor(array: np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
 
+    if not graph.is_sequential():
+        raise NotImplementedError(f"to_torch builds a torch.nn.Sequential: the graph from {graph.source or 'its source'} "
+                                  "has branches (a layer reads something other than the layer before it)")
     modules: list[nn.Module] = []
     for layer, in_shape in zip(graph.layers, graph.shapes()):
+        if layer.kind in ("avg_pool2d", "max_pool2d") and layer.params["padding"] != "valid":
+            raise NotImplementedError(f"layer {layer.name!r}: no PyTorch module for a padded {layer.kind}")
         if layer.kind == "conv2d":
             kernel, bias = layer.weights["kernel"], layer.weights["bias"]
             kh, kw, cin, cout = kernel.shape

@@ -1,4 +1,4 @@
-"""Model import: Keras (HDF5, .keras), ONNX and live Keras/PyTorch models into a Graph.
+"""Model import: Keras (HDF5, .keras, .weights.h5), ONNX and live Keras/PyTorch models into a Graph.
 
 Readers use h5py, json and the onnx protobuf parser only: loading a file
 never runs code from it.

@@ -13,14 +13,17 @@ from typing import Callable
 
 import numpy as np
 
+from pysmpc.graph.fold import fold_batch_norms
 from pysmpc.graph.graph import Graph, Layer
 from pysmpc.models._errors import ModelFormatError
 
 SUPPORTED = (
-    "InputLayer", "Conv2D", "AveragePooling2D", "MaxPooling2D", "Activation", "ReLU",
-    "Flatten", "Dense", "BatchNormalization", "Dropout", "Softmax",
+    "InputLayer", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "MaxPooling2D", "AveragePooling2D",
+    "GlobalAveragePooling2D", "GlobalMaxPooling2D", "BatchNormalization", "Dropout", "SpatialDropout2D",
+    "Flatten", "Reshape", "ZeroPadding2D", "Rescaling", "Add", "Concatenate", "Activation", "ReLU", "Softmax",
 )
-_IGNORED = ("InputLayer", "Dropout")
+ACTIVATIONS = ("linear", "relu", "relu6", "sigmoid", "tanh", "softmax")
+_IDENTITY = ("InputLayer", "Dropout", "SpatialDropout2D")
 _MODELS = ("Sequential", "Functional", "Model")
 
 WeightsFn = Callable[[dict, int], dict]
@@ -45,12 +48,12 @@ def unsupported(name: str, cls: str, why: str = "") -> ValueError:
     reason = f" ({why})" if why else ""
     return ValueError(
         f"unsupported layer {name!r} of class {cls}{reason}; supported layers: {', '.join(SUPPORTED)} "
-        f"(activations relu, linear, and softmax on the last layer only)"
+        f"(activations {', '.join(ACTIVATIONS)})"
     )
 
 
 def model_layers(model_config: dict, source: str = "model") -> tuple[str, list]:
-    """Return (model class, layer configs in order) from a model config, checking it is a chain."""
+    """Return (model class, layer configs in order) from a model config."""
     if not isinstance(model_config, dict) or "class_name" not in model_config:
         raise ModelFormatError(f"{source}: model config is not a Keras model config (no 'class_name')")
     cls = model_config["class_name"]
@@ -64,17 +67,11 @@ def model_layers(model_config: dict, source: str = "model") -> tuple[str, list]:
         if not (isinstance(layer, dict) and isinstance(layer.get("class_name", ""), str)
                 and isinstance(layer.get("config", {}), dict)):
             raise ModelFormatError(f"{source}: {cls} config: layer {index} is not a layer config: {str(layer)[:80]}")
-    if cls != "Sequential":
-        try:
-            _check_chain(layers)
-        except MALFORMED as exc:
-            raise ModelFormatError(f"{source}: {cls} config: malformed inbound nodes: {type(exc).__name__}: "
-                                   f"{str(exc)[:200]}") from None
     return cls, layers
 
 
 def _inbound_names(node) -> list:
-    """Collect the layer names a Keras 2 or 3 inbound node refers to."""
+    """Collect the layer names a Keras 2 or 3 inbound node refers to, in order."""
     names = []
     if isinstance(node, dict):
         if node.get("class_name") == "__keras_tensor__":
@@ -82,7 +79,7 @@ def _inbound_names(node) -> list:
         else:
             for value in node.values():
                 names.extend(_inbound_names(value))
-    elif isinstance(node, list):
+    elif isinstance(node, (list, tuple)):  # a live model's config (from_keras) has tuples
         if len(node) >= 3 and isinstance(node[0], str) and isinstance(node[1], int):
             names.append(node[0])  # Keras 2: [layer_name, node_index, tensor_index, kwargs]
         else:
@@ -91,18 +88,62 @@ def _inbound_names(node) -> list:
     return names
 
 
-def _check_chain(layers: list) -> None:
-    """Raise unless every layer's only input is the layer before it."""
-    for prev, layer in zip(layers, layers[1:]):
-        nodes = layer.get("inbound_nodes", [])
-        names = _inbound_names(nodes)
-        want = prev.get("config", {}).get("name", prev.get("name"))
-        if len(nodes) != 1 or names != [want]:
-            name = layer.get("config", {}).get("name")
-            raise ValueError(
-                f"functional model is not a simple chain: layer {name!r} takes inputs {names}, "
-                f"expected only {want!r}; only sequential models are supported"
-            )
+def _io_names(value, what: str, source: str) -> list:
+    """Layer names of a Functional config's input_layers / output_layers (Keras 2 nests them, Keras 3 may not)."""
+    if isinstance(value, (list, tuple)) and len(value) >= 3 and isinstance(value[0], str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (list, tuple)) and v and isinstance(v[0], str) for v in value):
+        raise ModelFormatError(f"{source}: malformed {what}: {str(value)[:80]}")
+    return [v[0] for v in value]
+
+
+def _connections(cls: str, config: dict, layers: list, source: str) -> tuple[list, list, str]:
+    """(layer configs in an order where inputs come first, the inputs of each, the output layer's name)."""
+    names = [spec.get("config", {}).get("name", spec.get("name", f"layer_{i}")) for i, spec in enumerate(layers)]
+    if cls == "Sequential":
+        inputs = [[]] + [[n] for n in names[:-1]]
+        return layers, inputs, names[-1]
+    inputs = []
+    for spec, name in zip(layers, names):
+        nodes = spec.get("inbound_nodes", [])
+        if isinstance(nodes, list) and len(nodes) > 1:
+            raise unsupported(name, spec.get("class_name", "?"), "a layer applied more than once (shared layers)")
+        try:
+            inputs.append(_inbound_names(nodes))
+        except MALFORMED as exc:
+            raise ModelFormatError(f"{source}: {cls} config: malformed inbound nodes of layer {str(name)[:60]!r}: "
+                                   f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    model_inputs = _io_names(config.get("input_layers", []), "input_layers", source)
+    model_outputs = _io_names(config.get("output_layers", []), "output_layers", source)
+    if len(model_inputs) != 1 or len(model_outputs) != 1:
+        raise ValueError(f"{source}: the model has inputs {model_inputs} and outputs {model_outputs}; "
+                         "only one input and one output are supported")
+    # Topological order (a config lists layers in creation order, which is usually one).
+    position = {n: i for i, n in enumerate(names)}
+    for name, ins in zip(names, inputs):
+        for n in ins:
+            if n not in position:
+                raise ModelFormatError(f"{source}: layer {name!r} reads {n!r}, which is not a layer of the model")
+    # Kahn's algorithm (iterative: a deep model must not exhaust Python's recursion).
+    waiting = [len(set(ins)) for ins in inputs]
+    readers: dict = {}
+    for i, ins in enumerate(inputs):
+        for n in set(ins):
+            readers.setdefault(position[n], []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    order = []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for j in readers.get(i, []):
+            waiting[j] -= 1
+            if not waiting[j]:
+                ready.append(j)
+    if len(order) != len(names):
+        stuck = [names[i] for i, w in enumerate(waiting) if w]
+        raise ModelFormatError(f"{source}: the layers' connections form a cycle through {stuck[:5]}")
+    return [layers[i] for i in order], [inputs[i] for i in order], model_outputs[0]
 
 
 def _input_shape(layers: list):
@@ -125,26 +166,25 @@ def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-def _fold_batch_norm(target: Layer, w: dict, eps: float) -> None:
-    """Fold y = gamma (x - mean) / sqrt(var + eps) + beta into target's kernel and bias."""
+def _batch_norm_affine(w: dict, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) of y = gamma (x - mean) / sqrt(var + eps) + beta."""
     mean, var = w["moving_mean"], w["moving_variance"]
     gamma = w.get("gamma", np.ones_like(mean))
     beta = w.get("beta", np.zeros_like(mean))
     scale = gamma / np.sqrt(var + eps)
-    if scale.shape != target.weights["bias"].shape:
-        raise ValueError(f"batch norm of size {scale.shape} does not match layer {target.name!r}")
-    target.weights["kernel"] = target.weights["kernel"] * scale
-    target.weights["bias"] = (target.weights["bias"] - mean) * scale + beta
+    return scale, beta - mean * scale
 
 
 def graph_from_keras(model_config: dict, weights: WeightsFn, source: str, input_shape=None) -> Graph:
     """Build a Graph from a Keras model config and a per-layer weights function.
 
     ``weights(layer_config, index)`` returns {weight name: array} for the
-    index-th layer config. Supported layers follow ``SUPPORTED``; a
-    BatchNormalization is folded into the conv2d or dense layer right before
-    it; InputLayer and Dropout are dropped; a softmax on the last layer is
-    dropped with a note (the client applies it).
+    index-th layer config. Sequential and Functional models (one input, one
+    output) are translated layer by layer (``SUPPORTED``); each layer's
+    activation= becomes a layer of its own; InputLayer and dropout layers
+    are identities; batch norms are folded into the product before them
+    where they can be (graph.fold_batch_norms, noted); a softmax that is
+    the model's output is dropped with a note (the client applies it).
 
     Raises:
         ModelFormatError: the config is malformed (wrong types, missing
@@ -158,98 +198,204 @@ def graph_from_keras(model_config: dict, weights: WeightsFn, source: str, input_
         raise ModelFormatError(f"{source}: malformed {where[0]}: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
+class _Builder:
+    """Graph layers as Keras layers are translated: unique names, and each Keras layer's output tensor."""
+
+    def __init__(self):
+        self.layers: list = []
+        self.names: set = {"input"}
+        self.tensor: dict = {}  # Keras layer name -> graph tensor name
+        self.softmax_of: dict = {}  # graph tensor -> (Keras layer, class) of a softmax that made it
+        self.bn_axes: dict = {}  # batch_norm layer -> the Keras axis it normalizes (checked once shapes are known)
+
+    def emit(self, kind: str, name: str, inputs: list, params=None, weights=None) -> str:
+        base, n = name, 1
+        while name in self.names:
+            name, n = f"{base}_{n}", n + 1
+        self.names.add(name)
+        self.layers.append(Layer(kind, name, params or {}, weights or {}, inputs=inputs))
+        return name
+
+    def activation(self, act: str, tensor: str, name: str, cls: str, own: bool) -> str:
+        """The activation `act` applied to `tensor` (the layer itself when `own`, an Activation layer)."""
+        layer_name = name if own else f"{name}_{act}"
+        if act == "linear":
+            return tensor
+        if act == "relu":
+            return self.emit("relu", layer_name, [tensor])
+        if act == "relu6":
+            return self.emit("clip", layer_name, [tensor], {"lo": 0.0, "hi": 6.0})
+        if act in ("sigmoid", "tanh"):
+            return self.emit(act, layer_name, [tensor])
+        if act == "softmax":
+            out = self.emit("softmax", layer_name, [tensor])
+            self.softmax_of[out] = (name, cls)
+            return out
+        raise unsupported(name, cls, f"activation {act!r}")
+
+
 def _graph_from_keras(model_config, weights: WeightsFn, source: str, input_shape, where: list) -> Graph:
-    _, layers = model_layers(model_config, source)
-    shape = _input_shape(layers) or input_shape
+    cls, specs = model_layers(model_config, source)
+    config = model_config.get("config", {})
+    ordered, inputs, output = _connections(cls, config if isinstance(config, dict) else {}, specs, source)
+    shape = _input_shape(specs) or input_shape
     if shape is None or any(s is None for s in shape):
         raise ValueError(f"{source}: cannot tell the model's input shape from its config (got {shape}); it must be fixed")
-    out: list = []
-    notes: list = []
-    linear_tail = None  # the conv2d/dense just emitted, while no activation follows it
-    softmax_at = None
-
-    def emit(layer: Layer) -> None:
-        nonlocal linear_tail
-        out.append(layer)
-        linear_tail = layer if layer.kind in ("conv2d", "dense") else None
-
-    def activation(act: str, name: str, cls: str) -> None:
-        nonlocal softmax_at
-        if act == "relu":
-            emit(Layer("relu", f"{name}_relu" if out and out[-1].name == name else name))
-        elif act == "softmax":
-            softmax_at = (name, cls)
-        elif act != "linear":
-            raise unsupported(name, cls, f"activation {act!r}")
-
-    for index, spec in enumerate(layers):
-        where[0] = f"config of layer {index}"
-        cls = spec.get("class_name", "?")
+    index_of = {id(spec): i for i, spec in enumerate(specs)}
+    b = _Builder()
+    for spec, ins in zip(ordered, inputs):
+        index = index_of[id(spec)]
+        layer_cls = spec.get("class_name", "?")
         cfg = spec.get("config", {})
         name = cfg.get("name", f"layer_{index}")
-        where[0] = f"config of layer {index} ({str(name)[:60]!r} of class {str(cls)[:60]})"
-        if softmax_at is not None and cls not in _IGNORED:
-            raise unsupported(softmax_at[0], softmax_at[1], "softmax is only supported as the last layer")
+        where[0] = f"config of layer {index} ({str(name)[:60]!r} of class {str(layer_cls)[:60]})"
         if cfg.get("data_format", "channels_last") != "channels_last":
-            raise unsupported(name, cls, f"data_format {cfg['data_format']!r}; only channels_last")
-        if cls in _IGNORED:
-            continue
-        if cls == "Conv2D":
-            if _pair(cfg.get("dilation_rate", 1)) != (1, 1) or cfg.get("groups", 1) != 1:
-                raise unsupported(name, cls, "dilation or groups")
-            if cfg.get("padding", "valid") not in ("valid", "same"):
-                raise unsupported(name, cls, f"padding {cfg.get('padding')!r}")
-            w = weights(spec, index)
-            bias = w.get("bias", np.zeros(w["kernel"].shape[-1]))
-            emit(Layer("conv2d", name, {"stride": _pair(cfg.get("strides", 1)), "padding": cfg.get("padding", "valid")},
-                       {"kernel": w["kernel"], "bias": bias}))
-            activation(_activation(cfg), name, cls)
-        elif cls == "Dense":
-            w = weights(spec, index)
-            bias = w.get("bias", np.zeros(w["kernel"].shape[-1]))
-            emit(Layer("dense", name, {}, {"kernel": w["kernel"], "bias": bias}))
-            activation(_activation(cfg), name, cls)
-        elif cls in ("AveragePooling2D", "MaxPooling2D"):
-            if cfg.get("padding", "valid") != "valid":
-                raise unsupported(name, cls, f"padding {cfg.get('padding')!r}; only 'valid'")
-            pool = _pair(cfg.get("pool_size", 2))
-            stride = _pair(cfg.get("strides") or pool)
-            kind = "avg_pool2d" if cls == "AveragePooling2D" else "max_pool2d"
-            emit(Layer(kind, name, {"pool": pool, "stride": stride}))
-        elif cls == "Activation":
-            activation(_activation(cfg), name, cls)
-        elif cls == "Softmax":
-            softmax_at = (name, cls)
-        elif cls == "ReLU":
-            if cfg.get("max_value") is not None or cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
-                raise unsupported(name, cls, "max_value, negative_slope or threshold set")
-            emit(Layer("relu", name))
-        elif cls == "Flatten":
-            emit(Layer("flatten", name))
-        elif cls == "BatchNormalization":
-            axis = cfg.get("axis", -1)
-            axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-            if linear_tail is None:
-                raise unsupported(name, cls, "it can only be folded into a Conv2D or Dense directly before it, "
-                                  "with no activation in between")
-            rank = 4 if linear_tail.kind == "conv2d" else 2
-            if axis not in (-1, rank - 1):
-                raise unsupported(name, cls, f"axis {axis}; only the channel axis")
-            _fold_batch_norm(linear_tail, weights(spec, index), float(cfg.get("epsilon", 1e-3)))
-            notes.append(f"batch normalization {name!r} folded into {linear_tail.name!r}")
-        else:
-            raise unsupported(name, cls)
+            raise unsupported(name, layer_cls, f"data_format {cfg['data_format']!r}; only channels_last")
+        if layer_cls == "InputLayer" or (cls == "Sequential" and not ins):
+            b.tensor[name] = "input"
+            if layer_cls == "InputLayer":
+                continue
+        sources = [b.tensor[n] for n in ins] if ins else ["input"]
+        b.tensor[name] = _translate(b, layer_cls, cfg, name, sources, lambda: weights(spec, index))
     where[0] = "model config"
-    if softmax_at is not None:
-        notes.append(f"final softmax of {softmax_at[0]!r} dropped: the graph outputs logits, the client applies softmax")
-    return Graph(tuple(shape), out, source=source, notes=notes)
+    out = b.tensor[output]
+    notes = []
+    if out in b.softmax_of:
+        layer_name, _ = b.softmax_of[out]
+        softmax = next(layer for layer in b.layers if layer.name == out)
+        out = softmax.inputs[0]
+        notes.append(f"final softmax of {layer_name!r} dropped: the graph outputs logits, the client applies softmax")
+    if out == "input":
+        raise ValueError(f"{source}: the model computes nothing on its input")
+    layers = _reachable(b.layers, out)
+    graph = Graph(tuple(shape), layers, source=source, notes=notes, output=out)
+    shapes = graph.tensor_shapes()
+    for layer in graph.layers:
+        if layer.name in b.bn_axes:
+            rank = len(shapes[layer.inputs[0]])
+            if b.bn_axes[layer.name] not in (-1, rank):  # Keras counts the batch axis
+                raise unsupported(layer.name, "BatchNormalization",
+                                  f"axis {b.bn_axes[layer.name]}; only the channel (last) axis")
+    return fold_batch_norms(graph)
+
+
+def _translate(b: _Builder, cls: str, cfg: dict, name: str, sources: list, weights: Callable) -> str:
+    """Emit the graph layers of one Keras layer; return its output tensor."""
+    if cls in _IDENTITY:
+        return sources[0]
+    if cls in ("Add", "Concatenate"):
+        if len(sources) < 2:
+            raise unsupported(name, cls, "fewer than two inputs")
+        if cls == "Add":
+            return b.emit("add", name, sources)
+        axis = int(cfg.get("axis", -1))
+        if axis == 0:
+            raise unsupported(name, cls, "axis 0 is the batch axis")
+        return b.emit("concat", name, sources, {"axis": axis if axis < 0 else axis - 1})  # Keras counts the batch
+    if len(sources) != 1:
+        raise unsupported(name, cls, f"{len(sources)} inputs")
+    x = sources[0]
+    if cls in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D"):
+        if _pair(cfg.get("dilation_rate", 1)) != (1, 1) or cfg.get("groups", 1) != 1:
+            raise unsupported(name, cls, "dilation or groups")
+        if cfg.get("padding", "valid") not in ("valid", "same"):
+            raise unsupported(name, cls, f"padding {cfg.get('padding')!r}")
+        params = {"stride": _pair(cfg.get("strides", 1)), "padding": cfg.get("padding", "valid")}
+        w = weights()
+        if cls == "Conv2D":
+            bias = w.get("bias", np.zeros(w["kernel"].shape[-1]))
+            y = b.emit("conv2d", name, [x], params, {"kernel": w["kernel"], "bias": bias})
+        elif cls == "DepthwiseConv2D":
+            kernel = w["depthwise_kernel"] if "depthwise_kernel" in w else w["kernel"]
+            bias = w.get("bias", np.zeros(kernel.shape[2] * kernel.shape[3]))
+            y = b.emit("depthwise_conv2d", name, [x], params, {"kernel": kernel, "bias": bias})
+        else:
+            depthwise, pointwise = w["depthwise_kernel"], w["pointwise_kernel"]
+            mid = b.emit("depthwise_conv2d", f"{name}_depthwise", [x], params,
+                         {"kernel": depthwise, "bias": np.zeros(depthwise.shape[2] * depthwise.shape[3])})
+            bias = w.get("bias", np.zeros(pointwise.shape[-1]))
+            y = b.emit("conv2d", name, [mid], {}, {"kernel": pointwise, "bias": bias})
+        return b.activation(_activation(cfg), y, name, cls, own=False)
+    if cls == "Dense":
+        w = weights()
+        bias = w.get("bias", np.zeros(w["kernel"].shape[-1]))
+        y = b.emit("dense", name, [x], {}, {"kernel": w["kernel"], "bias": bias})
+        return b.activation(_activation(cfg), y, name, cls, own=False)
+    if cls in ("AveragePooling2D", "MaxPooling2D"):
+        padding = cfg.get("padding", "valid")
+        if padding not in ("valid", "same"):
+            raise unsupported(name, cls, f"padding {padding!r}")
+        pool = _pair(cfg.get("pool_size", 2))
+        stride = _pair(cfg.get("strides") or pool)
+        kind = "avg_pool2d" if cls == "AveragePooling2D" else "max_pool2d"
+        return b.emit(kind, name, [x], {"pool": pool, "stride": stride, "padding": padding})
+    if cls in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+        kind = "global_avg_pool" if cls == "GlobalAveragePooling2D" else "global_max_pool"
+        return b.emit(kind, name, [x], {"keepdims": bool(cfg.get("keepdims", False))})
+    if cls == "Activation":
+        return b.activation(_activation(cfg), x, name, cls, own=True)
+    if cls == "Softmax":
+        if cfg.get("axis", -1) not in (-1, [-1]):
+            raise unsupported(name, cls, f"axis {cfg.get('axis')}; only the last axis")
+        return b.activation("softmax", x, name, cls, own=True)
+    if cls == "ReLU":
+        if cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
+            raise unsupported(name, cls, "negative_slope or threshold set")
+        if cfg.get("max_value") is None:
+            return b.emit("relu", name, [x])
+        return b.emit("clip", name, [x], {"lo": 0.0, "hi": float(cfg["max_value"])})
+    if cls == "Flatten":
+        return b.emit("flatten", name, [x])
+    if cls == "Reshape":
+        return b.emit("reshape", name, [x], {"shape": tuple(int(s) for s in cfg["target_shape"])})
+    if cls == "ZeroPadding2D":
+        pad = cfg.get("padding", 1)
+        if isinstance(pad, int):
+            pads = (pad, pad, pad, pad)
+        elif all(isinstance(p, int) for p in pad):
+            pads = (pad[0], pad[0], pad[1], pad[1])
+        else:
+            (top, bottom), (left, right) = pad
+            pads = (top, bottom, left, right)
+        return b.emit("zero_pad", name, [x], {"pads": pads})
+    if cls == "Rescaling":
+        scale = np.atleast_1d(np.asarray(cfg.get("scale", 1.0), dtype=np.float64))
+        offset = np.atleast_1d(np.asarray(cfg.get("offset", 0.0), dtype=np.float64))
+        shape = np.broadcast_shapes(scale.shape, offset.shape)
+        return b.emit("batch_norm", name, [x], {}, {"scale": np.broadcast_to(scale, shape),
+                                                   "shift": np.broadcast_to(offset, shape)})
+    if cls == "BatchNormalization":
+        axis = cfg.get("axis", -1)
+        axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+        if axis != -1 and not isinstance(axis, int):
+            raise unsupported(name, cls, f"axis {axis}; only the channel (last) axis")
+        scale, shift = _batch_norm_affine(weights(), float(cfg.get("epsilon", 1e-3)))
+        out = b.emit("batch_norm", name, [x], {}, {"scale": scale, "shift": shift})
+        b.bn_axes[out] = axis
+        return out
+    raise unsupported(name, cls)
+
+
+def _reachable(layers: list, output: str) -> list:
+    """The layers the output depends on."""
+    by_name = {layer.name: layer for layer in layers}
+    needed, stack = set(), [output]
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in by_name:
+            continue
+        needed.add(name)
+        stack.extend(by_name[name].inputs)
+    return [layer for layer in layers if layer.name in needed]
 
 
 def v3_weight_names(spec: dict) -> list:
     """Return the weight names, in Keras 3 storage order, of a layer config."""
     cls, cfg = spec.get("class_name"), spec.get("config", {})
-    if cls in ("Conv2D", "Dense"):
+    if cls in ("Conv2D", "Dense", "DepthwiseConv2D"):
         return ["kernel"] + (["bias"] if cfg.get("use_bias", True) else [])
+    if cls == "SeparableConv2D":
+        return ["depthwise_kernel", "pointwise_kernel"] + (["bias"] if cfg.get("use_bias", True) else [])
     if cls == "BatchNormalization":
         return (["gamma"] if cfg.get("scale", True) else []) + (["beta"] if cfg.get("center", True) else []) + [
             "moving_mean", "moving_variance"]

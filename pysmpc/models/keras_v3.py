@@ -27,7 +27,7 @@ from pysmpc.graph.graph import Graph
 from pysmpc.models._errors import ModelFormatError
 from pysmpc.models._keras import graph_from_keras, model_layers, parse_config, snake_case, v3_weight_names
 
-__all__ = ["load_keras_v3"]
+__all__ = ["load_keras_v3", "load_keras_weights"]
 
 # Declared sizes above these are refused before anything is decompressed:
 # a few kilobytes of zip can claim gigabytes (a zip bomb).
@@ -75,7 +75,50 @@ def load_keras_v3(path: str | os.PathLike) -> Graph:
     """
     path = os.fspath(path)
     config_bytes, weights_bytes = _read_archive(path)
-    config = parse_config(config_bytes, path)
+    return _graph_from_weights_file(parse_config(config_bytes, path), io.BytesIO(weights_bytes), path,
+                                    "model.weights.h5 inside the archive")
+
+
+def load_keras_weights(path: str | os.PathLike, config) -> Graph:
+    """Load a Keras 3 ``.weights.h5`` file (``model.save_weights``) with its model config.
+
+    `config` is the model's config: a dict, JSON text, or the path of a
+    JSON file (``model.to_json()``, or ``config.json`` from a ``.keras``
+    archive). The weights file has the layout of the archive's
+    ``model.weights.h5``.
+
+    Raises:
+        ModelFormatError: the weights file or the config is corrupt or
+            malformed; ValueError: a layer is unsupported.
+    """
+    path = os.fspath(path)
+    if isinstance(config, dict):
+        config_dict, where = config, "the config"
+    else:
+        where = "the config"
+        text = config
+        if isinstance(config, os.PathLike) or (isinstance(config, str) and not config.lstrip().startswith("{")):
+            where = os.fspath(config)
+            try:
+                with open(where, "rb") as f:
+                    text = f.read(_MAX_CONFIG + 1)
+            except OSError as exc:
+                raise ModelFormatError(f"{path}: cannot read its config {where}: {exc}") from None
+            if len(text) > _MAX_CONFIG:
+                raise ModelFormatError(f"{where}: a model config of more than {_MAX_CONFIG} bytes")
+        config_dict = parse_config(text, where)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_WEIGHTS + 1)
+    except OSError as exc:
+        raise ModelFormatError(f"{path}: cannot read the weights file: {exc}") from None
+    if len(data) > _MAX_WEIGHTS:
+        raise ModelFormatError(f"{path}: more than the {_MAX_WEIGHTS} bytes a model may have")
+    return _graph_from_weights_file(config_dict, io.BytesIO(data), path, "the weights file")
+
+
+def _graph_from_weights_file(config: dict, weights_file, path: str, what: str) -> Graph:
+    """Translate `config` with the weights of a Keras 3 weights file (layers/<folder>/vars/<i>)."""
     _, layer_specs = model_layers(config, path)
     folders: dict = {}
     used: dict = {}
@@ -85,9 +128,9 @@ def load_keras_v3(path: str | os.PathLike) -> Graph:
         folders[id(spec)] = base if used[base] == 0 else f"{base}_{used[base]}"
 
     try:
-        h5 = h5py.File(io.BytesIO(weights_bytes), "r")
+        h5 = h5py.File(weights_file, "r")
     except _H5_ERRORS as exc:
-        raise ModelFormatError(f"{path}: model.weights.h5 inside the archive is not valid HDF5: {exc}") from None
+        raise ModelFormatError(f"{path}: {what} is not valid HDF5: {exc}") from None
     with h5:
         def weights(spec: dict, index: int) -> dict:
             name = spec.get("config", {}).get("name")

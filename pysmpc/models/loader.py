@@ -18,7 +18,7 @@ from pysmpc.models._errors import ModelFormatError
 
 __all__ = ["from_keras", "from_torch", "load_graph"]
 
-_FORMATS = ".h5/.hdf5 (Keras 2 or 3 HDF5), .keras (Keras 3 archive), .onnx"
+_FORMATS = ".h5/.hdf5 (Keras 2 or 3 HDF5), .keras (Keras 3 archive), .weights.h5 (Keras 3 weights, with config=), .onnx"
 # What a parser library may raise on a malformed file that a reader did not
 # turn into a clear error itself; load_graph reports these as ModelFormatError.
 _MALFORMED = (OSError, RuntimeError, KeyError, IndexError, TypeError, AttributeError, OverflowError, EOFError,
@@ -30,11 +30,13 @@ _MALFORMED = (OSError, RuntimeError, KeyError, IndexError, TypeError, AttributeE
 READ_TIMEOUT = 300.0
 
 
-def load_graph(path: str | os.PathLike, timeout: float | None = None) -> Graph:
+def load_graph(path: str | os.PathLike, timeout: float | None = None, config=None) -> Graph:
     """Load a model file as a Graph, choosing the reader by extension.
 
     ``.h5``/``.hdf5``: Keras HDF5 (Keras 2 and Keras 3 layouts are told
-    apart from the file); ``.keras``: Keras 3 archive; ``.onnx``: ONNX.
+    apart from the file); ``.keras``: Keras 3 archive; ``.weights.h5``:
+    Keras 3 weights (``save_weights``), with the model's `config` (its
+    ``to_json()`` as a file path, JSON text or dict); ``.onnx``: ONNX.
     No code from the file runs. Where ``os.fork`` exists, files read with
     the HDF5 library are read in a child process, stopped after `timeout`
     seconds (default READ_TIMEOUT): that library can loop for ever or crash
@@ -53,12 +55,28 @@ def load_graph(path: str | os.PathLike, timeout: float | None = None) -> Graph:
     ext = os.path.splitext(path)[1].lower()
     if os.path.getsize(path) == 0:
         raise ModelFormatError(f"{path}: the file is empty")
-    if ext in (".h5", ".hdf5"):
-        from pysmpc.models.keras_h5 import load_keras_h5 as reader
+    if path.lower().endswith(".weights.h5") or config is not None:
+        if config is None:
+            raise ValueError(f"{path}: a .weights.h5 file holds weights only; pass the model's config "
+                             "(config=, its to_json() or the config.json of a .keras archive)")
+        if ext != ".h5":
+            raise ValueError(f"{path}: config= is for Keras 3 .weights.h5 files only")
+        from pysmpc.models.keras_v3 import load_keras_weights
+
+        def reader(path):  # a closure: the forked child calls it with the path alone
+            return load_keras_weights(path, config)
+    elif ext in (".h5", ".hdf5"):
+        from pysmpc.models.keras_h5 import load_keras_h5
+
+        reader = load_keras_h5
     elif ext == ".keras":
-        from pysmpc.models.keras_v3 import load_keras_v3 as reader
+        from pysmpc.models.keras_v3 import load_keras_v3
+
+        reader = load_keras_v3
     elif ext == ".onnx":
-        from pysmpc.models.onnx_import import load_onnx as reader
+        from pysmpc.models.onnx_import import load_onnx
+
+        reader = load_onnx
     else:
         raise ValueError(f"{path}: unknown model format {ext!r}; supported: {_FORMATS}")
     if ext != ".onnx" and hasattr(os, "fork"):

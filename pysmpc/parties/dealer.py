@@ -50,6 +50,7 @@ class Dealer:
         self.prgs = party.dealer_prgs
         self._recording: Bundle | None = None
         self._replaying: Bundle | None = None
+        self._captures: list[Bundle] = []
 
     # -- material made ahead ---------------------------------------------------
     @contextmanager
@@ -85,13 +86,39 @@ class Dealer:
         finally:
             self._replaying = None
 
+    @contextmanager
+    def capturing(self):
+        """Run the protocols' dealer calls only, also keeping P0's/P1's shares in the yielded Bundle.
+
+        Unlike `recording`, this works inside a recording or a replay (the
+        shares are then also kept, or taken, as those do): the secure
+        executor captures each branch's material ahead of running the
+        branches together (parties.lockstep), each replaying its own. On P2
+        it only runs the calls (P2 deals as usual) and the bundle stays empty.
+        """
+        bundle = Bundle()
+        if self.index == DEALER:
+            yield bundle
+            return
+        was_preprocessing = self.party.preprocessing
+        self._captures.append(bundle)
+        self.party.preprocessing = True
+        try:
+            yield bundle
+        finally:
+            self._captures.remove(bundle)
+            self.party.preprocessing = was_preprocessing
+
     def _material(self, shape, draw: Callable):
-        """P0/P1: the next share: drawn (and kept while recording) or replayed."""
+        """P0/P1: the next share: drawn (and kept while recording or capturing) or replayed."""
         if self._replaying is not None:
-            return self._replaying.take(shape)
-        item = draw()
-        if self._recording is not None:
-            self._recording.keep(item)
+            item = self._replaying.take(shape)
+        else:
+            item = draw()
+            if self._recording is not None:
+                self._recording.keep(item)
+        for bundle in self._captures:
+            bundle.keep(item)
         return item
 
     # -- primitives ----------------------------------------------------------
@@ -175,6 +202,8 @@ class Dealer:
             c = fold(a, c)
             if self._recording is not None:
                 self._recording.replace_last(c)
+            for bundle in self._captures:
+                bundle.replace_last(c)
         return a, c
 
     def trunc_pair(self, shape, frac_bits: int, tag: str):

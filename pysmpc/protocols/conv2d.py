@@ -14,7 +14,8 @@ from pysmpc.protocols.matmul import _beaver_finish, _fixed_finish
 from pysmpc.protocols.open import open_arith
 from pysmpc.sharing.shares import AShare
 
-__all__ = ["conv2d", "conv2d_fixed", "output_shape", "cost", "cost_fixed"]
+__all__ = ["conv2d", "conv2d_fixed", "depthwise_conv2d_fixed", "output_shape", "depthwise_output_shape", "cost",
+           "cost_fixed", "cost_depthwise_fixed"]
 
 # Up to this many products (batch 1 of the MNIST CNN: 33k-205k) a direct
 # convolution beats im2col + GEMM, whose packing and tiling dominate there;
@@ -85,6 +86,41 @@ def conv2d_fixed(party: Party, x: AShare, key, stride=1, padding="valid", tag: s
     return AShare(_fixed_finish(e_open, b_term, ac, conv), party.index)
 
 
+def depthwise_output_shape(x_shape, w_shape, stride=1) -> tuple:
+    """NHWC output shape of x (N,H,W,C) convolved depthwise ('valid') with w (KH,KW,C,M)."""
+    if len(x_shape) != 4 or len(w_shape) != 4 or x_shape[3] != w_shape[2]:
+        raise ValueError(f"depthwise conv2d takes x in NHWC and w (KH, KW, C, M) with C = x's channels, "
+                         f"got {x_shape} and {w_shape}")
+    oh, ow, _, _ = ring.conv_output_shape(x_shape[1:3], w_shape[:2], stride, "valid")
+    return (x_shape[0], oh, ow, w_shape[2] * w_shape[3])
+
+
+def depthwise_conv2d_fixed(party: Party, x: AShare, key, stride=1, tag: str = "depthwise") -> AShare:
+    """Depthwise conv(x, W) ('valid'; pad x first) for W shared with `matmul.share_fixed_operand(key)`.
+
+    The fixed-operand Beaver product of conv2d_fixed with the depthwise
+    product (ring.depthwise_conv2d: channel c*M + m of the output is input
+    channel c convolved with W[:, :, c, m]), which is bilinear as well.
+    1. Take [A] and [C] = dw(A, B) (offline); [A] dw F + [C] is folded in.
+    2. Open E = X - A (1 round).
+    3. [Z] = dw(E, [B] + F on P0, [B] on P1) + ([A] dw F + [C]): local.
+
+    Cost: 1 round; 8*x.size bytes per computing party online; P2 sends
+    8*z.size bytes to P1.
+    Ref: Beaver, CRYPTO 1991; depthwise convolutions as in MobileNet
+    (Howard et al., 2017).
+    """
+    f_open, b_term, w_shape = party.store[("fixed", key)]
+    out_shape = depthwise_output_shape(x.shape, w_shape, stride)
+    product = partial(ring.depthwise_conv2d, stride=stride)
+    a, ac = party.dealer.fixed_triple(key, x.shape, out_shape, product, tag="dealer:" + tag,
+                                      fold=lambda a, c: c + product(a, f_open))
+    if not party.computes:
+        return AShare(None, party.index, out_shape)
+    (e_open,) = open_arith(party, [x.value - a], tag=tag)
+    return AShare(_fixed_finish(e_open, b_term, ac, product), party.index)
+
+
 def _size(shape) -> int:
     n = 1
     for s in shape:
@@ -101,4 +137,9 @@ def cost_fixed(x_shape, w_shape, stride=1, padding="valid", input_open: bool = F
     out = output_shape(x_shape, w_shape, stride, padding)
     if input_open:  # P2 sends A to the input's owner instead of an opening
         return Cost(rounds=0, bytes_sent=0, dealer_bytes=WORD * (_size(out) + _size(x_shape)))
+    return Cost(rounds=1, bytes_sent=WORD * _size(x_shape), dealer_bytes=WORD * _size(out))
+
+
+def cost_depthwise_fixed(x_shape, w_shape, stride=1) -> Cost:
+    out = depthwise_output_shape(x_shape, w_shape, stride)
     return Cost(rounds=1, bytes_sent=WORD * _size(x_shape), dealer_bytes=WORD * _size(out))

@@ -9,7 +9,7 @@ from pysmpc.protocols.cost import WORD, Cost
 from pysmpc.protocols.open import open_arith
 from pysmpc.sharing.shares import AShare
 
-__all__ = ["mul", "square", "cost", "cost_square"]
+__all__ = ["mul", "mul_fixed", "square", "cost", "cost_fixed", "cost_square"]
 
 
 def mul(party: Party, x: AShare, y: AShare, tag: str = "mul") -> AShare:
@@ -57,6 +57,44 @@ def square(party: Party, x: AShare, tag: str = "square") -> AShare:
     if party.index == 0:
         z += d_open * d_open
     return AShare(z, party.index)
+
+
+def mul_fixed(party: Party, x: AShare, key, tag: str = "mul") -> AShare:
+    """x * W elementwise (W broadcast over x) for a W shared with `matmul.share_fixed_operand(key)`.
+
+    The fixed-operand Beaver product of matmul.matmul_fixed, elementwise:
+    W's mask F = W - B was opened once when the model was shared.
+    1. Take [A] (shaped like x) and [C] = A * B from the dealer (offline);
+       [A] * F + [C] needs no input, so it is folded into the material.
+    2. Open E = X - A (1 round).
+    3. [Z] = E * ([B] + F on P0, [B] on P1) + ([A] * F + [C]): local.
+
+    No truncation: the product of two F-bit encodings has 2F fractional bits.
+    Cost: 1 round; 8*x.size bytes per computing party online; P2 sends
+    8*x.size bytes to P1.
+    Ref: Beaver, CRYPTO 1991; the mask opened once as in docs/PROTOCOL.md
+    ("Fixed weights opened once").
+    """
+    f_open, b_term, w_shape = party.store[("fixed", key)]
+    try:
+        fits = np.broadcast_shapes(x.shape, w_shape) == tuple(x.shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mul_fixed: the weight of shape {w_shape} does not broadcast over x of shape {x.shape}")
+    a, ac = party.dealer.fixed_triple(key, x.shape, x.shape, np.multiply, tag="dealer:" + tag,
+                                      fold=lambda a, c: c + a * f_open)
+    if not party.computes:
+        return AShare(None, party.index, x.shape)
+    (e_open,) = open_arith(party, [x.value - a], tag=tag)
+    z = e_open * b_term
+    z += ac
+    return AShare(z, party.index)
+
+
+def cost_fixed(x_shape) -> Cost:
+    n = int(np.prod(x_shape))
+    return Cost(rounds=1, bytes_sent=WORD * n, dealer_bytes=WORD * n)
 
 
 def cost(x_shape, y_shape) -> Cost:

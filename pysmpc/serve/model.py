@@ -8,10 +8,11 @@ import time
 
 import numpy as np
 
-from pysmpc.graph import Graph, conv_padding, run_fixed_point, run_float
+from pysmpc.graph import Graph, run_fixed_point, run_float
 from pysmpc.graph.graph import check_input_range
 from pysmpc.graph.layout import model_input_to_nhwc, shape_in_layout
 from pysmpc.graph.secure import input_maskable, plan_cost
+from pysmpc.graph.secure import make_plan as secure_plan
 from pysmpc.parties.dealer import INPUT_MASK_TAG
 from pysmpc.parties.party import DEALER
 from pysmpc.protocols.cost import Cost
@@ -45,12 +46,20 @@ class Model:
     where it records it (Graph.input_range). Clients are told it, so a
     query outside it is converted with a note (uint8 pixels) or refused
     (serve/inputs.py); None (unknown) leaves float queries unchecked.
+
+    frac_bits: the model's fixed-point fractional bits F (None: the
+    cluster's, 16 by default). Fewer bits give more range, more give
+    precision: `calibrate(samples)` reports each layer's range at F, and
+    graph.calibrate.choose_frac_bits picks F from samples.
     """
 
-    def __init__(self, graph: Graph, input_range=None):
+    def __init__(self, graph: Graph, input_range=None, frac_bits: int | None = None):
         self.graph = graph
         if input_range is not None:
             graph.input_range = check_input_range(input_range)
+        if frac_bits is not None:
+            _check_model_frac_bits(frac_bits)
+        self.frac_bits = frac_bits
         self._shared: SharedModel | None = None
 
     @property
@@ -78,10 +87,24 @@ class Model:
         """Plaintext float64 logits (the reference) of x, in `input_layout`, with or without a batch axis."""
         return run_float(self.graph, model_input_to_nhwc(x, self.graph.input_shape, self.graph.input_layout))
 
-    def predict_fixed_point(self, x, frac_bits: int = 16) -> np.ndarray:
-        """Plaintext logits computed with the secure backend's fixed-point arithmetic (x as for predict)."""
+    def predict_fixed_point(self, x, frac_bits: int | None = None) -> np.ndarray:
+        """Plaintext logits computed with the secure backend's fixed-point arithmetic (x as for predict).
+
+        frac_bits: default the model's, or 16.
+        """
         x = model_input_to_nhwc(x, self.graph.input_shape, self.graph.input_layout)
-        return run_fixed_point(self.graph, x, frac_bits=frac_bits)
+        return run_fixed_point(self.graph, x, frac_bits=frac_bits or self.frac_bits or 16)
+
+    def calibrate(self, samples, frac_bits: int | None = None):
+        """Each layer's largest |value| over `samples` (as for predict) against what a private run holds exactly.
+
+        Returns a graph.calibrate.Calibration (`.report()`, `.warnings()`,
+        `.ok`) at F = frac_bits (default: the model's, or 16).
+        """
+        from pysmpc.graph.calibrate import calibrate
+
+        x = model_input_to_nhwc(samples, self.graph.input_shape, self.graph.input_layout)
+        return calibrate(self.graph, x, frac_bits or self.frac_bits or 16)
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs' logits (no sharing needed).
@@ -93,13 +116,13 @@ class Model:
         """
         plan = make_plan(self.graph)
         return plan_cost(plan, self.graph.shapes(), batch, truncate_output=True,
-                         input_open=prepared and input_maskable(plan))
+                         input_open=prepared and input_maskable(plan), frac_bits=self.frac_bits or 16)
 
     def share(self, cluster) -> "SharedModel":
         """Secret-share the weights to `cluster` (they leave this process as shares only)."""
         if self._shared is not None:
             self._shared.stop()
-        self._shared = SharedModel(self.graph, cluster)
+        self._shared = SharedModel(self.graph, cluster, frac_bits=self.frac_bits)
         return self._shared
 
     @property
@@ -125,22 +148,12 @@ class Model:
 
 
 def make_plan(graph: Graph, share_weight=None) -> list[dict]:
-    """The graph as the secure executor's plan (graph.secure): plain dicts.
+    """The graph as the secure executor's plan (graph.secure.make_plan): plain dicts.
 
     `share_weight(array) -> tensor id` shares each kernel and bias; without
     it the plan names no tensors and serves for cost estimates only.
     """
-    plan = []
-    for layer, in_shape in zip(graph.layers, graph.shapes()):
-        step = {"kind": layer.kind, "name": layer.name}
-        if layer.kind in ("conv2d", "dense") and share_weight is not None:
-            step.update(kernel=share_weight(layer.weights["kernel"]), bias=share_weight(layer.weights["bias"]))
-        if layer.kind == "conv2d":
-            step.update(stride=list(layer.params["stride"]), pads=list(conv_padding(layer, in_shape)))
-        elif layer.kind in ("avg_pool2d", "max_pool2d"):
-            step.update(pool=list(layer.params["pool"]), stride=list(layer.params["stride"]))
-        plan.append(step)
-    return plan
+    return secure_plan(graph, share_weight)
 
 
 class SharedModel:
@@ -155,11 +168,15 @@ class SharedModel:
     workers under the same key.
     """
 
-    def __init__(self, graph: Graph, cluster):
+    def __init__(self, graph: Graph, cluster, frac_bits: int | None = None):
         self.graph = graph
         self.cluster = cluster
         self.key = f"model-{next(_model_ids)}"
-        self.frac_bits = cluster.frac_bits
+        if frac_bits is not None:
+            _check_model_frac_bits(frac_bits)
+        # The model's F (Model.frac_bits) or the cluster's. Remote clients
+        # must encode with the same F: the workers refuse other queries.
+        self.frac_bits = cluster.frac_bits if frac_bits is None else frac_bits
         self.profile: list = []
         self._tensors: list = []
         self._stopped = False
@@ -188,7 +205,7 @@ class SharedModel:
         self._input_masks = {}  # the parties of a restarted cluster hold no prepared runs
 
         def share_weight(array):
-            tensor = self.cluster.share(array)
+            tensor = self.cluster.share(array, frac_bits=self.frac_bits)
             self._tensors.append(tensor)
             return tensor.tid
 
@@ -198,7 +215,7 @@ class SharedModel:
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs' logits, as Model.cost."""
         return plan_cost(self.plan, self.graph.shapes(), batch, truncate_output=True,
-                         input_open=prepared and input_maskable(self.plan))
+                         input_open=prepared and input_maskable(self.plan), frac_bits=self.frac_bits)
 
     def _check_input(self, x) -> np.ndarray:
         x, note = to_model_input(x, self.graph.input_range, what="input")
@@ -265,11 +282,15 @@ class SharedModel:
         """
         _check_reveal(reveal)
         x = self._check_input(model_input_to_nhwc(x, self.graph.input_shape, self.graph.input_layout))
-        encoded = self.cluster.encode(x, self.frac_bits)
+        # The widest format at F (I = 31 - F integer bits), whatever the cluster's default.
+        encoded = FixedPoint(frac_bits=self.frac_bits, int_bits=31 - self.frac_bits).encode(x)
         args = (self.key, list(x.shape), self.frac_bits)
         masks = self._input_masks.get((x.shape[0], reveal))
         if masks:
             mask_id, mask = masks.pop(0)
+            # The mask is shaped as the first product's input; flatten and reshape layers before it keep
+            # the element order, so it masks the input as it arrives.
+            mask = np.asarray(mask).reshape(encoded.shape)
             results, y_ring = self.cluster.call_on_masked_input("predict", encoded - mask, *args, mask_id=mask_id,
                                                                 reveal=reveal)
         else:
@@ -327,6 +348,12 @@ class SharedModel:
         self.cluster.call("unload_model", self.key)
         self.cluster.call("free", [t.tid for t in self._tensors])
         self._tensors = []
+
+
+def _check_model_frac_bits(frac_bits) -> None:
+    # The nonlinear protocols support F up to 22 (protocols.exp), products need 2F < 62.
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, (int, np.integer)) or not 1 <= frac_bits <= 22:
+        raise ValueError(f"frac_bits must be an int in 1..22, got {frac_bits!r}")
 
 
 def _check_reveal(reveal) -> None:

@@ -1,0 +1,119 @@
+"""parties.lockstep: programs of one party run together, their exchanges merged into shared rounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import FP, reconstruct_result, signed
+from conftest import fixed_seeds
+from pysmpc.parties.lockstep import run_in_lockstep
+from pysmpc.protocols.mul import mul
+from pysmpc.protocols.relu import relu
+from pysmpc.runtime.local import run_parties
+from pysmpc.sharing.prg import PRG
+from pysmpc.sharing.shares import AShare, share
+
+
+def _shares(values, party):
+    prg = PRG(bytes(16))
+    pairs = [share(v, prg) for v in values]
+    if party.is_dealer:
+        return [AShare(None, party.index, v.shape) for v in values]
+    return [AShare(pair[party.index], party.index) for pair in pairs]
+
+
+def run_programs(steps, deps, inputs):
+    """steps[i](party, xs) -> AShare, with xs the shared inputs; all in lockstep on P0/P1."""
+
+    def program(party):
+        xs = _shares(inputs, party)
+        outs = [None] * len(steps)
+
+        def make(i):
+            def run(p):
+                outs[i] = steps[i](p, xs)
+            return run
+
+        programs = [make(i) for i in range(len(steps))]
+        bundles = []
+        for run in programs:  # the material first, in program order (P2 deals as usual)
+            with party.dealer.capturing() as bundle:
+                run(party)
+            bundles.append(bundle)
+        if not party.computes:
+            return outs, None
+        stats = run_in_lockstep(party, programs, deps, bundles)
+        return outs, stats
+
+    results, parties = run_parties(program, seeds=fixed_seeds("lockstep"))
+    outs = [reconstruct_result([r[0][i] for r in results]) for i in range(len(steps))]
+    return outs, results[0][1], parties
+
+
+def test_independent_programs_share_rounds_and_get_their_own_answers():
+    rng = np.random.default_rng(0)
+    a, b = FP.encode(rng.uniform(-5, 5, (3, 7))), FP.encode(rng.uniform(-5, 5, (2, 4)))
+    steps = [lambda p, xs: relu(p, xs[0], tag="relu:a"),  # 4 rounds
+             lambda p, xs: mul(p, xs[1], xs[1], tag="mul:b"),  # 1 round
+             lambda p, xs: relu(p, xs[1], tag="relu:b")]  # 4 rounds
+    outs, stats, parties = run_programs(steps, [[], [], []], [a, b])
+    np.testing.assert_array_equal(signed(outs[0]), np.maximum(signed(a), 0))
+    np.testing.assert_array_equal(outs[1], b * b)
+    np.testing.assert_array_equal(signed(outs[2]), np.maximum(signed(b), 0))
+    p0 = parties[0].channel.totals(online=True)
+    assert p0.rounds == 4  # not 9
+    assert [s.rounds for s in stats] == [4, 0, 0]  # each shared round counts for the first program in it
+    assert sum(s.bytes_sent for s in stats) == p0.bytes_sent
+    assert any("relu:a" in t and "mul:b" in t for t in parties[1].channel.stats()), parties[1].channel.stats()
+
+
+def test_a_program_starts_when_its_dependencies_end():
+    rng = np.random.default_rng(1)
+    a = FP.encode(rng.uniform(-5, 5, (4,)))
+    got = {}
+
+    def first(p, xs):
+        got[p.index] = mul(p, xs[0], xs[0], tag="first")
+        return got[p.index]
+
+    def second(p, xs):  # reads what 'first' made (this party's): must run after it
+        return mul(p, got[p.index], xs[0], tag="second")
+
+    outs, stats, parties = run_programs([first, second, lambda p, xs: relu(p, xs[0], tag="other")],
+                                        [[], [0], []], [a])
+    np.testing.assert_array_equal(outs[1], a * a * a)
+    assert parties[0].channel.totals(online=True).rounds == 4  # first, second inside relu's four
+    assert [s.rounds for s in stats] == [1, 1, 2]
+
+
+def test_an_error_in_one_program_is_raised_and_the_others_unwind():
+    def broken(p, xs):
+        mul(p, xs[0], xs[0], tag="ok")
+        raise RuntimeError("boom in program 1")
+
+    with pytest.raises(RuntimeError, match="boom in program 1"):
+        run_programs([lambda p, xs: relu(p, xs[0], tag="long"), broken], [[], []],
+                     [FP.encode(np.ones(3))])
+
+
+def test_capturing_inside_a_recording_and_a_replay_keeps_the_same_material():
+    """Material captured per program inside an outer recording replays to the same shares."""
+
+    def program(party):
+        x = _shares([FP.encode(np.arange(5.0))], party)[0]
+        with party.dealer.recording() as outer:
+            with party.dealer.capturing() as inner:
+                relu(party, x, tag="r")
+        if party.is_dealer:
+            return None
+        assert inner.items and len(inner.items) == len(outer.items)
+        assert all(a is b for a, b in zip(inner.items, outer.items))
+        with party.dealer.replaying(outer):
+            with party.dealer.capturing() as again:
+                relu(party, x, tag="r")
+        assert all(a is b for a, b in zip(again.items, outer.items))
+        return True
+
+    results, _ = run_parties(program, seeds=fixed_seeds("capture"))
+    assert results[0] and results[1]
