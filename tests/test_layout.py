@@ -94,7 +94,7 @@ def test_onnx_graph_with_flat_input_has_no_image_layout():
     node = helper.make_node("MatMul", ["x", "w"], ["y"])
     graph = helper.make_graph([node], "flat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w])
-    imported = graph_from_onnx(helper.make_model(graph))
+    imported = graph_from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert imported.input_shape == (4,) and imported.input_layout == "NHWC"
 
 

@@ -96,7 +96,7 @@ class Model:
         return run_fixed_point(self.graph, x, frac_bits=frac_bits or self.frac_bits or 16)
 
     def calibrate(self, samples, frac_bits: int | None = None):
-        """Each layer's largest |value| over `samples` (as for predict) against what a private run holds exactly.
+        """Each layer's largest magnitude over `samples` (as for predict) against what a private run holds exactly.
 
         Returns a graph.calibrate.Calibration (`.report()`, `.warnings()`,
         `.ok`) at F = frac_bits (default: the model's, or 16).
