@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-import pysmpc
 from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1
 from pysmpc.parties.socket import (
@@ -204,7 +203,9 @@ class TcpCluster(BaseCluster):
                                        "(port busy? pass other hosts=, or stop whatever uses it)") from None
                 self.hosts[i] = (host, listeners[i].getsockname()[1])
             hosts = ",".join(_fmt(h) for h in self.hosts)
-            package_root = str(Path(pysmpc.__file__).resolve().parent.parent)
+            # The directory holding this pysmpc package (runtime/tcp.py is two levels down):
+            # no import of the package's top level, which imports this module.
+            package_root = str(Path(__file__).resolve().parents[2])
             env = dict(os.environ)
             # Run the workers on the same pysmpc as this process, whatever their cwd.
             env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
