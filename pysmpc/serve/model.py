@@ -96,7 +96,7 @@ class Model:
         return run_fixed_point(self.graph, x, frac_bits=frac_bits or self.frac_bits or 16)
 
     def calibrate(self, samples, frac_bits: int | None = None):
-        """Each layer's largest |value| over `samples` (as for predict) against what a private run holds exactly.
+        """Each layer's largest magnitude over `samples` (as for predict) against what a private run holds exactly.
 
         Returns a graph.calibrate.Calibration (`.report()`, `.warnings()`,
         `.ok`) at F = frac_bits (default: the model's, or 16).
@@ -205,7 +205,9 @@ class SharedModel:
         self._input_masks = {}  # the parties of a restarted cluster hold no prepared runs
 
         def share_weight(array):
-            tensor = self.cluster.share(array, frac_bits=self.frac_bits)
+            # At the model's F (the cluster encodes at its own unless told otherwise).
+            tensor = (self.cluster.share(array) if self.frac_bits == self.cluster.frac_bits
+                      else self.cluster.share(array, frac_bits=self.frac_bits))
             self._tensors.append(tensor)
             return tensor.tid
 
