@@ -224,7 +224,11 @@ def _query(args) -> int:
         queries += [(f"sample {k}", images[k], int(labels[k])) for k in args.sample]
     if not queries:
         raise ValueError("nothing to query: give image files (PNG, JPEG, ... or .npy) or --sample K")
+    deadline = time.monotonic() + args.wait
     served = cluster.describe_model(wait=args.wait)
+    while served is None and args.classes is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the workers run; their owner has not shared the model yet
+        served = cluster.describe_model(wait=max(0.0, deadline - time.monotonic()))
     if args.classes is not None:
         output = (1, args.classes)
     elif served is not None:

@@ -225,7 +225,9 @@ def test_serve_and_query_over_tcp(tmp_path):
         deadline = time.monotonic() + 60
         query = None
         while time.monotonic() < deadline:
-            query = run_cli("query", "--sample", "0", "--sample", "1", "--hosts", hosts, "--timeout", "60")
+            # --wait: the workers may be up before the model owner has shared the model.
+            query = run_cli("query", "--sample", "0", "--sample", "1", "--hosts", hosts, "--timeout", "60",
+                            "--wait", "60")
             if query.returncode == 0 or not ("cannot reach" in query.stderr or "no session yet" in query.stderr):
                 break
             time.sleep(0.5)

@@ -389,8 +389,9 @@ class TcpCluster(BaseCluster):
         reason (a ClusterError), or, with `wait` seconds, is waited for
         with a message (logger "pysmpc.cluster", a warning: shown on
         stderr without any logging setup). Returns None when the workers
-        run but serve no model yet (no session, or the owner has not
-        shared one): the shapes cannot be checked then.
+        run but serve no model yet (no session, the owner has not shared
+        one, or some worker has not loaded it yet): the shapes cannot be
+        checked then.
         """
         tls = self._client_tls()
         deadline = time.monotonic() + max(0.0, float(wait))
@@ -416,11 +417,11 @@ class TcpCluster(BaseCluster):
             descriptions.append(answer.get("model"))
         # The reveal policy may be set on one worker a moment before another (serving starting): compare the model.
         models = [None if d is None else {k: v for k, v in d.items() if k != "reveal"} for d in descriptions]
+        if any(m is None for m in models):  # loading: the workers take the model one after another
+            return None
         if any(m != models[0] for m in models):
             raise ClusterError(f"the workers describe different models (P0: {models[0]}, P1: {models[1]}, "
                                f"P2: {models[2]}): are these the three workers of one cluster?")
-        if models[0] is None:
-            return None
         return {**models[0], "reveal": next((d["reveal"] for d in descriptions if d.get("reveal")), None)}
 
     def submit_query(self, x, reveal: str = "logits", timeout: float = 60.0) -> np.ndarray:
