@@ -42,7 +42,7 @@ _F_RANGE = (4, 22)
 
 @dataclass
 class LayerRange:
-    """One layer's range over the samples: the largest |value|, the bits it is held at, the limit, the headroom."""
+    """One layer's range over the samples: the largest magnitude, the bits it is held at, the limit, the headroom."""
 
     name: str
     kind: str
@@ -117,7 +117,7 @@ def _samples(graph: Graph, samples) -> np.ndarray:
 
 
 def calibrate(graph: Graph, samples, frac_bits: int = 16, batch_size: int = 256) -> Calibration:
-    """Run the fixed-point executor on `samples` and compare each layer's largest |value| with its limit.
+    """Run the fixed-point executor on `samples` and compare each layer's largest magnitude with its limit.
 
     The first row is the input, against its encoding's limit 2^(31 - F).
 
@@ -171,7 +171,7 @@ def choose_frac_bits(graph: Graph, samples, margin: float = 2.0, candidates=rang
 
 
 def _float_maxima(graph: Graph, x: np.ndarray) -> list[float]:
-    """Largest |value| of the input and of each layer's output in the float model."""
+    """Largest magnitude of the input and of each layer's output in the float model."""
     maxima = [float(np.max(np.abs(x)))] + [0.0] * len(graph.layers)
     for start in range(0, len(x), 256):
         outputs = _walk(graph, x[start : start + 256], _float_layer, keep_all=True)

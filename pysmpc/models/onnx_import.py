@@ -14,7 +14,8 @@ layout, emitting nothing; Flatten and Reshape first bring their input to
 ONNX's own order, by a transpose layer (local on shares, free). So the
 NHWC graph computes exactly what the NCHW model does.
 
-Supported ops (default domain, opsets 13 to 21): Conv (groups 1, or
+Supported ops (default domain, opsets 13 to 21; a newer opset is read where
+every op it uses is defined as at 21): Conv (groups 1, or
 depthwise: groups = input channels; pads, strides, auto_pad SAME_UPPER),
 Gemm, MatMul (by a constant matrix), Add (two tensors of one shape, or a
 constant), Sub, Mul and Div by a constant (per channel or scalar), Relu,
@@ -217,9 +218,13 @@ class _Translator:
     # -- the walk -----------------------------------------------------------------------
     def run(self) -> Graph:
         onnx, g, source = self.onnx, self.model.graph, self.source
+        self.opset = OPSETS[1]
         for opset in self.model.opset_import:
-            if opset.domain in ("", "ai.onnx") and not OPSETS[0] <= opset.version <= OPSETS[1]:
-                raise ValueError(f"{source}: ONNX opset {opset.version}; supported opsets: {OPSETS[0]} to {OPSETS[1]}")
+            if opset.domain in ("", "ai.onnx"):
+                if opset.version < OPSETS[0]:
+                    raise ValueError(f"{source}: ONNX opset {opset.version}; supported opsets: {OPSETS[0]} to "
+                                     f"{OPSETS[1]} (and newer ones for ops unchanged since {OPSETS[1]})")
+                self.opset = opset.version
         self.consts = {t.name: _tensor(self.numpy_helper, t, source) for t in g.initializer}
         inputs = [i for i in g.input if i.name not in self.consts]
         if len(inputs) != 1:
@@ -245,6 +250,15 @@ class _Translator:
             self.where[0] = f"node {index} ({name[:60]!r} of op type {op[:40]})"
             if node.domain not in ("", "ai.onnx"):
                 raise _unsupported(node, f"domain {node.domain!r}")
+            if self.opset > OPSETS[1] and op != "Constant":
+                # A newer opset is read only where the op means what it meant at 21.
+                try:
+                    since = onnx.defs.get_schema(op, self.opset).since_version
+                except Exception:  # noqa: BLE001 - onnx raises SchemaError for an op it does not know
+                    since = None
+                if since is None or since > OPSETS[1]:
+                    raise _unsupported(node, f"its definition at opset {self.opset} is from opset {since}, newer "
+                                       f"than the opsets {OPSETS[0]} to {OPSETS[1]} this importer reads")
             a = _attrs(onnx, node)
             if op in ("Softmax", "LogSoftmax") and node.output[0] in outputs:
                 final_softmax = node

@@ -205,7 +205,9 @@ class SharedModel:
         self._input_masks = {}  # the parties of a restarted cluster hold no prepared runs
 
         def share_weight(array):
-            tensor = self.cluster.share(array, frac_bits=self.frac_bits)
+            # At the model's F (the cluster encodes at its own unless told otherwise).
+            tensor = (self.cluster.share(array) if self.frac_bits == self.cluster.frac_bits
+                      else self.cluster.share(array, frac_bits=self.frac_bits))
             self._tensors.append(tensor)
             return tensor.tid
 
