@@ -385,8 +385,12 @@ def _parse_address(text: str) -> tuple[str, int]:
 def _serve_control(relay: LinkRelay, path: str, stop: threading.Event) -> None:
     """Answer "stats" and "reset" lines on a Unix socket with one JSON line each."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
+    # Bound and listening under a temporary name, then renamed into place: whoever sees the
+    # path exist can connect at once (bind alone creates it, and a connect before listen is refused).
+    staging = f"{path}.{os.getpid()}.tmp"
+    server.bind(staging)
     server.listen()
+    os.replace(staging, path)
     server.settimeout(_IDLE_POLL)
     try:
         while not stop.is_set():
