@@ -59,7 +59,7 @@ import numpy as np
 from pysmpc.graph.layout import check_layout, shape_in_layout
 
 __all__ = ["KINDS", "INPUT_RANGE_KEY", "Graph", "GraphError", "Layer", "check_input_range", "conv_padding",
-           "pool_padding"]
+           "pool_padding", "reachable_layers"]
 
 KINDS = ("conv2d", "depthwise_conv2d", "avg_pool2d", "max_pool2d", "global_avg_pool", "global_max_pool",
          "relu", "clip", "sigmoid", "tanh", "softmax", "batch_norm", "add", "concat", "zero_pad", "flatten",
@@ -106,6 +106,19 @@ def check_input_range(value, what: str = "input_range") -> tuple[float, float] |
     if not (np.isfinite(low) and np.isfinite(high) and low < high):
         raise GraphError(f"{what} must be finite with low < high, got ({low:g}, {high:g})")
     return (low, high)
+
+
+def reachable_layers(layers: list, output: str) -> list:
+    """The layers `output` depends on, in their order (importers drop the rest: values nobody reads)."""
+    by_name = {layer.name: layer for layer in layers}
+    needed, stack = set(), [output]
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in by_name:
+            continue
+        needed.add(name)
+        stack.extend(by_name[name].inputs)
+    return [layer for layer in layers if layer.name in needed]
 
 
 def _pair(value, what: str) -> tuple[int, int]:

@@ -110,16 +110,8 @@ def _float_layer(layer: Layer, xs: list) -> np.ndarray:
         return x * layer.weights["scale"] + layer.weights["shift"]
     if kind == "add":
         return sum(xs[1:], xs[0])
-    if kind == "concat":
-        return np.concatenate(xs, axis=_axis(layer, x) + 1)
-    if kind == "zero_pad":
-        return _pad(x, p["pads"])
-    if kind == "flatten":
-        return x.reshape(x.shape[0], -1)
-    if kind == "reshape":
-        return x.reshape((x.shape[0],) + p["shape"])
-    if kind == "transpose":
-        return x.transpose((0,) + tuple(a + 1 for a in p["perm"]))
+    if kind in _REARRANGING:
+        return _rearrange(layer, xs)
     if kind in ("global_avg_pool", "global_max_pool"):
         reduce = np.mean if kind == "global_avg_pool" else np.max
         return reduce(x, axis=(1, 2), keepdims=p["keepdims"])
@@ -129,6 +121,24 @@ def _float_layer(layer: Layer, xs: list) -> np.ndarray:
         return _windows(_pad(x, pads, -np.inf), ph, pw, sh, sw).max(axis=(4, 5))
     total = _windows(_pad(x, pads), ph, pw, sh, sw).sum(axis=(4, 5))
     return total / pool_counts(layer, x.shape[1:])[None, :, :, None]
+
+
+# Layers that only move values (the same in float and in the ring).
+_REARRANGING = ("concat", "zero_pad", "flatten", "reshape", "transpose")
+
+
+def _rearrange(layer: Layer, xs: list) -> np.ndarray:
+    """Run a layer of _REARRANGING on a batch (either executor's dtype)."""
+    x, p = xs[0], layer.params
+    if layer.kind == "concat":
+        return np.concatenate(xs, axis=_axis(layer, x) + 1)
+    if layer.kind == "zero_pad":
+        return _pad(x, p["pads"])
+    if layer.kind == "flatten":
+        return x.reshape(x.shape[0], -1)
+    if layer.kind == "reshape":
+        return x.reshape((x.shape[0],) + p["shape"])
+    return np.ascontiguousarray(x.transpose((0,) + tuple(a + 1 for a in p["perm"])))
 
 
 def _axis(layer: Layer, x: np.ndarray) -> int:
@@ -239,16 +249,8 @@ def _fixed_layer(frac_bits: int):
             for other in xs[1:]:
                 total += other
             return total
-        if kind == "concat":
-            return np.concatenate(xs, axis=_axis(layer, x) + 1)
-        if kind == "zero_pad":
-            return _pad(x, p["pads"])
-        if kind == "flatten":
-            return x.reshape(x.shape[0], -1)
-        if kind == "reshape":
-            return x.reshape((x.shape[0],) + p["shape"])
-        if kind == "transpose":
-            return np.ascontiguousarray(x.transpose((0,) + tuple(a + 1 for a in p["perm"])))
+        if kind in _REARRANGING:
+            return _rearrange(layer, xs)
         if kind == "global_max_pool":
             return x.view(np.int64).max(axis=(1, 2), keepdims=p["keepdims"]).view(_U64)
         if kind == "global_avg_pool":

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from pysmpc.graph.fold import fold_batch_norms
-from pysmpc.graph.graph import Graph, Layer
+from pysmpc.graph.graph import Graph, Layer, reachable_layers
 from pysmpc.models._errors import ModelFormatError
 
 SUPPORTED = (
@@ -267,7 +267,7 @@ def _graph_from_keras(model_config, weights: WeightsFn, source: str, input_shape
         notes.append(f"final softmax of {layer_name!r} dropped: the graph outputs logits, the client applies softmax")
     if out == "input":
         raise ValueError(f"{source}: the model computes nothing on its input")
-    layers = _reachable(b.layers, out)
+    layers = reachable_layers(b.layers, out)
     graph = Graph(tuple(shape), layers, source=source, notes=notes, output=out)
     shapes = graph.tensor_shapes()
     for layer in graph.layers:
@@ -375,18 +375,6 @@ def _translate(b: _Builder, cls: str, cfg: dict, name: str, sources: list, weigh
         return out
     raise unsupported(name, cls)
 
-
-def _reachable(layers: list, output: str) -> list:
-    """The layers the output depends on."""
-    by_name = {layer.name: layer for layer in layers}
-    needed, stack = set(), [output]
-    while stack:
-        name = stack.pop()
-        if name in needed or name not in by_name:
-            continue
-        needed.add(name)
-        stack.extend(by_name[name].inputs)
-    return [layer for layer in layers if layer.name in needed]
 
 
 def v3_weight_names(spec: dict) -> list:

@@ -79,6 +79,19 @@ def load_keras_v3(path: str | os.PathLike) -> Graph:
                                     "model.weights.h5 inside the archive")
 
 
+
+def _read_at_most(path, limit: int, cannot_read: str, too_large: str) -> bytes:
+    """A file's bytes, refusing one over `limit` before holding more than limit + 1 of them."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ModelFormatError(f"{cannot_read}: {exc}") from None
+    if len(data) > limit:
+        raise ModelFormatError(too_large)
+    return data
+
+
 def load_keras_weights(path: str | os.PathLike, config) -> Graph:
     """Load a Keras 3 ``.weights.h5`` file (``model.save_weights``) with its model config.
 
@@ -99,21 +112,11 @@ def load_keras_weights(path: str | os.PathLike, config) -> Graph:
         text = config
         if isinstance(config, os.PathLike) or (isinstance(config, str) and not config.lstrip().startswith("{")):
             where = os.fspath(config)
-            try:
-                with open(where, "rb") as f:
-                    text = f.read(_MAX_CONFIG + 1)
-            except OSError as exc:
-                raise ModelFormatError(f"{path}: cannot read its config {where}: {exc}") from None
-            if len(text) > _MAX_CONFIG:
-                raise ModelFormatError(f"{where}: a model config of more than {_MAX_CONFIG} bytes")
+            text = _read_at_most(where, _MAX_CONFIG, f"{path}: cannot read its config {where}",
+                                 f"{where}: a model config of more than {_MAX_CONFIG} bytes")
         config_dict = parse_config(text, where)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_WEIGHTS + 1)
-    except OSError as exc:
-        raise ModelFormatError(f"{path}: cannot read the weights file: {exc}") from None
-    if len(data) > _MAX_WEIGHTS:
-        raise ModelFormatError(f"{path}: more than the {_MAX_WEIGHTS} bytes a model may have")
+    data = _read_at_most(path, _MAX_WEIGHTS, f"{path}: cannot read the weights file",
+                         f"{path}: more than the {_MAX_WEIGHTS} bytes a model may have")
     return _graph_from_weights_file(config_dict, io.BytesIO(data), path, "the weights file")
 
 

@@ -40,7 +40,7 @@ import os
 import numpy as np
 
 from pysmpc.graph.fold import fold_batch_norms
-from pysmpc.graph.graph import INPUT_RANGE_KEY, Graph, Layer, check_input_range
+from pysmpc.graph.graph import INPUT_RANGE_KEY, Graph, Layer, check_input_range, reachable_layers
 from pysmpc.models._errors import ModelFormatError
 
 __all__ = ["SUPPORTED_OPS", "OPSETS", "graph_from_onnx", "load_onnx"]
@@ -276,7 +276,7 @@ class _Translator:
                               f"logits, the client applies softmax")
         if out.name == "input":
             raise ValueError(f"{source}: the model computes nothing on its input")
-        layers = _reachable(self.layers, out.name)
+        layers = reachable_layers(self.layers, out.name)
         recorded = {p.key: p.value for p in self.model.metadata_props}.get(INPUT_RANGE_KEY)
         input_range = None if recorded is None else check_input_range(recorded, f"{source}: metadata {INPUT_RANGE_KEY!r}")
         graph = Graph(input_shape, layers, source=source, notes=self.notes, output=out.name,
@@ -568,15 +568,3 @@ class _Translator:
         layer = self.emit("batch_norm", name, {}, {"scale": scale, "shift": shift}, inputs=[v.name])
         self.values[node.output[0]] = _Value(layer, v.shape, v.layout)
 
-
-def _reachable(layers: list, output: str) -> list:
-    """The layers the output depends on (ONNX graphs may compute values nobody reads)."""
-    by_name = {layer.name: layer for layer in layers}
-    needed, stack = set(), [output]
-    while stack:
-        name = stack.pop()
-        if name in needed or name not in by_name:
-            continue
-        needed.add(name)
-        stack.extend(by_name[name].inputs)
-    return [layer for layer in layers if layer.name in needed]
