@@ -312,7 +312,12 @@ def _bench(args) -> int:
 
     from pysmpc import load_model
     from pysmpc.models import load_samples, shipped_model_path
-    from pysmpc.serve.benchmark import TORCH_BASELINE, measure_inference, speed_ratios, torch_available
+    from pysmpc.serve.benchmark import (
+        TORCH_BASELINE,
+        measure_inference,
+        speed_ratios,
+        torch_available,
+    )
 
     if args.plot:
         from pysmpc.serve.plots import require_matplotlib
@@ -367,9 +372,15 @@ def _bench(args) -> int:
 
 
 def _certs(args) -> int:
+    from pysmpc.parties.addresses import parse_hosts
     from pysmpc.parties.party import CLIENT, DEALER, P0, P1
-    from pysmpc.parties.socket import parse_hosts
-    from pysmpc.runtime.certs import LOOPBACK_NAMES, cert_host, endpoint_files, fingerprint, make_cluster_certs
+    from pysmpc.runtime.certs import (
+        LOOPBACK_NAMES,
+        cert_host,
+        endpoint_files,
+        fingerprint,
+        make_cluster_certs,
+    )
 
     entries = [h for h in (args.hosts or "").split(",") if h.strip()]
     if args.hosts is not None and len(entries) != 3:

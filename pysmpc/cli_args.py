@@ -60,7 +60,7 @@ def _batch_sizes(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     """The pysmpc parser: args.command names the command (cli.COMMANDS runs it)."""
     from pysmpc import __version__
-    from pysmpc.parties.socket import DEFAULT_MAX_FRAME, FRAME_HEADER_ROOM
+    from pysmpc.parties.frames import DEFAULT_MAX_FRAME, FRAME_HEADER_ROOM
 
     positive = _number(int, 1)
     positive_real = _number(float, 0, low_inclusive=False)

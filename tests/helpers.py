@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import fixed_seeds
+
 from pysmpc.parties.channel import is_offline_tag
 from pysmpc.runtime.local import run_parties
 from pysmpc.sharing.fixedpoint import FixedPoint
@@ -85,7 +85,12 @@ def socket_channel_pair(timeout: float = 2.0, p0: dict | None = None, p1: dict |
     import threading
 
     from pysmpc.parties.party import P0, P1
-    from pysmpc.parties.socket import SocketChannel, accept_peer, connect_peer, reply_hello
+    from pysmpc.parties.socket import (
+        SocketChannel,
+        accept_peer,
+        connect_peer,
+        reply_hello,
+    )
 
     listener = socket.create_server(("127.0.0.1", 0))
     accepted = {}

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import pysmpc as sy
 from pysmpc.cli import main
-from pysmpc.parties.socket import CleartextError
+from pysmpc.parties.addresses import CleartextError
 from pysmpc.runtime.certs import cert_host, fingerprint, make_cluster_certs
 from pysmpc.runtime.cluster import ClusterError
 

@@ -18,7 +18,6 @@ from pysmpc.cli_args import build_parser
 from pysmpc.models import shipped_model_path
 from pysmpc.runtime import worker
 
-
 # Subprocesses run outside the repository, so they import the installed
 # package rather than the source tree (which has no compiled kernels).
 OUTSIDE = tempfile.gettempdir()
@@ -153,7 +152,7 @@ def test_hints_name_flags_not_python_keywords():
 
 
 def test_the_flag_hints_still_match_the_library_messages():
-    from pysmpc.parties.socket import FrameTooLarge, write_frame
+    from pysmpc.parties.frames import FrameTooLarge, write_frame
     from pysmpc.runtime.cluster import ClusterError
     from pysmpc.runtime.tcp import TcpCluster
 

@@ -23,8 +23,9 @@ import pysmpc as sy
 from pysmpc.models import load_samples
 from pysmpc.parties.channel import PeerDisconnected
 from pysmpc.parties.faults import parse_fault
+from pysmpc.parties.frames import write_frame
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1
-from pysmpc.parties.socket import SocketChannel, connect_peer, write_frame
+from pysmpc.parties.socket import SocketChannel, connect_peer
 from pysmpc.runtime.queries import Query, QueryInbox, check_request
 
 pytestmark = pytest.mark.tcp

@@ -19,7 +19,8 @@ from pysmpc.fl import Aggregator, Owner, SubmissionError
 from pysmpc.fl.aggregate import RoundRefused
 from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.party import CLIENT, P0, P1
-from pysmpc.parties.socket import SocketChannel, TlsConfig, connect_peer
+from pysmpc.parties.socket import SocketChannel, connect_peer
+from pysmpc.parties.streams import TlsConfig
 from pysmpc.runtime.tcp import TcpCluster
 from pysmpc.sharing.fixedpoint import FixedPoint
 from pysmpc.sharing.prg import PRG, new_seed

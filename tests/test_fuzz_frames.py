@@ -18,16 +18,20 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from fuzz._harness import (  # tests/fuzz: the atheris harness uses the same stream
+    BytesStream,
+    never_idle,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pysmpc.parties.channel import ChannelError, PeerTimeout
+from pysmpc.parties.frames import HELLO_TAG, MAGIC, VERSION, read_frame, write_frame
 from pysmpc.parties.party import P0
-from pysmpc.parties.socket import CERT_NAMES, HELLO_TAG, MAGIC, VERSION, accept_peer, read_frame, write_frame
+from pysmpc.parties.socket import accept_peer
+from pysmpc.parties.streams import CERT_NAMES
 from pysmpc.runtime import wire
-
-from fuzz._harness import BytesStream, never_idle  # tests/fuzz: the atheris harness uses the same stream
 
 # derandomize: the same examples on every run and machine, so CI is repeatable.
 FUZZ = settings(max_examples=100, deadline=2000, derandomize=True, database=None,

@@ -18,13 +18,14 @@ import time
 
 import numpy as np
 import pytest
+from test_secure_graph import seed_cnn
 
 import pysmpc as sy
 from pysmpc.parties.channel import ChannelError
+from pysmpc.parties.frames import write_frame
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1
-from pysmpc.parties.socket import SocketChannel, connect_peer, write_frame
+from pysmpc.parties.socket import SocketChannel, connect_peer
 from pysmpc.runtime import tcp as tcp_module
-from test_secure_graph import seed_cnn
 
 pytestmark = pytest.mark.tcp
 

@@ -15,14 +15,15 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import socket_channel_pair
+from test_secure_graph import seed_cnn
 
 import pysmpc as sy
 from pysmpc.parties.channel import ChannelError
+from pysmpc.parties.frames import ABORT_TAG, FrameTooLarge
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1
-from pysmpc.parties.socket import ABORT_TAG, FrameTooLarge, SocketChannel, connect_peer
+from pysmpc.parties.socket import SocketChannel, connect_peer
 from pysmpc.runtime.queries import query_frame_limit
-from helpers import socket_channel_pair
-from test_secure_graph import seed_cnn
 
 pytestmark = pytest.mark.tcp
 

@@ -16,27 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import test_cluster
 from helpers import socket_channel_pair
-from pysmpc import LocalCluster
-from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
-from pysmpc.parties.party import CLIENT, DEALER, P0, P1
-from pysmpc.parties.socket import (
-    MAGIC,
-    CleartextError,
-    CleartextWarning,
-    TlsConfig,
-    accept_peer,
-    check_cleartext,
-    connect_peer,
-    parse_hosts,
-    reply_hello,
-)
-from pysmpc.runtime import wire
-from pysmpc.runtime.certs import make_cluster_certs
-from pysmpc.runtime.cluster import ClusterError
-from pysmpc.runtime.tcp import TcpCluster
 
 # The user-facing suite, collected again here against the parametrized `cluster` below.
 from test_cluster import (  # noqa: F401
@@ -47,6 +28,23 @@ from test_cluster import (  # noqa: F401
     test_share_reveal_add_sub,
     test_stats_count_bytes_and_rounds,
 )
+
+from pysmpc import LocalCluster
+from pysmpc.parties.addresses import (
+    CleartextError,
+    CleartextWarning,
+    check_cleartext,
+    parse_hosts,
+)
+from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
+from pysmpc.parties.frames import MAGIC
+from pysmpc.parties.party import CLIENT, DEALER, P0, P1
+from pysmpc.parties.socket import accept_peer, connect_peer, reply_hello
+from pysmpc.parties.streams import TlsConfig
+from pysmpc.runtime import wire
+from pysmpc.runtime.certs import make_cluster_certs
+from pysmpc.runtime.cluster import ClusterError
+from pysmpc.runtime.tcp import TcpCluster
 
 TOL = test_cluster.TOL
 

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pysmpc.parties.addresses import check_cleartext, parse_hosts
 from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.party import CLIENT, P0, P1
-from pysmpc.parties.socket import SocketChannel, TlsConfig, check_cleartext, connect_peer, parse_hosts
+from pysmpc.parties.socket import SocketChannel, connect_peer
+from pysmpc.parties.streams import TlsConfig
 from pysmpc.runtime.certs import owner_stem
 from pysmpc.runtime.rounds import MIN_OWNERS_FLOOR, check_owner_name
 from pysmpc.sharing.fixedpoint import FixedPoint

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pysmpc.parties.socket import CERT_FILES, CERT_NAMES, OWNER_CERT_PREFIX
+from pysmpc.parties.streams import CERT_FILES, CERT_NAMES, OWNER_CERT_PREFIX
 
 __all__ = ["make_cluster_certs", "make_cert", "make_owner_cert", "owner_stem", "endpoint_files", "cert_host", "fingerprint", "LOOPBACK_NAMES",
            "VALID_DAYS"]

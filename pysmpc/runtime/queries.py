@@ -16,8 +16,8 @@ import time
 from collections import OrderedDict
 
 from pysmpc.parties.channel import ChannelError
+from pysmpc.parties.frames import FRAME_HEADER_ROOM
 from pysmpc.parties.party import CLIENT
-from pysmpc.parties.socket import FRAME_HEADER_ROOM
 
 __all__ = ["QueryInbox", "Query", "ServedModels", "DEFAULT_MAX_AGE", "REVEAL_MODES", "allowed_reveals",
            "check_request", "request_layout", "query_frame_limit"]

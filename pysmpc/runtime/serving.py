@@ -46,8 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
+from pysmpc.parties.frames import ABORT_TAG
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party
-from pysmpc.parties.socket import ABORT_TAG
 from pysmpc.protocols import argmax as argmax_protocol
 from pysmpc.runtime.ops import _run_model, _stock, op_prepare, reveal_output_truncated
 from pysmpc.runtime.queries import allowed_reveals, request_layout

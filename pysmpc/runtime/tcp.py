@@ -19,21 +19,24 @@ from pathlib import Path
 
 import numpy as np
 
+from pysmpc.parties.addresses import check_cleartext, parse_hosts
 from pysmpc.parties.channel import ChannelError, PeerDisconnected, PeerTimeout
-from pysmpc.parties.party import CLIENT, DEALER, P0, P1
-from pysmpc.parties.socket import (
+from pysmpc.parties.frames import (
     DEFAULT_MAX_FRAME,
     FRAME_HEADER_ROOM,
     HEARTBEAT_TAG,
     FrameTooLarge,
-    SocketChannel,
-    TlsConfig,
-    check_cleartext,
-    connect_peer,
-    parse_hosts,
 )
+from pysmpc.parties.party import CLIENT, DEALER, P0, P1
+from pysmpc.parties.socket import SocketChannel, connect_peer
+from pysmpc.parties.streams import TlsConfig
 from pysmpc.runtime import wire
-from pysmpc.runtime.cluster import DEFAULT_TIMEOUT, BaseCluster, ClusterError, stop_on_signals
+from pysmpc.runtime.cluster import (
+    DEFAULT_TIMEOUT,
+    BaseCluster,
+    ClusterError,
+    stop_on_signals,
+)
 from pysmpc.runtime.queries import allowed_reveals
 from pysmpc.runtime.serving import STOP_SERVING_TAG
 from pysmpc.sharing.shares import share

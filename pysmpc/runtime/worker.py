@@ -55,26 +55,23 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from pysmpc.parties.addresses import CleartextError, check_cleartext, parse_hosts
 from pysmpc.parties.channel import ChannelError, PeerDisconnected
 from pysmpc.parties.faults import inject_fault, parse_fault
+from pysmpc.parties.frames import DEFAULT_MAX_FRAME, FRAME_HEADER_ROOM, HEARTBEAT_TAG
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party, exchange_seeds
-from pysmpc.parties.socket import (
-    DEFAULT_MAX_FRAME,
-    FRAME_HEADER_ROOM,
-    HEARTBEAT_TAG,
-    SocketChannel,
-    CleartextError,
-    TlsConfig,
-    accept_peer,
-    check_cleartext,
-    connect_peer,
-    parse_hosts,
-    reply_hello,
-)
+from pysmpc.parties.socket import SocketChannel, accept_peer, connect_peer, reply_hello
+from pysmpc.parties.streams import TlsConfig
 from pysmpc.runtime import wire
 from pysmpc.runtime.cluster import DEFAULT_TIMEOUT
 from pysmpc.runtime.ops import run_op
-from pysmpc.runtime.queries import Query, QueryInbox, ServedModels, check_request, query_frame_limit
+from pysmpc.runtime.queries import (
+    Query,
+    QueryInbox,
+    ServedModels,
+    check_request,
+    query_frame_limit,
+)
 from pysmpc.runtime.rounds import RoundBook, check_owner_name
 from pysmpc.runtime.serving import STOP_SERVING_TAG
 

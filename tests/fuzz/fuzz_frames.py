@@ -10,9 +10,7 @@ bytes, lists, tuples and None. See README.md.
 
 from __future__ import annotations
 
-
 import atheris
-
 from _harness import BytesStream, never_idle, run, use_working_copy
 
 use_working_copy()
@@ -20,8 +18,9 @@ with atheris.instrument_imports(include=["pysmpc"]):
     import numpy as np
 
     from pysmpc.parties.channel import ChannelError
+    from pysmpc.parties.frames import HELLO_TAG, read_frame, write_frame
     from pysmpc.parties.party import P0
-    from pysmpc.parties.socket import HELLO_TAG, _hello_peer, _parse_hello, read_frame, write_frame
+    from pysmpc.parties.socket import _hello_peer, _parse_hello
 
 MAX_FRAME = 1 << 20
 
