@@ -62,3 +62,18 @@ def test_readme_block_runs(heading, code, tmp_path):
             shown, expected = next(printed, ""), line.split("#", 1)[1].strip()
             if re.fullmatch(r"[\[\]\d.,() A-Z-]+", expected):
                 assert shown == expected, f"under {heading!r}: {line!r} printed {shown!r}"
+
+
+def test_readme_lists_every_supported_layer_and_op():
+    """The README's table of supported layers and ops names what the importers read, no less."""
+    from pysmpc.models._keras import ACTIVATIONS, SUPPORTED
+    from pysmpc.models.onnx_import import SUPPORTED_OPS
+
+    text = README.read_text()
+    section = text[text.index("## Supported layers and ops"):]
+    section = section[:section.index("\n## ", 1)]
+    listed = set(re.findall(r"`(\w+)`", section))
+    assert set(SUPPORTED) <= listed, set(SUPPORTED) - listed
+    assert set(SUPPORTED_OPS) <= listed, set(SUPPORTED_OPS) - listed
+    table_activations = re.search(r"`activation=` ([^;|]*)", section).group(1)
+    assert all(a in table_activations for a in ACTIVATIONS), table_activations
