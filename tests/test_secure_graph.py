@@ -306,12 +306,13 @@ def test_independent_branches_share_their_rounds(cluster):
 
 
 def test_liveness_drops_a_tensor_after_its_last_reader():
+    from pysmpc.graph.plan import compile_plan
     from pysmpc.graph.secure import _Values
     from pysmpc.sharing.shares import AShare
 
     plan = [{"kind": "relu", "name": "a", "inputs": ["input"]}, {"kind": "relu", "name": "b", "inputs": ["a"]},
             {"kind": "add", "name": "c", "inputs": ["a", "b"]}]
-    values = _Values(plan, "input", AShare(np.zeros(2, np.uint64), 0))
+    values = _Values(compile_plan(plan), AShare(np.zeros(2, np.uint64), 0))
     values["a"] = AShare(np.ones(2, np.uint64), 0)
     values.take(["input"])
     assert "input" not in values
