@@ -306,12 +306,13 @@ def test_independent_branches_share_their_rounds(cluster):
 
 
 def test_liveness_drops_a_tensor_after_its_last_reader():
+    from pysmpc.graph.plan import compile_plan
     from pysmpc.graph.secure import _Values
     from pysmpc.sharing.shares import AShare
 
     plan = [{"kind": "relu", "name": "a", "inputs": ["input"]}, {"kind": "relu", "name": "b", "inputs": ["a"]},
             {"kind": "add", "name": "c", "inputs": ["a", "b"]}]
-    values = _Values(plan, "input", AShare(np.zeros(2, np.uint64), 0))
+    values = _Values(compile_plan(plan), AShare(np.zeros(2, np.uint64), 0))
     values["a"] = AShare(np.ones(2, np.uint64), 0)
     values.take(["input"])
     assert "input" not in values
@@ -352,3 +353,22 @@ def test_masked_input_through_a_flatten(cluster):
     np.testing.assert_allclose(shared.predict(x), run_fixed_point(graph, x, F), atol=4 / 2**F)
     assert [p["rounds"] for p in shared.profile if p["name"] == "d"] == [0]  # the dense layer opened nothing
     shared.stop()
+
+
+def test_segments_put_only_overlapping_branches_in_lockstep():
+    """Steps whose rounds overlap another's run in lockstep; the rest one at a time (no scheduling cost)."""
+    from pysmpc.graph.plan import _attributed_rounds
+    from pysmpc.graph.secure import _segments
+
+    # conv1 (1) -> relu (4) -> conv2 (1); shortcut conv (1) beside them; add (0); relu (4)
+    rounds = [1, 4, 1, 1, 0, 4]
+    deps = [[], [0], [1], [], [2, 3], [4]]
+    assert _segments(rounds, deps) == [[0, 1, 2, 3], [4], [5]]
+    # the identity shortcut: nothing overlaps, one step per segment
+    assert _segments([1, 4, 1, 0, 4], [[], [0], [1], [2], [3]]) == [[0], [1], [2], [3], [4]]
+    # a zero-round branch beside a round-taking one needs no lockstep either
+    assert _segments([1, 0, 0], [[], [], [0, 1]]) == [[0], [1], [2]]
+    # two parallel relus share their rounds
+    segments = _segments([4, 4, 0], [[], [], [0, 1]])
+    assert segments == [[0, 1], [2]]
+    assert sum(_attributed_rounds([4, 4, 0], [[], [], [0, 1]])) == 4

@@ -108,6 +108,7 @@ class _Step:
     owed_pool: bool = False  # average pools: the window sum joins the owed truncation (no round)
     folded_into: int | None = None  # avg_pool2d: the conv that computes it
     deps: list = field(default_factory=list)  # indices of the steps it reads
+    inputs: list = field(default_factory=list)  # names of the tensors it reads (_inputs)
 
 
 @dataclass
@@ -135,7 +136,7 @@ def compile_plan(plan: list[dict]) -> _Compiled:
     for i, step in enumerate(plan):
         kind, name = step["kind"], step["name"]
         ins = _inputs(plan, i)
-        s = _Step(deps=sorted({index[n] for n in ins if n in index}))
+        s = _Step(deps=sorted({index[n] for n in ins if n in index}), inputs=ins)
         owed = pending[ins[0]]
         if kind in ("avg_pool2d", "global_avg_pool"):
             s.owed_pool = _owed_pool(step, owed)

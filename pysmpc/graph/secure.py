@@ -46,8 +46,8 @@ import time
 
 import numpy as np
 
-from pysmpc.graph.plan import (PLAN_KINDS, PRODUCTS, _bits, _Compiled, _attributed_rounds, _first_product, _input_name,
-                               _inputs, _step_costs, compile_plan, input_maskable, make_plan, plan_cost)
+from pysmpc.graph.plan import (PLAN_KINDS, PRODUCTS, _bits, _Compiled, _first_product, _input_name,
+                               _step_costs, compile_plan, input_maskable, make_plan, plan_cost)
 from pysmpc.parties.lockstep import run_in_lockstep
 from pysmpc.parties.party import Party
 from pysmpc.protocols import clip as clip_protocol
@@ -130,13 +130,8 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
     plan = party.store[("plan", model_key)]
     if input_open and not input_maskable(plan):
         raise ValueError("this model's first layer cannot take a masked input (needs dense or an unpadded conv2d)")
-    compiled = compile_plan(plan)
     masked_step = _first_product(plan) if input_open else None
-    batch = x.shape[0]
-    costs = _step_costs(plan, compiled, batch, truncate_output, masked_step, frac_bits, x.shape[1:])
-    rounds = [c.rounds for _, c in costs]
-    deps = [s.deps for s in compiled.steps] + ([[len(plan) - 1]] if truncate_output else [])
-    concurrent = _attributed_rounds(rounds, deps) != rounds
+    compiled, deps, segments = _run_shape(party, model_key, plan, x.shape, truncate_output, masked_step, frac_bits)
 
     def program(i):
         def run(p: Party, values: dict) -> None:
@@ -146,36 +141,100 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
             _run_step(p, model_key, plan, compiled, i, values, tensors, frac_bits, i == masked_step)
         return run
 
-    programs = [program(i) for i in range(len(deps))]
     names = [(step["name"], step["kind"]) for step in plan] + ([("output", "truncate")] if truncate_output else [])
-    values = _Values(plan, compiled.input_name, x)
-    if not concurrent or not party.computes:
-        for i, run in enumerate(programs):
-            start_time, start = time.perf_counter(), party.channel.totals(online=True)
-            run(party, values)
-            if profile is not None:
-                end = party.channel.totals(online=True)
-                profile.append(dict(name=names[i][0], kind=names[i][1], seconds=time.perf_counter() - start_time,
-                                    bytes_sent=end.bytes_sent - start.bytes_sent, rounds=end.rounds - start.rounds))
-    else:
-        # 1. The dealer's material, layer by layer in graph order, each
-        #    layer's kept in a bundle of its own (dealer calls only: the
-        #    values are the dealer's view, shapes without shares).
-        shadow = _Values(plan, compiled.input_name, AShare(None, x.party, x.shape))
+    values = _Values(compiled, x)
+    for segment in segments:
+        if len(segment) == 1 or not party.computes:
+            for i in segment:
+                start_time, start = time.perf_counter(), party.channel.totals(online=True)
+                program(i)(party, values)
+                if profile is not None:
+                    end = party.channel.totals(online=True)
+                    profile.append(dict(name=names[i][0], kind=names[i][1], seconds=time.perf_counter() - start_time,
+                                        bytes_sent=end.bytes_sent - start.bytes_sent,
+                                        rounds=end.rounds - start.rounds))
+            continue
+        # Branches that overlap: 1. the dealer's material of the segment,
+        # layer by layer in graph order (the order P2 deals in), each
+        # layer's kept in a bundle of its own (dealer calls only: the values
+        # are the dealer's view, shapes without shares).
+        programs = [program(i) for i in segment]
+        shadow = values.shadow()
         bundles = []
         for run in programs:
             with party.dealer.capturing() as bundle:
                 run(party, shadow)
             bundles.append(bundle)
         del shadow
-        # 2. The layers online, in lockstep: branches share their rounds.
-        stats = run_in_lockstep(party, [lambda p, run=run: run(p, values) for run in programs], deps, bundles)
+        # 2. The segment's layers online, in lockstep: branches share their rounds.
+        local = {i: k for k, i in enumerate(segment)}
+        segment_deps = [[local[d] for d in deps[i] if d in local] for i in segment]
+        stats = run_in_lockstep(party, [lambda p, run=run: run(p, values) for run in programs], segment_deps, bundles)
         if profile is not None:
-            for (name, kind), s in zip(names, stats):
-                profile.append(dict(name=name, kind=kind, seconds=s.seconds, bytes_sent=s.bytes_sent, rounds=s.rounds))
+            for i, st in zip(segment, stats):
+                profile.append(dict(name=names[i][0], kind=names[i][1], seconds=st.seconds,
+                                    bytes_sent=st.bytes_sent, rounds=st.rounds))
     out_name = "output" if truncate_output else plan[-1]["name"]
     out_bits = frac_bits if truncate_output else frac_bits + _bits(compiled.output_pending, frac_bits)
     return values[out_name], out_bits
+
+
+def _run_shape(party: Party, model_key, plan: list[dict], x_shape: tuple, truncate_output: bool, masked_step,
+               frac_bits: int) -> tuple[_Compiled, list, list]:
+    """compile_plan's decisions, each step's dependencies and the run's segments, computed once.
+
+    Kept in the party's store per plan and run shape: recomputing them on
+    every query cost a batch-1 query of the MNIST CNN about a third of its
+    in-process latency (mostly the cost formulas, needed here only for
+    the segments).
+    """
+    cached = party.store.get(("compiled", model_key))
+    if cached is None or cached[0] is not plan:
+        cached = (plan, compile_plan(plan), {})
+        party.store[("compiled", model_key)] = cached
+    _, compiled, shapes = cached
+    shape_key = (tuple(x_shape), truncate_output, masked_step, frac_bits)
+    if shape_key not in shapes:
+        if len(shapes) >= 64:  # a server seeing many batch sizes: keep the cache bounded
+            shapes.clear()
+        costs = _step_costs(plan, compiled, x_shape[0], truncate_output, masked_step, frac_bits, x_shape[1:])
+        deps = [s.deps for s in compiled.steps] + ([[len(plan) - 1]] if truncate_output else [])
+        shapes[shape_key] = (deps, _segments([c.rounds for _, c in costs], deps))
+    deps, segments = shapes[shape_key]
+    return compiled, deps, segments
+
+
+def _segments(rounds: list[int], deps: list[list[int]]) -> list[list[int]]:
+    """Split the steps (graph order) into runs that need lockstep and single steps that do not.
+
+    With every step starting as soon as its inputs are ready (the lockstep
+    schedule, plan._attributed_rounds), a cut between steps p-1 and p is
+    where every step before it has finished by the time any step after it
+    starts. Between two cuts, a group whose steps share no round runs one
+    step after the other at no extra round; only the others (a residual
+    block with a convolution on its shortcut, an inception block) pay for
+    the lockstep's scheduling. A sequential model gets one step per segment.
+    """
+    start, finish = [], []
+    for r, d in zip(rounds, deps):
+        start.append(max((finish[j] for j in d), default=0))
+        finish.append(start[-1] + r)
+    segments, current, done_by = [], [], 0
+    later_start = [0] * (len(rounds) + 1)
+    later_start[len(rounds)] = 1 << 62
+    for i in range(len(rounds) - 1, -1, -1):
+        later_start[i] = min(start[i], later_start[i + 1])
+    for i in range(len(rounds)):
+        current.append(i)
+        done_by = max(done_by, finish[i])
+        if done_by <= later_start[i + 1]:  # a cut after step i
+            spans = sorted((start[j], finish[j]) for j in current if finish[j] > start[j])
+            if all(a[1] <= b[0] for a, b in zip(spans, spans[1:])):
+                segments.extend([j] for j in current)  # nothing overlaps: one step at a time
+            else:
+                segments.append(current)
+            current = []
+    return segments
 
 
 class _Values(dict):
@@ -185,12 +244,19 @@ class _Values(dict):
     too, whatever order the branches start in.
     """
 
-    def __init__(self, plan: list[dict], input_name: str, x: AShare):
-        super().__init__({input_name: x})
+    def __init__(self, compiled: _Compiled, x: AShare):
+        super().__init__({compiled.input_name: x})
         self.readers_left: dict = {}
-        for i in range(len(plan)):
-            for name in _inputs(plan, i):
+        for s in compiled.steps:
+            for name in s.inputs:
                 self.readers_left[name] = self.readers_left.get(name, 0) + 1
+
+    def shadow(self) -> "_Values":
+        """A copy holding shapes without shares (the dealer's view), with its own reader counts."""
+        copy = _Values.__new__(_Values)
+        dict.__init__(copy, {name: AShare(None, v.party, v.shape) for name, v in self.items()})
+        copy.readers_left = dict(self.readers_left)
+        return copy
 
     def take(self, names: list[str]) -> list[AShare]:
         out = [self[name] for name in names]
@@ -210,7 +276,7 @@ def _run_step(party: Party, model_key, plan, compiled: _Compiled, i: int, values
     """Run step i on `values` (tensor name -> this party's shares), storing its output there."""
     step, s = plan[i], compiled.steps[i]
     kind, name = step["kind"], step["name"]
-    ins = values.take(_inputs(plan, i))
+    ins = values.take(s.inputs)
     x = _settle(party, ins[0], _bits(s.settle_in, frac_bits))
     if kind in PRODUCTS:
         key = (model_key, name)

@@ -372,6 +372,7 @@ def op_unload_model(party: Party, model_key: str) -> None:
     plan = party.store.pop(("plan", model_key), [])
     party.store.pop(("prepared", model_key), None)
     party.store.pop(("masked", model_key), None)
+    party.store.pop(("compiled", model_key), None)
     for layer in plan:
         party.store.pop(("fixed", (model_key, layer["name"])), None)
         party.store.pop(("dealer_mask", (model_key, layer["name"])), None)
