@@ -34,34 +34,39 @@ def eval_inputs(s, x, shift, tweaks, side_fixed, out):
 
 
 @njit(cache=True, nogil=True)
-def eval_level(g, cw, t_cw, x, shift, s, t, acc):
-    """One level of Eval from g = G(s) on the side each element takes (g (n, B, 2), already AES ^ input).
+def eval_level(aes_out, blocks, cw, t_cw, x, shift, s, t, acc, next_shift, tweaks):
+    """One level of Eval, then the next level's AES inputs.
 
+    g = aes_out ^ blocks is G(s) on the side each element takes (n, B, 2).
     Updates s (n, 2), t (n,) and acc (n, w) in place: seed and control bit
     from g's first block (control bit = its lowest bit, then cleared),
     corrected by cw[:, :2] and t_cw[side] where t is set; the payload words
-    (g's later blocks, + cw[:, 2:] where t is set) added to acc.
+    (g's later blocks, + cw[:, 2:] where t is set) added to acc. Then
+    overwrites blocks with s ^ tweaks[side'] for the next level, side' =
+    bit next_shift of x, or the leaf's tweaks (side 2) when next_shift < 0.
+    Branch-free in t (a mask), as t is a coin flip per element.
     """
     n, w = acc.shape
+    nb = blocks.shape[1]
     for j in range(n):
         side = np.int64((x[j] >> np.uint64(shift)) & _ONE)
-        s0 = g[j, 0, 0]
-        s1 = g[j, 0, 1]
-        tn = s0 & _ONE
-        s0 &= _NOT_LSB
-        tj = t[j]
-        if tj:
-            s0 ^= cw[j, 0]
-            s1 ^= cw[j, 1]
-            tn ^= np.uint64(t_cw[side, j])
+        mask = np.uint64(0) - t[j]
+        s0 = aes_out[j, 0, 0] ^ blocks[j, 0, 0]
+        s1 = aes_out[j, 0, 1] ^ blocks[j, 0, 1]
+        tn = (s0 & _ONE) ^ (np.uint64(t_cw[side, j]) & mask)
+        s0 = (s0 & _NOT_LSB) ^ (cw[j, 0] & mask)
+        s1 ^= cw[j, 1] & mask
         for k in range(w):
-            v = g[j, 1 + (k >> 1), k & 1]
-            if tj:
-                v += cw[j, 2 + k]
-            acc[j, k] += v
+            b = 1 + (k >> 1)
+            h = k & 1
+            acc[j, k] += (aes_out[j, b, h] ^ blocks[j, b, h]) + (cw[j, 2 + k] & mask)
         s[j, 0] = s0
         s[j, 1] = s1
         t[j] = tn
+        nside = 2 if next_shift < 0 else np.int64((x[j] >> np.uint64(max(next_shift, 0))) & _ONE)
+        for b in range(nb):
+            blocks[j, b, 0] = s0 ^ tweaks[nside, b, 0]
+            blocks[j, b, 1] = s1 ^ tweaks[nside, b, 1]
 
 
 @njit(cache=True, nogil=True)

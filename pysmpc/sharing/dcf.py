@@ -297,13 +297,23 @@ def dcf_eval(party_bit: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
     s[..., 0] &= _NOT_LSB
     t = np.full(n, party_bit, np.uint64)
     acc = np.zeros((n, w), np.uint64)
-    blocks = np.empty((n, nb, 2), np.uint64)
     t_cw = np.ascontiguousarray(key.t_cw)
+    blocks = np.empty((n, nb, 2), np.uint64)
+    # update_into wants block_size - 1 spare bytes after the output (older `cryptography`).
+    flat = np.empty(blocks.size + 2, np.uint64)
+    aes_out = flat[: blocks.size].reshape(blocks.shape)
+    enc = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
+    src, dst = memoryview(blocks.reshape(-1).view(np.uint8)), memoryview(flat.view(np.uint8))
+    kernels.eval_inputs(s, x, levels - 1, _TWEAKS, -1 if levels else _LEAF, blocks)
     for i in range(levels):
-        kernels.eval_inputs(s, x, levels - 1 - i, _TWEAKS, -1, blocks)
-        g = _mmo(blocks)
-        kernels.eval_level(g, np.ascontiguousarray(key.cw[i]), t_cw[i], x, levels - 1 - i, s, t, acc)
-    _, _, conv = _expand(s, _LEAF, w, with_seed=False)
+        if n:
+            enc.update_into(src, dst)
+        kernels.eval_level(aes_out, blocks, np.ascontiguousarray(key.cw[i]), t_cw[i], x, levels - 1 - i, s, t, acc,
+                           levels - 2 - i, _TWEAKS)
+    # blocks now hold the leaf's inputs (side 2): its payload blocks give Convert(s).
+    if n:
+        enc.update_into(src, dst)
+    conv = (aes_out[:, 1:, :] ^ blocks[:, 1:, :]).reshape(n, -1)[:, :w]
     hit = t.astype(bool)
     conv[hit] += key.leaf[hit]
     acc += conv
