@@ -186,6 +186,12 @@ def make_certs(topo: Topology) -> dict[str, Path]:
 def run(topo: Topology, tls: dict[str, Path], profiles: dict, batches, repeats: int,
         relu_protocols=("bitplane",)) -> list[dict]:
     """Start the three workers and their relays, run the model owner's half, stop them; its rows."""
+    hosts, controls, pids = start_workers(topo, tls)
+    return _run_owner(topo, hosts, controls, pids, tls, profiles, batches, repeats, relu_protocols)
+
+
+def start_workers(topo: Topology, tls: dict[str, Path]):
+    """Start the three workers, each behind its relay (unshaped); (hosts, relay control paths, pids)."""
     hosts = ",".join(f"{HOSTS[p]}:{RELAY_PORT}" for p in ("p0", "p1", "p2"))
     controls, pids = {}, {}
     for party in range(3):
@@ -202,6 +208,103 @@ def run(topo: Topology, tls: dict[str, Path], profiles: dict, batches, repeats: 
                             "--to", f"127.0.0.1:{WORKER_PORT}", "--control", controls[f"P{party}"]])
         _wait_path(topo, relay, f"relay-P{party}", Path(controls[f"P{party}"]))
         pids[f"relay-P{party}"] = relay.pid
+    return hosts, controls, pids
+
+
+class OwnerSession:
+    """The model owner in its namespace, driven one JSON line at a time over a pipe (bench/bench_network.py).
+
+    Commands: {"share": relu_protocol}, {"link": [delay s, rate bit/s or None]},
+    {"prepare": batch} -> {"seconds"}, {"predict": batch} -> {"seconds"},
+    {"count": batch} -> one prepared prediction's traffic (rounds, bytes per
+    image, dealer bytes per image, wire bytes per link). A pipe round trip
+    adds well under a millisecond to what the caller times.
+    """
+
+    def __init__(self, topo: Topology, tls: dict[str, Path], hosts: str, controls: dict):
+        log = open(topo.run_dir / "owner-session.log", "wb")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", topo.ns("mo"), sys.executable, str(Path(__file__).resolve()), "owner-session",
+             "--hosts", hosts, "--tls-dir", str(tls["mo"]), "--relays", json.dumps(controls)],
+            env=topo.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=topo.run_dir)
+        log.close()
+        topo.processes.append(("owner-session", self.proc))
+        self.topo = topo
+        self.ask(hello=True)
+
+    def ask(self, **command) -> dict:
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the model owner's session ended: {self.topo.log_tail('owner-session')}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"the model owner's session failed on {command}: {reply['error']}")
+        return reply
+
+
+def owner_session_main(args) -> int:
+    """The model owner's side of OwnerSession: one reply line per command line, on stdout only."""
+    import numpy as np
+
+    import pysmpc as sy
+    from network_measure import RelayCounters, _protocol_rounds
+    from pysmpc.models import load_samples, shipped_model_path
+    from pysmpc.serve.benchmark import traffic_per_image
+
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything else printed goes to the log, not into the replies
+    images, _ = load_samples()
+    relays = RelayCounters(json.loads(args.relays))
+    cluster = sy.TcpCluster(args.hosts, spawn=False, tls_dir=args.tls_dir, timeout=TIMEOUT, startup_timeout=120)
+    shared = None
+
+    def inputs(batch):
+        return np.concatenate([images] * (batch // len(images) + 1))[:batch]
+
+    with cluster:
+        for line in sys.stdin:
+            command = json.loads(line)
+            try:
+                reply = {}
+                if "share" in command:
+                    if shared is not None:
+                        shared.stop()
+                    shared = sy.load_model(shipped_model_path(), relu_protocol=command["share"]).share(cluster)
+                elif "link" in command:
+                    relays.set_link(*command["link"])
+                elif "prepare" in command:
+                    reply["seconds"] = shared.prepare(command["prepare"])["seconds"]
+                elif "predict" in command:
+                    x = inputs(command["predict"])
+                    start = time.perf_counter()
+                    shared.predict(x)
+                    reply["seconds"] = time.perf_counter() - start
+                elif "count" in command:
+                    batch = command["count"]
+                    cluster.reset_stats()
+                    relays.reset()
+                    shared.prepare(batch)
+                    dealer = traffic_per_image(cluster.stats(), batch)["dealer_bytes_per_image"]
+                    offline_links = relays.link_bytes()
+                    cluster.reset_stats()
+                    relays.reset()
+                    shared.predict(inputs(batch))
+                    stats = cluster.stats()
+                    reply.update(traffic_per_image(stats, batch), dealer_bytes_per_image=dealer,
+                                 rounds=_protocol_rounds(stats["P0"]), link_bytes=relays.link_bytes(),
+                                 offline_link_bytes=offline_links)
+            except Exception as exc:  # reported to the caller, which raises it
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            print(json.dumps(reply), file=replies, flush=True)
+        if shared is not None:
+            shared.stop()
+    return 0
+
+
+def _run_owner(topo: Topology, hosts: str, controls: dict, pids: dict, tls, profiles, batches, repeats,
+               relu_protocols) -> list[dict]:
     out = topo.run_dir / "rows.json"
     owner = topo.start("mo", "model-owner",
                        [str(Path(__file__).resolve()), "model-owner", "--hosts", hosts, "--tls-dir", str(tls["mo"]),
@@ -385,6 +488,10 @@ def main(argv=None) -> int:
     owner.add_argument("--repeats", type=int, required=True)
     owner.add_argument("--out", required=True)
     owner.add_argument("--relu", default="bitplane")
+    session = sub.add_parser("owner-session", help=argparse.SUPPRESS)  # OwnerSession's process
+    session.add_argument("--hosts", required=True)
+    session.add_argument("--tls-dir", required=True)
+    session.add_argument("--relays", required=True)
     parser.add_argument("--profiles", default="lan,wan",
                         help=f"comma-separated, of {', '.join(PROFILES)} "
                              "(unshaped always runs: the models take their compute time from it)")
@@ -399,6 +506,8 @@ def main(argv=None) -> int:
         return worker_main(args)
     if args.command == "model-owner":
         return model_owner_main(args)
+    if args.command == "owner-session":
+        return owner_session_main(args)
 
     profiles = ["unshaped"] + [p for p in args.profiles.split(",") if p and p != "unshaped"]
     unknown = [p for p in profiles if p not in PROFILES]
