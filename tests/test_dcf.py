@@ -31,7 +31,7 @@ def test_every_threshold_at_every_input(levels, width):
 
 
 def test_31_bit_edges_and_random_inputs():
-    levels, n = 31, 4096
+    levels, n = 31, 9000  # more than two of dcf_eval's chunks
     rng = np.random.default_rng(3)
     top = (1 << levels) - 1
     alpha = np.concatenate([[0, 1, top, top, 0, 1 << 30], rng.integers(0, top + 1, n - 6)]).astype(np.uint64)

@@ -70,15 +70,24 @@ def eval_level(aes_out, blocks, cw, t_cw, x, shift, s, t, acc, next_shift, tweak
 
 
 @njit(cache=True, nogil=True)
-def gen_level(g, alpha, shift, beta, s, t, v_alpha, cw, t_cw):
-    """One level of Gen for both parties from g = G(s) on both sides (g (2, n, 2 sides, B, 2)).
+def gen_level(aes_out, blocks, alpha, shift, beta, s, t, v_alpha, cw, t_cw, tweaks):
+    """One level of Gen for both parties, then the next level's AES inputs.
 
-    Writes this level's correction words cw (n, 2 + w) and t_cw (2, n),
-    and updates both parties' seeds s (2, n, 2), bits t (2, n) and the
-    running payload v_alpha (n, w) in place (BCG+21 Fig. 1, step 3).
+    g = aes_out ^ blocks is G(s) on both sides (2 parties, n, 2 sides, B, 2);
+    g replaces aes_out. Writes this level's correction words cw (n, 2 + w)
+    and t_cw (2, n), updates both parties' seeds s (2, n, 2), bits t (2, n)
+    and the running payload v_alpha (n, w) in place (BCG+21 Fig. 1, step
+    3), then sets blocks to s ^ tweaks[side, b] for both sides.
     """
     n, w = v_alpha.shape
+    nb = blocks.shape[3]
+    g = aes_out
     for j in range(n):
+        for p in range(2):
+            for side in range(2):
+                for b in range(nb):
+                    g[p, j, side, b, 0] ^= blocks[p, j, side, b, 0]
+                    g[p, j, side, b, 1] ^= blocks[p, j, side, b, 1]
         a = np.int64((alpha[j] >> np.uint64(shift)) & _ONE)
         keep = a
         lose = 1 - a
@@ -120,3 +129,7 @@ def gen_level(g, alpha, shift, beta, s, t, v_alpha, cw, t_cw):
             s[p, j, 0] = ns0
             s[p, j, 1] = ns1
             t[p, j] = tk
+            for side in range(2):
+                for b in range(nb):
+                    blocks[p, j, side, b, 0] = ns0 ^ tweaks[side, b, 0]
+                    blocks[p, j, side, b, 1] = ns1 ^ tweaks[side, b, 1]

@@ -144,9 +144,10 @@ def _call_every_kernel() -> None:
     _call(dcf.eval_level, (blocks.copy(), blocks, np.zeros((n, 2 + w), _U64), np.zeros((2, n), np.uint8),
                            x[:n].copy(), 1, seeds, np.zeros(n, _U64), np.zeros((n, w), _U64), 0, tweaks), {2})
     for width in (2, 3):
-        dcf.gen_level(np.zeros((2, n, 2, 1 + (width + 1) // 2, 2), _U64), x[:n].copy(), 1,
-                      np.zeros((n, width), _U64), np.zeros((2, n, 2), _U64), np.zeros((2, n), _U64),
-                      np.zeros((n, width), _U64), np.zeros((n, 2 + width), _U64), np.zeros((2, n), np.uint8))
+        gen_blocks = np.zeros((2, n, 2, 1 + (width + 1) // 2, 2), _U64)
+        dcf.gen_level(gen_blocks.copy(), gen_blocks, x[:n].copy(), 1, np.zeros((n, width), _U64),
+                      np.zeros((2, n, 2), _U64), np.zeros((2, n), _U64), np.zeros((n, width), _U64),
+                      np.zeros((n, 2 + width), _U64), np.zeros((2, n), np.uint8), tweaks)
     # protocols/conv2d.py: the opened input is received when the client masked it (prepared material).
     image = np.zeros((1, 3, 3, 1), _U64)
     _call(finish.conv2d_finish, (image, np.zeros((2, 2, 1, 1), _U64), 1, 1, np.zeros((1, 2, 2, 1), _U64),

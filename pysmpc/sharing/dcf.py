@@ -46,6 +46,7 @@ _NOT_LSB = _U64(0xFFFFFFFFFFFFFFFE)
 # The fixed public AES key of the MMO PRG (nothing secret: a label's hash).
 _FIXED_KEY = hashlib.sha256(b"pysmpc.sharing.dcf fixed AES key v1").digest()[:16]
 _LEFT, _RIGHT, _LEAF = 0, 1, 2
+_EVAL_CHUNK = 4096  # elements evaluated through all levels at a time (see dcf_eval)
 _MAX_TWEAKS = 8  # output blocks per side: 1 seed block + up to 7 payload blocks (w <= 14)
 
 
@@ -256,11 +257,25 @@ def dcf_gen(alpha: np.ndarray, beta: np.ndarray, levels: int, root0: np.ndarray,
     (n, 2) uint64: the two parties' root seeds (uniform, from the caller's
     PRG). Returns (cw, t_cw, leaf), the part both keys share (DcfKey's
     fields). Draws no randomness. Per level: one AES call over 2 x 2 x
-    (1 + ceil(w/2)) blocks per key, then one kernel pass.
+    (1 + ceil(w/2)) blocks per key, then one kernel pass; all levels of
+    one chunk of keys at a time (cache-resident, as dcf_eval).
     """
     alpha = np.ascontiguousarray(alpha, np.uint64)
     beta = np.ascontiguousarray(beta, np.uint64)
     _check_gen(alpha, beta, levels, root0, root1)
+    n, w = beta.shape
+    cw = np.empty((levels, n, 2 + w), np.uint64)
+    t_cw = np.empty((levels, 2, n), np.uint8)
+    leaf = np.empty((n, w), np.uint64)
+    enc = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
+    for start in range(0, n, _EVAL_CHUNK):
+        end = min(n, start + _EVAL_CHUNK)
+        _gen_chunk(alpha[start:end], beta[start:end], levels, root0[start:end], root1[start:end], enc,
+                   cw[:, start:end], t_cw[:, :, start:end], leaf[start:end])
+    return cw, t_cw, leaf
+
+
+def _gen_chunk(alpha, beta, levels, root0, root1, enc, cw_out, t_cw_out, leaf_out) -> None:
     n, w = beta.shape
     nb = 1 + _payload_blocks(w)
     s = np.stack([root0, root1]).astype(np.uint64)
@@ -268,15 +283,18 @@ def dcf_gen(alpha: np.ndarray, beta: np.ndarray, levels: int, root0: np.ndarray,
     t = np.zeros((2, n), np.uint64)
     t[1] = _ONE
     v_alpha = np.zeros((n, w), np.uint64)
-    cw = np.empty((levels, n, 2 + w), np.uint64)
-    t_cw = np.empty((levels, 2, n), np.uint8)
-    tweaks = _TWEAKS[:2, :nb][None, None]  # (1, 1, 2 sides, nb, 2)
+    t_cw = np.empty((2, n), np.uint8)
+    blocks = np.empty((2, n, 2, nb, 2), np.uint64)
+    np.bitwise_xor(s[:, :, None, None, :], _TWEAKS[:2, :nb][None, None], out=blocks)
+    flat = np.empty(blocks.size + 2, np.uint64)  # 15 spare bytes for update_into (older `cryptography`)
+    g = flat[: blocks.size].reshape(blocks.shape)
+    src, dst = memoryview(blocks.reshape(-1).view(np.uint8)), memoryview(flat.view(np.uint8))
     for i in range(levels):
-        g = _mmo(s[:, :, None, None, :] ^ tweaks)  # (2, n, 2, nb, 2)
-        kernels.gen_level(g, alpha, levels - 1 - i, beta, s, t, v_alpha, cw[i], t_cw[i])
+        enc.update_into(src, dst)
+        kernels.gen_level(g, blocks, alpha, levels - 1 - i, beta, s, t, v_alpha, cw_out[i], t_cw, _TWEAKS)
+        t_cw_out[i] = t_cw
     _, _, conv = _expand(s, _LEAF, w, with_seed=False)
-    leaf = _negate_where(conv[1] - conv[0] - v_alpha, t[1])
-    return cw, t_cw, leaf
+    leaf_out[:] = _negate_where(conv[1] - conv[0] - v_alpha, t[1])
 
 
 def dcf_eval(party_bit: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
@@ -292,29 +310,41 @@ def dcf_eval(party_bit: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
         raise ValueError(f"DCF evaluation needs {n} inputs, got shape {x.shape}")
     if party_bit not in (0, 1):
         raise ValueError(f"DCF evaluator must be 0 or 1, got {party_bit}")
+    acc = np.empty((n, w), np.uint64)
+    t_cw = np.ascontiguousarray(key.t_cw)
+    enc = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
+    # All levels for one chunk of elements at a time: the chunk's seeds,
+    # blocks and sums stay in cache, and only the correction words stream
+    # from memory (level by level over all elements would be memory-bound).
+    for start in range(0, n, _EVAL_CHUNK):
+        end = min(n, start + _EVAL_CHUNK)
+        acc[start:end] = _eval_chunk(party_bit, key, t_cw, x, start, end, enc)
+    return _U64(0) - acc if party_bit else acc
+
+
+def _eval_chunk(party_bit: int, key: DcfKey, t_cw: np.ndarray, x: np.ndarray, start: int, end: int, enc):
+    levels, w = key.levels, key.width
+    n = end - start
     nb = 1 + _payload_blocks(w)
-    s = np.array(key.root, np.uint64)
+    s = np.array(key.root[start:end], np.uint64)
     s[..., 0] &= _NOT_LSB
     t = np.full(n, party_bit, np.uint64)
     acc = np.zeros((n, w), np.uint64)
-    t_cw = np.ascontiguousarray(key.t_cw)
+    x = x[start:end]
     blocks = np.empty((n, nb, 2), np.uint64)
     # update_into wants block_size - 1 spare bytes after the output (older `cryptography`).
     flat = np.empty(blocks.size + 2, np.uint64)
     aes_out = flat[: blocks.size].reshape(blocks.shape)
-    enc = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
     src, dst = memoryview(blocks.reshape(-1).view(np.uint8)), memoryview(flat.view(np.uint8))
-    kernels.eval_inputs(s, x, levels - 1, _TWEAKS, -1 if levels else _LEAF, blocks)
+    kernels.eval_inputs(s, x, levels - 1, _TWEAKS, -1, blocks)
     for i in range(levels):
-        if n:
-            enc.update_into(src, dst)
-        kernels.eval_level(aes_out, blocks, np.ascontiguousarray(key.cw[i]), t_cw[i], x, levels - 1 - i, s, t, acc,
-                           levels - 2 - i, _TWEAKS)
-    # blocks now hold the leaf's inputs (side 2): its payload blocks give Convert(s).
-    if n:
         enc.update_into(src, dst)
+        kernels.eval_level(aes_out, blocks, key.cw[i, start:end], np.ascontiguousarray(t_cw[i, :, start:end]), x, levels - 1 - i, s, t,
+                           acc, levels - 2 - i, _TWEAKS)
+    # blocks now hold the leaf's inputs (side 2): its payload blocks give Convert(s).
+    enc.update_into(src, dst)
     conv = (aes_out[:, 1:, :] ^ blocks[:, 1:, :]).reshape(n, -1)[:, :w]
     hit = t.astype(bool)
-    conv[hit] += key.leaf[hit]
+    conv[hit] += key.leaf[start:end][hit]
     acc += conv
-    return _U64(0) - acc if party_bit else acc
+    return acc
