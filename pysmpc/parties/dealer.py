@@ -252,12 +252,14 @@ class Dealer:
         side = self.give(side, (count, n), tag)
         roots = {p: self.private(p, (n, 2)) for p in (P0, P1)}
         cw_shape, tail_shape = cw_shapes(n, levels, width)
+        # One message per tree level: a batch's correction words may pass a frame's limit as one array.
         if self.index == DEALER:
             cw, tail = pack_public(*dcf_gen(alpha, beta, levels, roots[P0], roots[P1]))
-            self.give_public(cw, cw_shape, tag)
+            for level in cw:
+                self.give_public(level, cw_shape[1:], tag)
             self.give_public(tail, tail_shape, tag)
             return r, None, None
-        cw = self.give_public(None, cw_shape, tag)
+        cw = [self.give_public(None, cw_shape[1:], tag) for _ in range(levels)]
         tail = self.give_public(None, tail_shape, tag)
         key: DcfKey = unpack_public(roots[self.index], cw, tail, width)
         return r, side, key

@@ -102,8 +102,9 @@ def _expand(seeds: np.ndarray, sides: np.ndarray | int, w: int, with_seed: bool 
 class DcfKey:
     """One party's keys for n comparisons: root seeds and the correction words both keys share.
 
-    root (n, 2); cw (L, n, 2 + w): per level the seed correction (2 words)
-    and the payload correction (w words); t_cw (L, 2, n) uint8: the left and
+    root (n, 2); cw (L, n, 2 + w), or a list of L arrays (n, 2 + w) as they
+    travel (one message per level keeps messages small): per level the seed
+    correction (2 words) and the payload correction (w words); t_cw (L, 2, n) uint8: the left and
     right control-bit corrections; leaf (n, w).
     """
 
@@ -114,7 +115,7 @@ class DcfKey:
 
     @property
     def levels(self) -> int:
-        return self.cw.shape[0]
+        return len(self.cw)
 
     @property
     def width(self) -> int:
@@ -143,7 +144,7 @@ def pack_public(cw: np.ndarray, t_cw: np.ndarray, leaf: np.ndarray) -> tuple[np.
 
 
 def unpack_public(root, cw: np.ndarray, tail: np.ndarray, w: int) -> DcfKey:
-    levels, n = cw.shape[0], cw.shape[1]
+    levels, n = len(cw), cw[0].shape[0]
     nw = (n + 63) // 64
     packed = tail[: levels * 2 * nw]
     bits = np.unpackbits(np.ascontiguousarray(packed).view(np.uint8), bitorder="little")
@@ -214,7 +215,7 @@ def dcf_gen_reference(alpha: np.ndarray, beta: np.ndarray, levels: int, root0: n
 def dcf_eval_reference(party_bit: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
     """NumPy twin of `dcf_eval` (the kernels' reference in tests)."""
     x = np.asarray(x, np.uint64)
-    levels, n, w = key.levels, key.cw.shape[1], key.width
+    levels, n, w = key.levels, key.leaf.shape[0], key.width
     if x.shape != (n,):
         raise ValueError(f"DCF evaluation needs {n} inputs, got shape {x.shape}")
     s = np.array(key.root, np.uint64)
@@ -305,7 +306,7 @@ def dcf_eval(party_bit: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
     pass applying the corrections.
     """
     x = np.ascontiguousarray(x, np.uint64)
-    levels, n, w = key.levels, key.cw.shape[1], key.width
+    levels, n, w = key.levels, key.leaf.shape[0], key.width
     if x.shape != (n,):
         raise ValueError(f"DCF evaluation needs {n} inputs, got shape {x.shape}")
     if party_bit not in (0, 1):
@@ -339,7 +340,7 @@ def _eval_chunk(party_bit: int, key: DcfKey, t_cw: np.ndarray, x: np.ndarray, st
     kernels.eval_inputs(s, x, levels - 1, _TWEAKS, -1, blocks)
     for i in range(levels):
         enc.update_into(src, dst)
-        kernels.eval_level(aes_out, blocks, key.cw[i, start:end], np.ascontiguousarray(t_cw[i, :, start:end]), x, levels - 1 - i, s, t,
+        kernels.eval_level(aes_out, blocks, key.cw[i][start:end], np.ascontiguousarray(t_cw[i, :, start:end]), x, levels - 1 - i, s, t,
                            acc, levels - 2 - i, _TWEAKS)
     # blocks now hold the leaf's inputs (side 2): its payload blocks give Convert(s).
     enc.update_into(src, dst)
