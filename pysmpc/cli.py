@@ -130,7 +130,7 @@ def _inspect(args) -> int:
         from pysmpc.graph.calibrate import calibration_report
 
         print()
-        print(calibration_report(model.graph, args.calibrate, args.frac_bits))
+        print(calibration_report(model.graph, args.calibrate, args.frac_bits, relu_protocol=args.relu))
     if args.plot:
         _plot_layers(model, args)
     return 0

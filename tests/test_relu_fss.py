@@ -70,3 +70,12 @@ def test_bad_arguments_are_refused():
         run_shared(lambda p, a: relu_fss(p, a, 0, domain_bits=63), x)
     with pytest.raises(ValueError, match="bits"):
         run_shared(lambda p, a: relu_fss(p, a, -1), x)
+
+
+def test_more_elements_than_one_batch_of_keys():
+    from pysmpc.parties.dealer import KEY_CHUNK
+
+    n = KEY_CHUNK + 1000  # two batches of keys, two messages each
+    values = np.random.default_rng(9).integers(-(2**40), 2**40, n)
+    parties = _check(list(values), 16)
+    assert_cost(parties, relu_fss_protocol.cost((n,), 16))

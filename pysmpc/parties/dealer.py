@@ -17,6 +17,8 @@ _U64 = np.uint64
 # P2's message that gives an input's owner the mask of its first product.
 INPUT_MASK_TAG = "dealer:input-mask"
 _ONE = np.uint64(1)
+# Elements per batch of DCF keys (Dealer.sign_keys): 2^16 keys on 31 levels are about 80 MB per evaluator.
+KEY_CHUNK = 1 << 16
 
 
 class Dealer:
@@ -235,7 +237,13 @@ class Dealer:
         one correction; each party's root seed comes from its stream with P2;
         the correction words go to both (tag "dealer:<op>", counted offline).
 
-        Returns (r, side (count, n), DcfKey) on P0/P1; (r, None, None) on P2.
+        Keys are made and sent for up to KEY_CHUNK elements at a time (one
+        message each for its correction words and its tail), so an evaluator
+        waits at most one chunk's key generation for its first message, and
+        no message nears a frame's limit.
+
+        Returns (r, side (count, n), [DcfKey per chunk of elements]) on
+        P0/P1; (r, None, None) on P2.
         """
         levels = domain_bits - 1 - bits
         width = 3 if bits else 2
@@ -251,18 +259,20 @@ class Dealer:
             beta = np.stack([sign] + [rho * sign for rho in rhos], axis=1)
         side = self.give(side, (count, n), tag)
         roots = {p: self.private(p, (n, 2)) for p in (P0, P1)}
-        cw_shape, tail_shape = cw_shapes(n, levels, width)
-        # One message per tree level: a batch's correction words may pass a frame's limit as one array.
-        if self.index == DEALER:
-            cw, tail = pack_public(*dcf_gen(alpha, beta, levels, roots[P0], roots[P1]))
-            for level in cw:
-                self.give_public(level, cw_shape[1:], tag)
-            self.give_public(tail, tail_shape, tag)
-            return r, None, None
-        cw = [self.give_public(None, cw_shape[1:], tag) for _ in range(levels)]
-        tail = self.give_public(None, tail_shape, tag)
-        key: DcfKey = unpack_public(roots[self.index], cw, tail, width)
-        return r, side, key
+        keys: list[DcfKey] = []
+        for start in range(0, n, KEY_CHUNK):
+            end = min(n, start + KEY_CHUNK)
+            cw_shape, tail_shape = cw_shapes(end - start, levels, width)
+            if self.index == DEALER:
+                cw, tail = pack_public(*dcf_gen(alpha[start:end], beta[start:end], levels, roots[P0][start:end],
+                                                roots[P1][start:end]))
+                self.give_public(cw, cw_shape, tag)
+                self.give_public(tail, tail_shape, tag)
+                continue
+            cw = self.give_public(None, cw_shape, tag)
+            tail = self.give_public(None, tail_shape, tag)
+            keys.append(unpack_public(roots[self.index][start:end], cw, tail, width))
+        return (r, None, None) if self.index == DEALER else (r, side, keys)
 
     # -- boolean material ----------------------------------------------------
     def private_and(self, shape, tag: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pysmpc.parties.dealer import KEY_CHUNK
 from pysmpc.parties.party import Party
 from pysmpc.protocols.cost import WORD, Cost
 from pysmpc.protocols.open import open_arith
@@ -68,7 +69,7 @@ def relu_fss(party: Party, x: AShare, bits: int = 0, domain_bits: int | None = N
     m = default_domain_bits(bits) if domain_bits is None else int(domain_bits)
     _check(bits, m)
     n = x.size
-    r, side, key = party.dealer.sign_keys(n, bits, m, tag="dealer:" + tag)
+    r, side, keys = party.dealer.sign_keys(n, bits, m, tag="dealer:" + tag)
     if not party.computes:
         return AShare(None, party.index, x.shape)
     first = party.index == 0  # public terms are added once, by P0
@@ -79,7 +80,9 @@ def relu_fss(party: Party, x: AShare, bits: int = 0, domain_bits: int | None = N
     u_open = (c + _U64((1 << (m - 1)) - (1 << bits if bits else 0)) - _OFFSET) & _U64((1 << m) - 1)
     a = u_open >> _U64(m - 1)
     z = (u_open & _U64((1 << (m - 1)) - 1)) >> _U64(bits)
-    v = dcf_eval(party.index, key, z)  # (n, w): (1-2b) carry, times each mask
+    # (n, w): (1-2b) carry, times each mask; keys come in chunks of elements (Dealer.sign_keys).
+    v = np.concatenate([dcf_eval(party.index, key, z[offset : offset + key.leaf.shape[0]])
+                        for key, offset in zip(keys, np.cumsum([0] + [k.leaf.shape[0] for k in keys]))])
     if bits:
         r_hi, r_msb, b, r_hi_b, r_msb_b = side
         scale = (_ONE - (c >> _U64(63))) << _U64(64 - bits)  # 2^(64-F)(1 - c_63)
@@ -113,5 +116,6 @@ def cost(shape, bits: int = 0, domain_bits: int | None = None) -> Cost:
     n = int(np.prod(shape))
     width = 3 if bits else 2
     count = 2 * width - 1 if bits else width
-    dealer = WORD * count * n + 2 * WORD * key_words(n, m - 1 - bits, width)
+    chunks = [min(KEY_CHUNK, n - start) for start in range(0, n, KEY_CHUNK)]
+    dealer = WORD * count * n + 2 * WORD * sum(key_words(c, m - 1 - bits, width) for c in chunks)
     return Cost(rounds=1, bytes_sent=WORD * n, dealer_bytes=dealer)

@@ -113,7 +113,7 @@ class Model:
         from pysmpc.graph.calibrate import calibrate
 
         x = model_input_to_nhwc(samples, self.graph.input_shape, self.graph.input_layout)
-        return calibrate(self.graph, x, frac_bits or self.frac_bits or 16)
+        return calibrate(self.graph, x, frac_bits or self.frac_bits or 16, relu_protocol=self.relu_protocol)
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs' logits (no sharing needed).
