@@ -79,3 +79,9 @@ def test_more_elements_than_one_batch_of_keys():
     values = np.random.default_rng(9).integers(-(2**40), 2**40, n)
     parties = _check(list(values), 16)
     assert_cost(parties, relu_fss_protocol.cost((n,), 16))
+
+
+def test_an_empty_input():
+    z, parties = run_shared(lambda p, a: relu_fss(p, a, 16), np.zeros((0, 3), np.uint64))
+    assert z.shape == (0, 3)
+    assert_cost(parties, relu_fss_protocol.cost((0, 3), 16))

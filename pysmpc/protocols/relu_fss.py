@@ -81,8 +81,9 @@ def relu_fss(party: Party, x: AShare, bits: int = 0, domain_bits: int | None = N
     a = u_open >> _U64(m - 1)
     z = (u_open & _U64((1 << (m - 1)) - 1)) >> _U64(bits)
     # (n, w): (1-2b) carry, times each mask; keys come in chunks of elements (Dealer.sign_keys).
-    v = np.concatenate([dcf_eval(party.index, key, z[offset : offset + key.leaf.shape[0]])
-                        for key, offset in zip(keys, np.cumsum([0] + [k.leaf.shape[0] for k in keys]))])
+    pieces = [dcf_eval(party.index, key, z[offset : offset + key.leaf.shape[0]])
+              for key, offset in zip(keys, np.cumsum([0] + [k.leaf.shape[0] for k in keys]))]
+    v = np.concatenate(pieces) if pieces else np.zeros((0, 3 if bits else 2), np.uint64)
     if bits:
         r_hi, r_msb, b, r_hi_b, r_msb_b = side
         scale = (_ONE - (c >> _U64(63))) << _U64(64 - bits)  # 2^(64-F)(1 - c_63)
