@@ -102,9 +102,9 @@ def _expand(seeds: np.ndarray, sides: np.ndarray | int, w: int, with_seed: bool 
 class DcfKey:
     """One party's keys for n comparisons: root seeds and the correction words both keys share.
 
-    root (n, 2); cw (L, n, 2 + w), or a list of L arrays (n, 2 + w) as they
-    travel (one message per level keeps messages small): per level the seed
-    correction (2 words) and the payload correction (w words); t_cw (L, 2, n) uint8: the left and
+    root (n, 2); cw (L, n, 2 + w) (or any sequence of L arrays (n, 2 + w)):
+    per level the seed correction (2 words) and the payload correction (w
+    words); t_cw (L, 2, n) uint8: the left and
     right control-bit corrections; leaf (n, w).
     """
 
