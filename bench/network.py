@@ -2,6 +2,7 @@
 
     sudo python bench/network.py                      # unshaped, lan, wan; batches 1 and 256
     sudo python bench/network.py --profiles wan --batches 1 --repeats 3 --json wan.json
+    sudo python bench/network.py --relu bitplane,fss  # both relu protocols, one after the other
 
 One command sets the topology up, runs the benchmark and takes it all down
 again (also on Ctrl-C or an error). Needs root and iproute2 (`ip`).
@@ -57,7 +58,7 @@ SUBNET = "10.77.0"
 HOSTS = {"p0": f"{SUBNET}.10", "p1": f"{SUBNET}.11", "p2": f"{SUBNET}.12", "mo": f"{SUBNET}.20"}
 RELAY_PORT, WORKER_PORT = 4000, 4100
 NETNS_PREFIX = "pysmpcnet"
-TIMEOUT = 60.0  # s a party waits for a message: a batch of 256 spends ~4 s on a 100 Mbit/s link
+TIMEOUT = 600.0  # s a party waits for a message: with relu_protocol="fss" a batch of 256 moves 1.2 GB of dealer keys to each of P0 and P1, 96 s at 100 Mbit/s
 
 
 class SetupError(RuntimeError):
@@ -182,8 +183,15 @@ def make_certs(topo: Topology) -> dict[str, Path]:
     return dirs
 
 
-def run(topo: Topology, tls: dict[str, Path], profiles: dict, batches, repeats: int) -> list[dict]:
+def run(topo: Topology, tls: dict[str, Path], profiles: dict, batches, repeats: int,
+        relu_protocols=("bitplane",)) -> list[dict]:
     """Start the three workers and their relays, run the model owner's half, stop them; its rows."""
+    hosts, controls, pids = start_workers(topo, tls)
+    return _run_owner(topo, hosts, controls, pids, tls, profiles, batches, repeats, relu_protocols)
+
+
+def start_workers(topo: Topology, tls: dict[str, Path]):
+    """Start the three workers, each behind its relay (unshaped); (hosts, relay control paths, pids)."""
     hosts = ",".join(f"{HOSTS[p]}:{RELAY_PORT}" for p in ("p0", "p1", "p2"))
     controls, pids = {}, {}
     for party in range(3):
@@ -200,12 +208,110 @@ def run(topo: Topology, tls: dict[str, Path], profiles: dict, batches, repeats: 
                             "--to", f"127.0.0.1:{WORKER_PORT}", "--control", controls[f"P{party}"]])
         _wait_path(topo, relay, f"relay-P{party}", Path(controls[f"P{party}"]))
         pids[f"relay-P{party}"] = relay.pid
+    return hosts, controls, pids
+
+
+class OwnerSession:
+    """The model owner in its namespace, driven one JSON line at a time over a pipe (bench/bench_network.py).
+
+    Commands: {"share": relu_protocol}, {"link": [delay s, rate bit/s or None]},
+    {"prepare": batch} -> {"seconds"}, {"predict": batch} -> {"seconds"},
+    {"count": batch} -> one prepared prediction's traffic (rounds, bytes per
+    image, dealer bytes per image, wire bytes per link). A pipe round trip
+    adds well under a millisecond to what the caller times.
+    """
+
+    def __init__(self, topo: Topology, tls: dict[str, Path], hosts: str, controls: dict):
+        log = open(topo.run_dir / "owner-session.log", "wb")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", topo.ns("mo"), sys.executable, str(Path(__file__).resolve()), "owner-session",
+             "--hosts", hosts, "--tls-dir", str(tls["mo"]), "--relays", json.dumps(controls)],
+            env=topo.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=topo.run_dir)
+        log.close()
+        topo.processes.append(("owner-session", self.proc))
+        self.topo = topo
+        self.ask(hello=True)
+
+    def ask(self, **command) -> dict:
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the model owner's session ended: {self.topo.log_tail('owner-session')}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"the model owner's session failed on {command}: {reply['error']}")
+        return reply
+
+
+def owner_session_main(args) -> int:
+    """The model owner's side of OwnerSession: one reply line per command line, on stdout only."""
+    import numpy as np
+
+    import pysmpc as sy
+    from network_measure import RelayCounters, _protocol_rounds
+    from pysmpc.models import load_samples, shipped_model_path
+    from pysmpc.serve.benchmark import traffic_per_image
+
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything else printed goes to the log, not into the replies
+    images, _ = load_samples()
+    relays = RelayCounters(json.loads(args.relays))
+    cluster = sy.TcpCluster(args.hosts, spawn=False, tls_dir=args.tls_dir, timeout=TIMEOUT, startup_timeout=120)
+    shared = None
+
+    def inputs(batch):
+        return np.concatenate([images] * (batch // len(images) + 1))[:batch]
+
+    with cluster:
+        for line in sys.stdin:
+            command = json.loads(line)
+            try:
+                reply = {}
+                if "share" in command:
+                    if shared is not None:
+                        shared.stop()
+                    shared = sy.load_model(shipped_model_path(), relu_protocol=command["share"]).share(cluster)
+                elif "link" in command:
+                    relays.set_link(*command["link"])
+                elif "prepare" in command:
+                    reply["seconds"] = shared.prepare(command["prepare"])["seconds"]
+                elif "predict" in command:
+                    x = inputs(command["predict"])
+                    start = time.perf_counter()
+                    shared.predict(x)
+                    reply["seconds"] = time.perf_counter() - start
+                elif "count" in command:
+                    batch = command["count"]
+                    cluster.reset_stats()
+                    relays.reset()
+                    shared.prepare(batch)
+                    dealer = traffic_per_image(cluster.stats(), batch)["dealer_bytes_per_image"]
+                    offline_links = relays.link_bytes()
+                    cluster.reset_stats()
+                    relays.reset()
+                    shared.predict(inputs(batch))
+                    stats = cluster.stats()
+                    reply.update(traffic_per_image(stats, batch), dealer_bytes_per_image=dealer,
+                                 rounds=_protocol_rounds(stats["P0"]), link_bytes=relays.link_bytes(),
+                                 offline_link_bytes=offline_links)
+            except Exception as exc:  # reported to the caller, which raises it
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            print(json.dumps(reply), file=replies, flush=True)
+        if shared is not None:
+            shared.stop()
+    return 0
+
+
+def _run_owner(topo: Topology, hosts: str, controls: dict, pids: dict, tls, profiles, batches, repeats,
+               relu_protocols) -> list[dict]:
     out = topo.run_dir / "rows.json"
     owner = topo.start("mo", "model-owner",
                        [str(Path(__file__).resolve()), "model-owner", "--hosts", hosts, "--tls-dir", str(tls["mo"]),
                         "--relays", json.dumps(controls), "--pids", json.dumps(pids),
                         "--profiles", json.dumps(profiles),
-                        "--batches", ",".join(map(str, batches)), "--repeats", str(repeats), "--out", str(out)])
+                        "--batches", ",".join(map(str, batches)), "--repeats", str(repeats), "--out", str(out),
+                        "--relu", ",".join(relu_protocols)])
     shown = 0
     while True:  # echo the model owner's progress lines as they come
         done = owner.poll() is not None
@@ -276,13 +382,17 @@ def model_owner_main(args) -> int:
     from pysmpc.models import load_samples, shipped_model_path
 
     images, _ = load_samples()
-    model = sy.load_model(shipped_model_path())
     cluster = sy.TcpCluster(args.hosts, spawn=False, tls_dir=args.tls_dir, timeout=TIMEOUT, startup_timeout=120)
+    rows = []
     with cluster:
-        rows = measure(cluster, model, np.asarray(images), args.batches, args.repeats,
-                       RelayCounters(json.loads(args.relays)), json.loads(args.profiles),
-                       cpu=CpuClock(dict(json.loads(args.pids), MO=os.getpid())),
-                       progress=lambda s: print(s, flush=True))
+        for relu_protocol in args.relu.split(","):
+            print(f"relu protocol {relu_protocol}", flush=True)
+            model = sy.load_model(shipped_model_path(), relu_protocol=relu_protocol)
+            measured = measure(cluster, model, np.asarray(images), args.batches, args.repeats,
+                               RelayCounters(json.loads(args.relays)), json.loads(args.profiles),
+                               cpu=CpuClock(dict(json.loads(args.pids), MO=os.getpid())),
+                               progress=lambda s: print(s, flush=True))
+            rows += [dict(row, relu_protocol=relu_protocol) for row in measured]
     Path(args.out).write_text(json.dumps(rows))
     return 0
 
@@ -292,18 +402,21 @@ def report(rows: list[dict]) -> str:
     """Markdown tables: measured beside the analytic models, CPU per prediction, each link's rounds and bytes."""
     from network_measure import predict_latency
 
-    rows = sorted(rows, key=lambda r: (r["batch"], list(PROFILES).index(r["profile"])))
-    compute = {row["batch"]: row for row in rows if row["profile"] == "unshaped"}
-    lines = ["| profile | batch | online latency (median) | images/s | rtt model: compute + round trips x RTT + "
+    rows = sorted(rows, key=lambda r: (r.get("relu_protocol", "bitplane"), r["batch"],
+                                       list(PROFILES).index(r["profile"])))
+    compute = {(row.get("relu_protocol", "bitplane"), row["batch"]): row for row in rows if row["profile"] == "unshaped"}
+    lines = ["| relu | profile | batch | online latency (median) | images/s | rtt model: compute + round trips x RTT + "
              "bytes / rate | error | one-way model | error | overlap model | error | offline (prepare) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        relu = row.get("relu_protocol", "bitplane")
         delay, rate = PROFILES[row["profile"]]
-        cells = [row["profile"], str(row["batch"]), f"{row['latency_ms']:.1f} ms", f"{row['images_per_s']:,.0f}"]
+        cells = [relu, row["profile"], str(row["batch"]), f"{row['latency_ms']:.1f} ms",
+                 f"{row['images_per_s']:,.0f}"]
         if rate is None:
             cells += ["(the compute time)", "", "", "", "", ""]
         else:
-            m = predict_latency(row, compute[row["batch"]], delay, rate)
+            m = predict_latency(row, compute[(relu, row["batch"])], delay, rate)
             cells += [f"{m['rtt_ms']:.1f} ms = {m['compute_ms']:.1f} + {m['round_trips']} x {2 * delay * 1e3:g} + "
                       f"{m['transfer_ms']:.1f}", f"{m['rtt_error']:+.0%}",
                       f"{m['one_way_ms']:.1f} ms", f"{m['one_way_error']:+.0%}",
@@ -312,24 +425,26 @@ def report(rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     processes = ["P0", "P1", "P2", "relay-P0", "relay-P1", "relay-P2", "MO"]
     lines += ["", "CPU time per online prediction (ms, user + system, all threads):", "",
-              "| profile | batch | " + " | ".join(processes) + " |", "|---|---|" + "---|" * len(processes)]
+              "| relu | profile | batch | " + " | ".join(processes) + " |",
+              "|---|---|---|" + "---|" * len(processes)]
     for row in rows:
         cpu = row.get("cpu_ms", {})
-        lines.append(f"| {row['profile']} | {row['batch']} | "
+        lines.append(f"| {row.get('relu_protocol', 'bitplane')} | {row['profile']} | {row['batch']} | "
                      + " | ".join(f"{cpu[p]:.0f}" if p in cpu else "-" for p in processes) + " |")
     online_links = ("P0>P1", "P1>P0", "MO>P0", "P0>MO", "MO>P1", "P1>MO")
     offline_links = ("P2>P0", "P2>P1", "P2>MO")
     lines += ["", "Wire bytes (TLS records included) per link direction, counted by the relays; rounds from P0's "
               "channel (the plan's in brackets):", "",
-              "| batch | rounds P0-P1 | " + " | ".join(online_links) + " | P2's links | while preparing: "
-              + " | ".join(offline_links) + " |", "|---|---|" + "---|" * (len(online_links) + 1 + len(offline_links))]
-    for row in compute.values():
+              "| relu | batch | rounds P0-P1 | " + " | ".join(online_links) + " | P2's links | while preparing: "
+              + " | ".join(offline_links) + " |",
+              "|---|---|---|" + "---|" * (len(online_links) + 1 + len(offline_links))]
+    for (relu, _batch), row in compute.items():
         b, off = row["link_bytes"], row["offline_link_bytes"]
         p2 = sum(v for k, v in b.items() if "P2" in k)
-        lines.append(f"| {row['batch']} | {row['worker_rounds']} ({row['planned_rounds']}) | "
+        lines.append(f"| {relu} | {row['batch']} | {row['worker_rounds']} ({row['planned_rounds']}) | "
                      + " | ".join(_mb(b[k]) for k in online_links) + f" | {_mb(p2)} | "
                      + " | ".join(_mb(off[k]) for k in offline_links) + " |")
-    spread = [f"{r['profile']} batch {r['batch']}: {min(r['latency_ms_all']):.1f}-{max(r['latency_ms_all']):.1f} ms"
+    spread = [f"{r.get('relu_protocol', 'bitplane')} {r['profile']} batch {r['batch']}: {min(r['latency_ms_all']):.1f}-{max(r['latency_ms_all']):.1f} ms"
               for r in rows]
     lines += ["", "Range of the timed runs: " + "; ".join(spread) + "."]
     return "\n".join(lines)
@@ -372,18 +487,27 @@ def main(argv=None) -> int:
     owner.add_argument("--batches", type=_batches, required=True)
     owner.add_argument("--repeats", type=int, required=True)
     owner.add_argument("--out", required=True)
+    owner.add_argument("--relu", default="bitplane")
+    session = sub.add_parser("owner-session", help=argparse.SUPPRESS)  # OwnerSession's process
+    session.add_argument("--hosts", required=True)
+    session.add_argument("--tls-dir", required=True)
+    session.add_argument("--relays", required=True)
     parser.add_argument("--profiles", default="lan,wan",
                         help=f"comma-separated, of {', '.join(PROFILES)} "
                              "(unshaped always runs: the models take their compute time from it)")
     parser.add_argument("--batches", type=_batches, default=[1, 256])
     parser.add_argument("--repeats", type=int, default=9, help="timed predictions per profile and batch size (median)")
     parser.add_argument("--json", default=None, help="also write every row to this file")
+    parser.add_argument("--relu", default="bitplane",
+                        help="comma-separated relu protocols (bitplane, fss), measured one after the other")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))  # this tree's pysmpc (with its netsim relay), as the namespaces' PYTHONPATH
     if args.command == "worker":
         return worker_main(args)
     if args.command == "model-owner":
         return model_owner_main(args)
+    if args.command == "owner-session":
+        return owner_session_main(args)
 
     profiles = ["unshaped"] + [p for p in args.profiles.split(",") if p and p != "unshaped"]
     unknown = [p for p in profiles if p not in PROFILES]
@@ -391,6 +515,9 @@ def main(argv=None) -> int:
         parser.error(f"unknown profile(s) {', '.join(unknown)}: choose from {', '.join(PROFILES)}")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    relu_protocols = [r for r in args.relu.split(",") if r]
+    if not relu_protocols or any(r not in ("bitplane", "fss") for r in relu_protocols):
+        parser.error(f"--relu takes bitplane, fss or bitplane,fss, got {args.relu!r}")
     try:
         check_environment()
     except SetupError as exc:
@@ -410,7 +537,7 @@ def main(argv=None) -> int:
             print(f"{profile}: one-way delay {delay * 1e3:g} ms, "
                   f"{'no rate cap' if rate is None else f'{rate / 1e6:g} Mbit/s'} per direction of each link")
         print(f"starting the workers; then {args.repeats} cycles through the profiles per batch size", flush=True)
-        rows = run(topo, tls, {p: PROFILES[p] for p in profiles}, args.batches, args.repeats)
+        rows = run(topo, tls, {p: PROFILES[p] for p in profiles}, args.batches, args.repeats, relu_protocols)
     except SetupError as exc:
         print(f"bench/network.py: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,8 @@ from pysmpc.sharing.fixedpoint import FixedPoint
 __version__ = "0.1.0"
 
 
-def load_model(path, input_range=None, config=None, frac_bits: int | None = None) -> Model:
+def load_model(path, input_range=None, config=None, frac_bits: int | None = None,
+               relu_protocol: str = "bitplane") -> Model:
     """Load a Keras (.hdf5, .h5, .keras; .weights.h5 with its `config`) or ONNX (.onnx) model file for private serving.
 
     The Model takes inputs in the file's own layout: NHWC for Keras, NCHW
@@ -33,10 +34,12 @@ def load_model(path, input_range=None, config=None, frac_bits: int | None = None
     as a path, JSON text or dict).
     frac_bits: the model's fixed-point fractional bits (default: the
     cluster's); see Model.calibrate.
+    relu_protocol: "bitplane" or "fss" (see Model).
     """
     from pysmpc.models import load_graph
 
-    return Model(load_graph(path, config=config), input_range=input_range, frac_bits=frac_bits)
+    return Model(load_graph(path, config=config), input_range=input_range, frac_bits=frac_bits,
+                 relu_protocol=relu_protocol)
 
 
 def from_keras(keras_model, input_range=None) -> Model:

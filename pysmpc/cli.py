@@ -115,10 +115,11 @@ def _inspect(args) -> int:
         from pysmpc.serve.plots import require_matplotlib
 
         require_matplotlib()  # before the model is read, not after
-    model = load_model(args.model, frac_bits=args.frac_bits)
+    model = load_model(args.model, frac_bits=args.frac_bits, relu_protocol=args.relu)
     print(model.summary())
     costs = model.cost(args.batch)
-    print(f"\nsecure cost per inference of a batch of {args.batch} (online, each computing party):")
+    print(f"\nsecure cost per inference of a batch of {args.batch} (online, each computing party; "
+          f"relu protocol {args.relu}):")
     print(f"{'layer':<16}{'rounds':>8}{'bytes sent':>14}{'dealer bytes':>14}")
     for name, c in costs:
         print(f"{name:<16}{c.rounds:>8}{c.bytes_sent:>14,}{c.dealer_bytes:>14,}")
@@ -129,7 +130,7 @@ def _inspect(args) -> int:
         from pysmpc.graph.calibrate import calibration_report
 
         print()
-        print(calibration_report(model.graph, args.calibrate, args.frac_bits))
+        print(calibration_report(model.graph, args.calibrate, args.frac_bits, relu_protocol=args.relu))
     if args.plot:
         _plot_layers(model, args)
     return 0
@@ -323,7 +324,9 @@ def _bench(args) -> int:
         from pysmpc.serve.plots import require_matplotlib
 
         require_matplotlib()  # before minutes of measuring, not after
-    model = load_model(args.model or shipped_model_path())
+    if args.network:
+        return _bench_network(args)
+    model = load_model(args.model or shipped_model_path(), relu_protocol=args.relu)
     images, _ = load_samples()
     with_torch = torch_available()
     clusters = (["plaintext"] + (["pytorch"] if with_torch else []) + ["in-process"]
@@ -336,6 +339,9 @@ def _bench(args) -> int:
         bar = tqdm(total=len(args.batches) * len(clusters), unit="run", file=sys.stderr, leave=False)
     rows = measure_inference(model, images, batches=args.batches, clusters=clusters, repeats=args.repeats,
                              progress=bar)
+    for row in rows:
+        if row["system"].startswith("pysmpc"):
+            row["relu_protocol"] = args.relu
     if bar is not None:
         bar.close()
     print(f"{'system':<28}{'batch':>6}{'latency ms':>12}{'images/s':>10}{'online kB/img':>15}"
@@ -369,6 +375,77 @@ def _bench(args) -> int:
                                     f"against plaintext (online; median of {args.repeats} runs per point)")
         print(f"wrote {args.plot}")
     return 0
+
+
+def _bench_network(args) -> int:
+    """`pysmpc bench --network lan|wan`: bench/network.py's three-host topology; rows in `pysmpc bench`'s keys."""
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "network.py"
+    if args.model:
+        raise ValueError("--network measures the shipped CNN only (bench/network.py); drop --model")
+    if not script.is_file():
+        raise ValueError(f"--network runs bench/network.py from a source checkout, and {script} does not exist "
+                         "(an installed pysmpc has no bench/): run it from a clone of the repository")
+    if sys.platform != "linux" or os.geteuid() != 0:
+        raise ValueError("--network builds network namespaces: it needs Linux and root (sudo pysmpc bench --network ...)")
+    if shutil.which("ip") is None:
+        raise ValueError("--network needs iproute2's `ip`: apt-get install iproute2")
+    with tempfile.TemporaryDirectory(prefix="pysmpc-bench-net-") as tmp:
+        out = Path(tmp) / "network.json"
+        done = subprocess.run([sys.executable, str(script), "--profiles", ",".join(args.network),
+                               "--batches", ",".join(map(str, args.batches)), "--repeats", str(args.repeats),
+                               "--relu", args.relu, "--json", str(out)])
+        if done.returncode != 0:
+            print(f"bench/network.py failed (exit {done.returncode})", file=sys.stderr)
+            return done.returncode
+        measured = json.loads(out.read_text())
+    rows = network_rows(measured, args.network)
+    print(f"\n{'system':<16}{'relu':>10}{'batch':>6}{'latency ms':>12}{'images/s':>10}{'online kB/img':>15}"
+          f"{'rounds':>8}{'offline ms':>12}{'dealer kB/img':>15}{'model ms':>10}")
+    for r in rows:
+        print(f"{r['system']:<16}{r['relu_protocol']:>10}{r['batch']:>6}{r['latency_ms']:>12.1f}"
+              f"{r['images_per_s']:>10.1f}{r['online_bytes_per_image'] / 1e3:>15.1f}{r['rounds']:>8}"
+              f"{r['offline_ms']:>12.0f}{r['dealer_bytes_per_image'] / 1e3:>15.1f}"
+              f"{r['analytic_model']['one_way_ms']:>10.1f}")
+    print("model: compute (unshaped run) + rounds x one-way delay + RTT (the call) + bytes / rate (bench/NETWORK.md)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def network_rows(measured: dict, profiles) -> list[dict]:
+    """bench/network.py's JSON as `pysmpc bench` rows (system 'pysmpc lan'/'pysmpc wan'), with the link detail."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "network_measure", Path(__file__).resolve().parent.parent / "bench" / "network_measure.py")
+    network_measure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(network_measure)
+    compute = {(r.get("relu_protocol", "bitplane"), r["batch"]): r for r in measured["rows"]
+               if r["profile"] == "unshaped"}
+    rows = []
+    for r in measured["rows"]:
+        if r["profile"] not in profiles:
+            continue
+        relu = r.get("relu_protocol", "bitplane")
+        delay, rate = measured["profiles"][r["profile"]]
+        rows.append({"system": f"pysmpc {r['profile']}", "batch": r["batch"], "latency_ms": r["latency_ms"],
+                     "images_per_s": r["images_per_s"], "offline_ms": r["offline_ms"],
+                     "peak_rss_mb": r.get("peak_rss_mb"), "online_bytes_per_image": r["online_bytes_per_image"],
+                     "dealer_bytes_per_image": r["dealer_bytes_per_image"], "rounds": r["worker_rounds"],
+                     "worker_peak_rss_mb": r.get("worker_peak_rss_mb"), "relu_protocol": relu,
+                     "link_bytes": r["link_bytes"], "offline_link_bytes": r["offline_link_bytes"],
+                     "compute_ms": compute[(relu, r["batch"])]["latency_ms"],
+                     "analytic_model": network_measure.predict_latency(r, compute[(relu, r["batch"])], delay, rate)})
+    return rows
 
 
 def _certs(args) -> int:

@@ -57,6 +57,13 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+def _network_profiles(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names or any(n not in ("lan", "wan") for n in names):
+        raise argparse.ArgumentTypeError(f"expected lan, wan or lan,wan, got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The pysmpc parser: args.command names the command (cli.COMMANDS runs it)."""
     from pysmpc import __version__
@@ -94,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --plot: timed predictions (each layer's median time is drawn)")
     inspect.add_argument("--frac-bits", type=positive, default=None, metavar="F",
                          help="the model's fixed-point fractional bits (default 16)")
+    inspect.add_argument("--relu", choices=("bitplane", "fss"), default="bitplane",
+                         help="relu protocol: bit-plane comparison (4 rounds) or function secret sharing "
+                              "(1 round, more dealer material; docs/PROTOCOL.md)")
     inspect.add_argument("--calibrate", metavar="SAMPLES.npy",
                          help="sample inputs (.npy, in the model's input layout): report each layer's largest "
                               "magnitude against the fixed-point limits, and the F the samples allow")
@@ -203,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated batch sizes")
     bench.add_argument("--repeats", type=positive, default=3, metavar="N", help="timed runs per point; the median is reported")
     bench.add_argument("--no-tcp", action="store_true", help="skip the TCP cluster")
+    bench.add_argument("--relu", choices=("bitplane", "fss"), default="bitplane",
+                       help="relu protocol of the private runs (rows record it as relu_protocol)")
+    bench.add_argument("--network", type=_network_profiles, default=None, metavar="lan|wan|lan,wan",
+                       help="instead: the shipped CNN with its workers on three network namespaces behind "
+                            "latency/bandwidth relays (bench/network.py of a source checkout; needs root and "
+                            "iproute2); rows' system is 'pysmpc lan' / 'pysmpc wan'")
     bench.add_argument("--json", metavar="FILE", help="also write the rows to this JSON file")
     bench.add_argument("--plot", metavar="FILE.png",
                        help="also draw latency and throughput against batch size into this image "

@@ -85,12 +85,7 @@ def socket_channel_pair(timeout: float = 2.0, p0: dict | None = None, p1: dict |
     import threading
 
     from pysmpc.parties.party import P0, P1
-    from pysmpc.parties.socket import (
-        SocketChannel,
-        accept_peer,
-        connect_peer,
-        reply_hello,
-    )
+    from pysmpc.parties.socket import SocketChannel, accept_peer, connect_peer, reply_hello
 
     listener = socket.create_server(("127.0.0.1", 0))
     accepted = {}

@@ -109,3 +109,25 @@ def test_cli_inspect_calibrate(tmp_path):
                              "--calibrate", str(tmp_path / "none.npy")], capture_output=True, text=True,
                             timeout=240, cwd=tempfile.gettempdir())
     assert result.returncode == 2 and "cannot read samples" in result.stderr
+
+
+def test_fss_relu_inputs_are_held_to_the_format_and_the_private_run_agrees():
+    """relu_protocol="fss" compares on the format's bits: 1e5 fits the truncation at F = 16, not the FSS relu."""
+    graph = Graph((4,), [
+        Layer("dense", "big", {}, {"kernel": np.full((4, 1), 2.5e4), "bias": np.zeros(1)}),
+        Layer("relu", "r"),
+        Layer("dense", "small", {}, {"kernel": np.full((1, 1), 1e-3), "bias": np.zeros(1)}),
+    ])
+    x = np.ones((2, 4)) * np.array([[1.0], [-1.0]])  # big = +-1e5: below 2^30, above 2^15
+    assert calibrate(graph, x, 16).ok
+    fss = calibrate(graph, x, 16, relu_protocol="fss")
+    assert {row.name: row.status for row in fss.layers}["big"] == "overflow"
+    best = choose_frac_bits(graph, x, relu_protocol="fss")
+    assert best == 12 and calibrate(graph, x, best, relu_protocol="fss").ok
+    with LocalCluster() as cluster:
+        wrong = Model(graph, relu_protocol="fss").share(cluster).predict(x)
+        right = Model(graph, frac_bits=best, relu_protocol="fss").share(cluster).predict(x)
+    want = run_float(graph, x)
+    assert want[0, 0] == pytest.approx(100.0) and abs(wrong[0, 0] - 100.0) > 1
+    np.testing.assert_allclose(right, run_fixed_point(graph, x, best), atol=1e-2)
+    np.testing.assert_allclose(right, want, rtol=0.03)

@@ -372,3 +372,60 @@ def test_segments_put_only_overlapping_branches_in_lockstep():
     segments = _segments([4, 4, 0], [[], [], [0, 1]])
     assert segments == [[0, 1], [2]]
     assert sum(_attributed_rounds([4, 4, 0], [[], [], [0, 1]])) == 4
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared"])
+@pytest.mark.parametrize("make_graph,batch", [(seed_cnn, 2), (other_cnn, 3), (two_branch_graph, 2)])
+def test_fss_relu_matches_plaintext_and_the_plan(cluster, make_graph, batch, prepared):
+    """relu_protocol="fss": one round per relu (protocols.relu_fss), same answers, traffic as planned."""
+    rng = np.random.default_rng(40 + batch)
+    graph = make_graph(rng)
+    x = rng.uniform(0, 1, (batch, *graph.input_shape))
+    shared = Model(graph, relu_protocol="fss").share(cluster)
+    assert all(step.get("protocol") == "fss" for step in shared.plan if step["kind"] == "relu")
+    if prepared:
+        shared.prepare(batch)
+    cluster.reset_stats()
+    logits = shared.predict(x)
+    if prepared:
+        assert sum(s["bytes_sent"] for s in cluster.stats()["P2"].values()) == 0
+    np.testing.assert_allclose(logits, run_fixed_point(graph, x, F), atol=64 / 2**F)
+    planned = shared.cost(batch, prepared=prepared)
+    relu_rounds = [c.rounds for name, c in planned if name.startswith(("relu", "r1", "r2", "left_relu"))]
+    assert relu_rounds and max(relu_rounds) <= 1
+    stats = cluster.stats()
+    for party in ("P0", "P1"):
+        infer = {t: s for t, s in stats[party].items()
+                 if not t.startswith(("dealer", "setup")) and t not in ("input", "output")}
+        assert sum(s["rounds"] for s in infer.values()) == sum(c.rounds for _, c in planned)
+        assert sum(s["bytes_sent"] for s in infer.values()) == sum(c.bytes_sent for _, c in planned)
+    measured = [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile]
+    assert measured == [(name, c.rounds, c.bytes_sent) for name, c in planned]
+    shared.stop()
+
+
+def test_shipped_cnn_with_fss_relu_meets_the_round_and_traffic_targets():
+    """Issue 16's budget: <= 8 online rounds and <= 250 kB online (P0 + P1) per image; dealer bytes as planned."""
+    from pysmpc import load_model
+    from pysmpc.models import load_samples, shipped_model_path
+
+    model = load_model(shipped_model_path(), relu_protocol="fss")
+    for batch in (1, 3):
+        for prepared, budget in ((True, 7), (False, 8)):
+            plan = model.cost(batch, prepared=prepared)
+            assert sum(c.rounds for _, c in plan) == budget
+            assert 2 * sum(c.bytes_sent for _, c in plan) / batch <= 250e3
+    images, _ = load_samples()
+    bitplane = load_model(shipped_model_path())
+    with LocalCluster() as cluster:
+        shared = model.share(cluster)
+        cluster.reset_stats()
+        shared.prepare(3)
+        dealer = sum(s["bytes_sent"] for s in cluster.stats()["P2"].values())
+        assert dealer == sum(c.dealer_bytes for _, c in model.cost(3, prepared=True))  # input mask included
+        cluster.reset_stats()
+        logits = shared.predict(images[:3])
+        assert [p["rounds"] for p in shared.profile] == [c.rounds for _, c in model.cost(3, prepared=True)]
+        np.testing.assert_allclose(logits, bitplane.predict_fixed_point(images[:3]), atol=64 / 2**F)
+        shared.stop()
+

@@ -125,6 +125,7 @@ def _nonlinearities():
     from pysmpc.protocols.clip import relu6
     from pysmpc.protocols.exp import exp, exp_nonpositive
     from pysmpc.protocols.reciprocal import reciprocal
+    from pysmpc.protocols.relu_fss import relu_fss
     from pysmpc.protocols.sigmoid import sigmoid
     from pysmpc.protocols.softmax import softmax
     from pysmpc.protocols.tanh import tanh
@@ -138,6 +139,9 @@ def _nonlinearities():
         "tanh": (lambda p, a: tanh(p, a), (128,), (-8, 8)),
         "softmax": (lambda p, a: softmax(p, a), (16, 10), (-10, 10)),
         "relu6": (lambda p, a: relu6(p, a), (1024,), (-10, 10)),
+        # FSS: a masked opening and DCF keys (correction words from P2 to both).
+        "relu_fss": (lambda p, a: relu_fss(p, a), (256,), (-10, 10)),
+        "relu_fss_truncated": (lambda p, a: relu_fss(p, a * np.uint64(1 << 18), 18), (256,), (-10, 10)),
     }
 
 

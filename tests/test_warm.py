@@ -34,12 +34,14 @@ def predict_every_way(shared, x):  # batch 1 and 16, logits and argmax, material
             shared.predict(x[:batch], reveal=reveal)
 
 
-model, x = sy.load_model(shipped_model_path()), load_samples()[0]
+models = [sy.load_model(shipped_model_path(), relu_protocol=relu) for relu in ("bitplane", "fss")]
+x = load_samples()[0]
 warm_up()
 before = signatures()
 if sys.argv[1] == "in-process":
     with sy.LocalCluster() as cluster:
-        predict_every_way(model.share(cluster), x)
+        for model in models:
+            predict_every_way(model.share(cluster), x)
 else:  # the three workers run as threads of this process, so their compilations show here
     listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
     hosts = ",".join(f"127.0.0.1:{s.getsockname()[1]}" for s in listeners)
@@ -47,7 +49,8 @@ else:  # the three workers run as threads of this process, so their compilations
     for worker in workers:
         worker.start()
     with TcpCluster(hosts=hosts, spawn=False) as cluster:
-        predict_every_way(model.share(cluster), x)
+        for model in models:
+            predict_every_way(model.share(cluster), x)
     for worker in workers:
         worker.join(timeout=30)
 after = signatures()
@@ -57,7 +60,7 @@ print(json.dumps({name: sorted(after[name] - before[name]) for name in after if 
 
 def test_kernel_dispatchers_finds_every_kernel_module():
     modules = {name.split(".")[0] for name in kernel_dispatchers()}
-    assert modules == {"bits", "carries", "finish", "pool"}, modules
+    assert modules == {"bits", "carries", "dcf", "finish", "pool"}, modules
 
 
 @pytest.mark.parametrize("transport", ["in-process", pytest.param("sockets", marks=pytest.mark.tcp)])

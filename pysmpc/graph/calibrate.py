@@ -15,7 +15,10 @@ met against that limit and the headroom in bits. `choose_frac_bits` picks
 the largest F that leaves every layer at least `margin` bits of headroom:
 fewer fractional bits buy range, more buy precision. The model's input
 must also fit its encoding, |x| < 2^(31 - F) (FixedPoint with I = 31 - F,
-the widest format the nonlinear protocols assume).
+the widest format the nonlinear protocols assume). With
+relu_protocol="fss" (protocols.relu_fss) a value a relu reads must also
+stay within that format, |value| < 2^(31 - F) in real terms, whatever
+scale it is held at: the DCF compares on those bits only.
 """
 
 from __future__ import annotations
@@ -104,6 +107,19 @@ def _held_bits(graph: Graph, frac_bits: int) -> list[int]:
     return [frac_bits + _bits(step.pending_out + step.settle_out, frac_bits) for step in compiled.steps]
 
 
+def _limits(graph: Graph, frac_bits: int, held: list[int], relu_protocol: str) -> list[float]:
+    """The input's encoding limit, then each layer's: the truncation's, and with FSS relus the format's for relu inputs."""
+    limits = [2.0 ** (FORMAT_LOG2 - frac_bits)] + [2.0 ** (TRUNCATION_LIMIT_LOG2 - h) for h in held]
+    if relu_protocol == "fss":
+        index = {"input": 0} | {layer.name: i + 1 for i, layer in enumerate(graph.layers)}
+        for i, layer in enumerate(graph.layers):
+            if layer.kind == "relu":
+                source = layer.inputs[0] if layer.inputs else (graph.layers[i - 1].name if i else "input")
+                j = index.get(source, 0)
+                limits[j] = min(limits[j], 2.0 ** (FORMAT_LOG2 - frac_bits))
+    return limits
+
+
 def _samples(graph: Graph, samples) -> np.ndarray:
     x = np.asarray(samples, dtype=np.float64)
     if x.shape == tuple(graph.input_shape):
@@ -116,10 +132,12 @@ def _samples(graph: Graph, samples) -> np.ndarray:
     return x
 
 
-def calibrate(graph: Graph, samples, frac_bits: int = 16, batch_size: int = 256) -> Calibration:
+def calibrate(graph: Graph, samples, frac_bits: int = 16, batch_size: int = 256,
+              relu_protocol: str = "bitplane") -> Calibration:
     """Run the fixed-point executor on `samples` and compare each layer's largest magnitude with its limit.
 
     The first row is the input, against its encoding's limit 2^(31 - F).
+    relu_protocol="fss": what a relu reads is held to the format's range too.
 
     Raises:
         ValueError: samples of the wrong shape, non-finite, or an F out of range.
@@ -137,7 +155,7 @@ def calibrate(graph: Graph, samples, frac_bits: int = 16, batch_size: int = 256)
             top = np.max(np.abs(values.view(np.int64).astype(np.float64))) if values.size else 0.0
             maxima[i] = max(maxima[i], top / 2.0**frac_bits)
     result = Calibration(frac_bits, len(x))
-    limits = [2.0 ** (FORMAT_LOG2 - frac_bits)] + [2.0 ** (TRUNCATION_LIMIT_LOG2 - h) for h in held]
+    limits = _limits(graph, frac_bits, held, relu_protocol)
     names = [("input", "input")] + [(layer.name, layer.kind) for layer in graph.layers]
     for (name, kind), top, limit, bits in zip(names, maxima, limits, [frac_bits] + held):
         headroom = math.inf if top == 0 else math.log2(limit / top)
@@ -145,8 +163,8 @@ def calibrate(graph: Graph, samples, frac_bits: int = 16, batch_size: int = 256)
     return result
 
 
-def choose_frac_bits(graph: Graph, samples, margin: float = 2.0, candidates=range(_F_RANGE[1], _F_RANGE[0] - 1, -1)
-                     ) -> int:
+def choose_frac_bits(graph: Graph, samples, margin: float = 2.0, candidates=range(_F_RANGE[1], _F_RANGE[0] - 1, -1),
+                     relu_protocol: str = "bitplane") -> int:
     """The largest F whose calibration leaves every layer `margin` bits of headroom over the samples.
 
     Screens the candidates with the float model's maxima (each layer's
@@ -161,9 +179,9 @@ def choose_frac_bits(graph: Graph, samples, margin: float = 2.0, candidates=rang
     floats = _float_maxima(graph, x)
     for frac_bits in candidates:
         held = _held_bits(graph, frac_bits)
-        limits = [2.0 ** (FORMAT_LOG2 - frac_bits)] + [2.0 ** (TRUNCATION_LIMIT_LOG2 - h) for h in held]
+        limits = _limits(graph, frac_bits, held, relu_protocol)
         if all(top == 0 or math.log2(limit / top) >= margin for top, limit in zip(floats, limits)):
-            checked = calibrate(graph, x, frac_bits)
+            checked = calibrate(graph, x, frac_bits, relu_protocol=relu_protocol)
             if all(layer.headroom_bits >= margin for layer in checked.layers):
                 return frac_bits
     raise ValueError(f"no number of fractional bits in {list(candidates)} leaves {margin} bits of headroom on every "
@@ -180,7 +198,8 @@ def _float_maxima(graph: Graph, x: np.ndarray) -> list[float]:
     return maxima
 
 
-def calibration_report(graph: Graph, samples_path, frac_bits: int | None = None) -> str:
+def calibration_report(graph: Graph, samples_path, frac_bits: int | None = None,
+                       relu_protocol: str = "bitplane") -> str:
     """`pysmpc inspect --calibrate`: the table at F (default 16), its warnings, and the F the samples allow.
 
     Raises:
@@ -192,10 +211,10 @@ def calibration_report(graph: Graph, samples_path, frac_bits: int | None = None)
         raise ValueError(f"{samples_path}: cannot read samples as a .npy array ({exc})") from None
     # Samples come as the model's callers pass inputs (NCHW for a PyTorch/ONNX model).
     samples = model_input_to_nhwc(samples, graph.input_shape, graph.input_layout)
-    calibration = calibrate(graph, samples, 16 if frac_bits is None else frac_bits)
+    calibration = calibrate(graph, samples, 16 if frac_bits is None else frac_bits, relu_protocol=relu_protocol)
     lines = [calibration.report()]
     try:
-        best = choose_frac_bits(graph, samples)
+        best = choose_frac_bits(graph, samples, relu_protocol=relu_protocol)
         lines.append(f"largest F with {2.0:g} bits of headroom on every layer for these samples: {best}"
                      + ("" if calibration.ok else f" (try --frac-bits {best})"))
     except ValueError as exc:

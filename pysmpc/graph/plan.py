@@ -25,13 +25,20 @@ from pysmpc.protocols.cost import Cost
 from pysmpc.protocols.matmul import cost_fixed as matmul_cost_fixed
 from pysmpc.protocols.relu import cost as relu_cost
 from pysmpc.protocols.relu import cost_truncated as relu_cost_truncated
+from pysmpc.protocols.relu_fss import cost as relu_fss_cost
 from pysmpc.protocols.truncate import cost as truncate_cost
 
-__all__ = ["make_plan", "compile_plan", "plan_cost", "input_maskable", "PLAN_KINDS", "PRODUCTS"]
+__all__ = ["make_plan", "compile_plan", "plan_cost", "input_maskable", "PLAN_KINDS", "PRODUCTS", "RELU_PROTOCOLS"]
 
 PLAN_KINDS = ("conv2d", "depthwise_conv2d", "dense", "batch_norm", "avg_pool2d", "max_pool2d", "global_avg_pool",
               "global_max_pool", "relu", "clip", "sigmoid", "tanh", "softmax", "add", "concat", "zero_pad",
               "flatten", "reshape", "transpose")
+# How a relu layer runs (its plan step's "protocol"; absent: the first):
+# "bitplane" compares on XOR-shared bit planes (protocols.relu, 4 rounds,
+# any |x| < 2^63); "fss" opens one masked value and evaluates DCF keys
+# (protocols.relu_fss, 1 round, the fixed-point format's range, more
+# dealer material). docs/PROTOCOL.md states the trade.
+RELU_PROTOCOLS = ("bitplane", "fss")
 # Layers whose weights are shared (kernel/scale and bias/shift) and opened once.
 PRODUCTS = ("conv2d", "depthwise_conv2d", "dense", "batch_norm")
 # Layers that need their input at scale F (a truncation owed before them is paid first).
@@ -56,14 +63,18 @@ def _input_name(plan: list[dict]) -> str:
     return external.pop()
 
 
-def make_plan(graph, share_weight=None) -> list[dict]:
+def make_plan(graph, share_weight=None, relu_protocol: str = "bitplane") -> list[dict]:
     """The graph as the secure executor's plan: plain dicts (what travels to the workers).
+
+    relu_protocol: one of RELU_PROTOCOLS, recorded in each relu step
+    (only when it is not the default, so default plans are unchanged).
 
     `share_weight(array) -> tensor id` shares each kernel and bias (a batch
     norm's scale and shift); without it the plan names no tensors and
     serves for cost estimates only. Each step names its inputs and its
     output shape; paddings are explicit.
     """
+    check_relu_protocol(relu_protocol)
     plan = []
     shapes = graph.tensor_shapes()
     for layer in graph.layers:
@@ -90,8 +101,16 @@ def make_plan(graph, share_weight=None) -> list[dict]:
             step.update(shape=list(shapes[layer.name]))
         elif layer.kind == "transpose":
             step.update(perm=list(p["perm"]))
+        elif layer.kind == "relu" and relu_protocol != RELU_PROTOCOLS[0]:
+            step.update(protocol=relu_protocol)
         plan.append(step)
     return plan
+
+
+def check_relu_protocol(name) -> str:
+    if name not in RELU_PROTOCOLS:
+        raise ValueError(f"relu protocol must be one of {RELU_PROTOCOLS}, got {name!r}")
+    return name
 
 
 
@@ -344,6 +363,8 @@ def _step_costs(plan, compiled: _Compiled, batch: int, truncate_output: bool, ma
             cost = cost + pool_protocol.cost_max_pool2d(out_shape, step["pool"])
         elif kind == "global_max_pool":
             cost = cost + pool_protocol.cost_global_max_pool(in_shape)
+        elif kind == "relu" and step.get("protocol") == "fss":
+            cost = cost + relu_fss_cost(out_shape, _bits(s.relu_bits, frac_bits))
         elif kind == "relu":
             cost = cost + (relu_cost_truncated(out_shape) if s.relu_bits else relu_cost(out_shape))
         elif kind == "clip":

@@ -20,6 +20,8 @@ once, for the run and for the cost plan alike):
                    joins the owed truncation (k*k a power of two)
   relu             relu of the truncated value, the truncation's opening
                    riding in the comparison's first round (4 rounds)  -> F
+                   (step "protocol": "fss": one masked opening and DCF
+                   keys, 1 round, protocols.relu_fss)
   add, concat      the operands are brought to the highest owed scale by
                    local multiplications by 2^d, exact: the sum owes one
                    truncation, not one per operand
@@ -47,7 +49,7 @@ import time
 import numpy as np
 
 from pysmpc.graph.plan import (PLAN_KINDS, PRODUCTS, _bits, _Compiled, _first_product, _input_name,
-                               _step_costs, compile_plan, input_maskable, make_plan, plan_cost)
+                               _step_costs, check_relu_protocol, compile_plan, input_maskable, make_plan, plan_cost)
 from pysmpc.parties.lockstep import run_in_lockstep
 from pysmpc.parties.party import Party
 from pysmpc.protocols import clip as clip_protocol
@@ -59,6 +61,7 @@ from pysmpc.protocols import tanh as tanh_protocol
 from pysmpc.protocols.conv2d import conv2d_fixed, depthwise_conv2d_fixed
 from pysmpc.protocols.matmul import matmul_fixed, share_fixed_operand
 from pysmpc.protocols.relu import relu, relu_truncated
+from pysmpc.protocols.relu_fss import relu_fss
 from pysmpc.protocols.truncate import truncate
 from pysmpc.sharing.shares import AShare, concat_shares
 
@@ -78,6 +81,8 @@ def load_plan(party: Party, model_key, plan: list[dict], tensors: dict) -> None:
             raise ValueError(f"layer {step.get('name')!r}: unsupported kind {step['kind']!r}; supported: {PLAN_KINDS}")
         if step["name"] in names:
             raise ValueError(f"the plan names two layers {step['name']!r}")
+        if step["kind"] == "relu" and "protocol" in step:
+            check_relu_protocol(step["protocol"])
         names.add(step["name"])
     _input_name(plan)
     compiled = compile_plan(plan)
@@ -325,7 +330,12 @@ def _run_step(party: Party, model_key, plan, compiled: _Compiled, i: int, values
         y = pool_protocol.global_max_pool(party, x, step["keepdims"], tag=f"globalmax:{name}")
     elif kind == "relu":
         bits = _bits(s.relu_bits, frac_bits)
-        y = relu_truncated(party, x, bits, tag=f"relu:{name}") if bits else relu(party, x, tag=f"relu:{name}")
+        if step.get("protocol") == "fss":
+            y = relu_fss(party, x, bits, tag=f"relu:{name}")
+        elif bits:
+            y = relu_truncated(party, x, bits, tag=f"relu:{name}")
+        else:
+            y = relu(party, x, tag=f"relu:{name}")
     elif kind == "clip":
         y = clip_protocol.clip(party, x, step["lo"], step["hi"], frac_bits, tag=f"clip:{name}")
     elif kind == "sigmoid":

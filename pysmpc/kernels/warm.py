@@ -8,7 +8,7 @@ import time
 import numpy as np
 from numba.core.registry import CPUDispatcher
 
-from pysmpc.kernels import bits, carries, finish, pool
+from pysmpc.kernels import bits, carries, dcf, finish, pool
 
 __all__ = ["kernel_dispatchers", "warm_up"]
 
@@ -18,7 +18,7 @@ _U64, _I64 = np.uint64, np.int64
 def kernel_dispatchers() -> dict:
     """Return every Numba kernel of pysmpc.kernels by qualified name ("pool._sum_pool2d_serial": dispatcher)."""
     found = {}
-    for module in (bits, carries, finish, pool):
+    for module in (bits, carries, dcf, finish, pool):
         for name, value in vars(module).items():
             if isinstance(value, CPUDispatcher):
                 found[f"{module.__name__.rsplit('.', 1)[-1]}.{name}"] = value
@@ -136,6 +136,18 @@ def _call_every_kernel() -> None:
     for shape in ((1, 2, 2, 1), (1, 2)):
         c = np.zeros(shape, _U64)
         _call(finish.truncate_finish, (c, c.copy(), c.copy(), 16, True, _U64(1), np.empty_like(c)), {1, 2})
+    # sharing/dcf.py (protocols.relu_fss): the correction words come from the dealer (read-only in-process).
+    n, w, nb = 3, 3, 3
+    seeds, blocks = np.zeros((n, 2), _U64), np.zeros((n, nb, 2), _U64)
+    tweaks = np.zeros((3, 8, 2), _U64)
+    dcf.eval_inputs(seeds, x[:n].copy(), 1, tweaks, -1, blocks)
+    _call(dcf.eval_level, (blocks.copy(), blocks, np.zeros((n, 2 + w), _U64), np.zeros((2, n), np.uint8),
+                           x[:n].copy(), 1, seeds, np.zeros(n, _U64), np.zeros((n, w), _U64), 0, tweaks), {2})
+    for width in (2, 3):
+        gen_blocks = np.zeros((2, n, 2, 1 + (width + 1) // 2, 2), _U64)
+        dcf.gen_level(gen_blocks.copy(), gen_blocks, x[:n].copy(), 1, np.zeros((n, width), _U64),
+                      np.zeros((2, n, 2), _U64), np.zeros((2, n), _U64), np.zeros((n, width), _U64),
+                      np.zeros((n, 2 + width), _U64), np.zeros((2, n), np.uint8), tweaks)
     # protocols/conv2d.py: the opened input is received when the client masked it (prepared material).
     image = np.zeros((1, 3, 3, 1), _U64)
     _call(finish.conv2d_finish, (image, np.zeros((2, 2, 1, 1), _U64), 1, 1, np.zeros((1, 2, 2, 1), _U64),

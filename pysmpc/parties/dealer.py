@@ -9,6 +9,7 @@ import numpy as np
 
 from pysmpc.kernels.bits import unpack_bits
 from pysmpc.parties.party import DEALER, P0, P1, Party
+from pysmpc.sharing.dcf import DcfKey, cw_shapes, dcf_gen, pack_public, unpack_public
 
 __all__ = ["Dealer", "Bundle", "MaterialMismatch", "INPUT_MASK_TAG"]
 
@@ -16,6 +17,8 @@ _U64 = np.uint64
 # P2's message that gives an input's owner the mask of its first product.
 INPUT_MASK_TAG = "dealer:input-mask"
 _ONE = np.uint64(1)
+# Elements per batch of DCF keys (Dealer.sign_keys): 2^16 keys on 31 levels are about 80 MB per evaluator.
+KEY_CHUNK = 1 << 16
 
 
 class Dealer:
@@ -161,6 +164,15 @@ class Dealer:
             return self._material(shape, lambda: self.prgs[DEALER].random_u64(shape))
         return None
 
+    def give_public(self, value: np.ndarray | None, shape, tag: str) -> np.ndarray | None:
+        """Send the same array to P0 and P1 (e.g. a DCF's correction words, which both keys share)."""
+        if self.index == DEALER:
+            value = np.ascontiguousarray(value)
+            self.channel.send(P0, value, tag=tag)
+            self.channel.send(P1, value, tag=tag)
+            return None
+        return self._material(shape, lambda: self.channel.recv(DEALER, tag=tag))
+
     # -- arithmetic material -------------------------------------------------
     def triple(self, a_shape, b_shape, c_shape, product: Callable, tag: str):
         """[a], [b], [c] with c = product(a, b): elementwise, matmul or conv."""
@@ -212,6 +224,55 @@ class Dealer:
         hi = (r >> _U64(frac_bits)) if self.index == DEALER else None
         msb = (r >> _U64(63)) if self.index == DEALER else None
         return r, self.give(hi, shape, tag), self.give(msb, shape, tag)
+
+    def sign_keys(self, n: int, bits: int, domain_bits: int, tag: str):
+        """A mask r, its arithmetic side material and DCF keys for the one-round ReLU (protocols.relu_fss).
+
+        r is uniform mod 2^64. With m = domain_bits, k = bits, b = bit m-1 of
+        r and r' = r mod 2^(m-1): the DCF (on m-1-k bits) shares
+        beta * [z < r' >> k] with the payload beta = (1 - 2b) (1, rho_1, ...)
+        where the rho are the masks the protocol multiplies by the sign:
+        (r >> k, r >> 63) with a truncation by k bits, else (r). Arithmetic
+        shares of the rho (but r itself), of b and of each rho * b come as
+        one correction; each party's root seed comes from its stream with P2;
+        the correction words go to both (tag "dealer:<op>", counted offline).
+
+        Keys are made and sent for up to KEY_CHUNK elements at a time (one
+        message each for its correction words and its tail), so an evaluator
+        waits at most one chunk's key generation for its first message, and
+        no message nears a frame's limit.
+
+        Returns (r, side (count, n), [DcfKey per chunk of elements]) on
+        P0/P1; (r, None, None) on P2.
+        """
+        levels = domain_bits - 1 - bits
+        width = 3 if bits else 2
+        count = 2 * width - 1 if bits else width  # the rho but r, b, each rho * b
+        r = self.rand((n,))
+        side = None
+        if self.index == DEALER:
+            b = (r >> _U64(domain_bits - 1)) & _ONE
+            rhos = [r >> _U64(bits), r >> _U64(63)] if bits else [r]
+            sign = _ONE - _U64(2) * b
+            side = np.stack((rhos if bits else []) + [b] + [rho * b for rho in rhos])
+            alpha = (r & _U64((1 << (domain_bits - 1)) - 1)) >> _U64(bits)
+            beta = np.stack([sign] + [rho * sign for rho in rhos], axis=1)
+        side = self.give(side, (count, n), tag)
+        roots = {p: self.private(p, (n, 2)) for p in (P0, P1)}
+        keys: list[DcfKey] = []
+        for start in range(0, n, KEY_CHUNK):
+            end = min(n, start + KEY_CHUNK)
+            cw_shape, tail_shape = cw_shapes(end - start, levels, width)
+            if self.index == DEALER:
+                cw, tail = pack_public(*dcf_gen(alpha[start:end], beta[start:end], levels, roots[P0][start:end],
+                                                roots[P1][start:end]))
+                self.give_public(cw, cw_shape, tag)
+                self.give_public(tail, tail_shape, tag)
+                continue
+            cw = self.give_public(None, cw_shape, tag)
+            tail = self.give_public(None, tail_shape, tag)
+            keys.append(unpack_public(roots[self.index][start:end], cw, tail, width))
+        return (r, None, None) if self.index == DEALER else (r, side, keys)
 
     # -- boolean material ----------------------------------------------------
     def private_and(self, shape, tag: str):

@@ -14,8 +14,9 @@ class Cost:
     """Online cost for each computing party (P0 and P1 alike).
 
     rounds: exchanges a party waits on. bytes_sent: bytes each computing
-    party sends (it receives as many). dealer_bytes: bytes P2 sends to P1
-    (offline). P2 receives nothing.
+    party sends (it receives as many). dealer_bytes: bytes P2 sends
+    (offline): to P1, and for DCF keys (protocols.relu_fss) to P0 as well.
+    P2 receives nothing.
     """
 
     rounds: int

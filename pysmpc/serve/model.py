@@ -11,6 +11,7 @@ import numpy as np
 from pysmpc.graph import Graph, run_fixed_point, run_float
 from pysmpc.graph.graph import check_input_range
 from pysmpc.graph.layout import model_input_to_nhwc, shape_in_layout
+from pysmpc.graph.plan import check_relu_protocol
 from pysmpc.graph.secure import input_maskable, plan_cost
 from pysmpc.graph.secure import make_plan as secure_plan
 from pysmpc.parties.dealer import INPUT_MASK_TAG
@@ -51,15 +52,23 @@ class Model:
     cluster's, 16 by default). Fewer bits give more range, more give
     precision: `calibrate(samples)` reports each layer's range at F, and
     graph.calibrate.choose_frac_bits picks F from samples.
+
+    relu_protocol: "bitplane" (default: bit-plane comparison, 4 rounds per
+    relu, any value below 2^63) or "fss" (function secret sharing: 1 round
+    per relu, values within the fixed-point format's range, about 2.6 kB
+    of dealer material per relu element against 49 bytes);
+    docs/PROTOCOL.md, "ReLU in one round".
     """
 
-    def __init__(self, graph: Graph, input_range=None, frac_bits: int | None = None):
+    def __init__(self, graph: Graph, input_range=None, frac_bits: int | None = None,
+                 relu_protocol: str = "bitplane"):
         self.graph = graph
         if input_range is not None:
             graph.input_range = check_input_range(input_range)
         if frac_bits is not None:
             _check_model_frac_bits(frac_bits)
         self.frac_bits = frac_bits
+        self.relu_protocol = check_relu_protocol(relu_protocol)
         self._shared: SharedModel | None = None
 
     @property
@@ -104,7 +113,7 @@ class Model:
         from pysmpc.graph.calibrate import calibrate
 
         x = model_input_to_nhwc(samples, self.graph.input_shape, self.graph.input_layout)
-        return calibrate(self.graph, x, frac_bits or self.frac_bits or 16)
+        return calibrate(self.graph, x, frac_bits or self.frac_bits or 16, relu_protocol=self.relu_protocol)
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs' logits (no sharing needed).
@@ -114,7 +123,7 @@ class Model:
         material made by SharedModel.prepare, whose input mask saves the
         first product's round when the first layer allows.
         """
-        plan = make_plan(self.graph)
+        plan = make_plan(self.graph, relu_protocol=self.relu_protocol)
         return plan_cost(plan, self.graph.shapes(), batch, truncate_output=True,
                          input_open=prepared and input_maskable(plan), frac_bits=self.frac_bits or 16)
 
@@ -122,7 +131,7 @@ class Model:
         """Secret-share the weights to `cluster` (they leave this process as shares only)."""
         if self._shared is not None:
             self._shared.stop()
-        self._shared = SharedModel(self.graph, cluster, frac_bits=self.frac_bits)
+        self._shared = SharedModel(self.graph, cluster, frac_bits=self.frac_bits, relu_protocol=self.relu_protocol)
         return self._shared
 
     @property
@@ -147,13 +156,14 @@ class Model:
             self._shared = None
 
 
-def make_plan(graph: Graph, share_weight=None) -> list[dict]:
+def make_plan(graph: Graph, share_weight=None, relu_protocol: str = "bitplane") -> list[dict]:
     """The graph as the secure executor's plan (graph.secure.make_plan): plain dicts.
 
     `share_weight(array) -> tensor id` shares each kernel and bias; without
     it the plan names no tensors and serves for cost estimates only.
+    relu_protocol: as Model's.
     """
-    return secure_plan(graph, share_weight)
+    return secure_plan(graph, share_weight, relu_protocol=relu_protocol)
 
 
 class SharedModel:
@@ -168,9 +178,10 @@ class SharedModel:
     workers under the same key.
     """
 
-    def __init__(self, graph: Graph, cluster, frac_bits: int | None = None):
+    def __init__(self, graph: Graph, cluster, frac_bits: int | None = None, relu_protocol: str = "bitplane"):
         self.graph = graph
         self.cluster = cluster
+        self.relu_protocol = check_relu_protocol(relu_protocol)
         self.key = f"model-{next(_model_ids)}"
         if frac_bits is not None:
             _check_model_frac_bits(frac_bits)
@@ -211,7 +222,7 @@ class SharedModel:
             self._tensors.append(tensor)
             return tensor.tid
 
-        self.plan = make_plan(self.graph, share_weight)
+        self.plan = make_plan(self.graph, share_weight, relu_protocol=self.relu_protocol)
         self.cluster.call("load_model", self.key, self.plan, description=self.describe())
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
