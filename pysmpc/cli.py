@@ -172,7 +172,7 @@ def _serve(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
-    model = load_model(args.model, input_range=args.input_range)
+    model = load_model(args.model, input_range=args.input_range, relu_protocol=args.relu)
     if model.input_range is None:
         print(f"note: {args.model} records no input range, so clients cannot check their inputs' scale: pass "
               "--input-range LOW,HIGH (e.g. 0,1)", file=sys.stderr, flush=True)
@@ -186,7 +186,8 @@ def _serve(args) -> int:
         with cluster:
             model.share(cluster)
             print(f"serving {args.model} (input {model.input_shape}, output {model.output_shape}) {how_long}"
-                  + (", labels only" if args.reveal == "argmax" else ""), flush=True)
+                  + (", labels only" if args.reveal == "argmax" else "")
+                  + (", one-round relu (fss)" if args.relu == "fss" else ""), flush=True)
             start = time.perf_counter()
             served = model.serve(num_requests=args.requests, max_batch=args.max_batch, max_rows=args.max_rows,
                                  reveal=args.reveal)

@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reveal", choices=("logits", "argmax"), default="logits",
                        help="the most a client may learn: logits (truncated to the model's fractional bits) or "
                             "labels only (argmax: logits queries are refused)")
+    serve.add_argument("--relu", choices=("bitplane", "fss"), default="bitplane",
+                       help="relu protocol: bit planes (4 rounds, little dealer material) or function secret "
+                            "sharing (1 round, about 2.6 kB of dealer material per relu element): fss for "
+                            "high-latency links (bench/NETWORK.md)")
     serve.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
     serve.add_argument("--manual", action="store_true",
                        help="connect to workers started by hand (pysmpc worker) instead of starting them")

@@ -215,10 +215,11 @@ def _free_ports(n):
 
 
 @pytest.mark.tcp
-def test_serve_and_query_over_tcp(tmp_path):
+@pytest.mark.parametrize("relu", ["bitplane", "fss"])
+def test_serve_and_query_over_tcp(tmp_path, relu):
     hosts = ",".join(f"localhost:{p}" for p in _free_ports(3))
     server = subprocess.Popen([sys.executable, "-m", "pysmpc", "serve", str(shipped_model_path()),
-                               "--requests", "2", "--hosts", hosts], stdout=subprocess.PIPE,
+                               "--requests", "2", "--hosts", hosts, "--relu", relu], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=OUTSIDE)
     try:
         deadline = time.monotonic() + 60
@@ -237,6 +238,7 @@ def test_serve_and_query_over_tcp(tmp_path):
     assert "Actual: 7, predicted: 7" in query.stdout and "Actual: 2, predicted: 2" in query.stdout
     assert server.returncode == 0, err
     assert "served 2 requests (0 refused)" in out
+    assert ("one-round relu (fss)" in out) == (relu == "fss"), out
 
 
 def test_bench_prints_a_table_and_writes_json(tmp_path):
