@@ -37,7 +37,14 @@ def conv2d_weight_grad(x: np.ndarray, dy: np.ndarray, kernel_shape, stride, pads
     """dW = im2col(pad(x))^T @ dy: the kernel gradient (KH, KW, C, O), summed over the batch."""
     kh, kw, cin, cout = kernel_shape
     cols = ring.im2col(pad_nhwc(x, pads), kh, kw, stride, "valid")
-    return ring.matmul(cols.T, dy.reshape(-1, cout)).reshape(kh, kw, cin, cout)
+    return _transposed_product(cols, dy.reshape(-1, cout)).reshape(kh, kw, cin, cout)
+
+
+def _transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a^T @ b for tall a (m, k) and b (m, n): the GEMM reads rows, so copy the narrower operand transposed."""
+    if a.shape[1] <= b.shape[1]:
+        return ring.matmul(np.ascontiguousarray(a.T), b)
+    return np.ascontiguousarray(ring.matmul(np.ascontiguousarray(b.T), a).T)
 
 
 def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, x_shape, stride, pads) -> np.ndarray:
@@ -81,7 +88,7 @@ def upsample_windows(dy: np.ndarray, pool, stride, in_hw) -> np.ndarray:
 
 def dense_weight_grad(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """dW = x^T @ dy (in, out), summed over the batch."""
-    return ring.matmul(x.T, dy)
+    return _transposed_product(x, dy)
 
 
 def dense_input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
