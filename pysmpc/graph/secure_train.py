@@ -262,3 +262,61 @@ def _conv_kernel_grad(x, g, kernel_shape, stride, pads):
 
 def _conv_input_grad(g, w, x_shape, stride, pads):
     return backprop.conv2d_input_grad(g, w, x_shape, stride, pads)
+
+
+def cost_step(graph: Graph, batch: int, frac_bits: int = 16):
+    """The online cost of one `train_step` on a batch: protocols.cost.Cost (rounds, bytes each computing party
+    sends, bytes P2 sends to P1), following the same decisions as train_step."""
+    from pysmpc.protocols import relu as relu_protocol
+    from pysmpc.protocols.cost import Cost
+    from pysmpc.protocols.truncate import cost as truncate_cost
+
+    check_trainable(graph)
+    F = frac_bits
+    shapes = [(batch,) + tuple(s) for s in graph.shapes()]
+    weighted = [i for i, layer in enumerate(graph.layers) if layer.kind in ("conv2d", "dense")]
+    total = bilinear.cost_mask([graph.layers[i].weights["kernel"].shape for i in weighted] + [shapes[0]])
+    pending, masked = 0, True
+    for i, layer in enumerate(graph.layers):
+        kind = layer.kind
+        if kind in ("conv2d", "dense"):
+            if pending:
+                total, pending, masked = total + truncate_cost(shapes[i]), 0, False
+            if not masked:
+                total = total + bilinear.cost_mask([shapes[i]])
+            total = total + bilinear.cost_product(shapes[i + 1])
+            masked, pending = False, F
+        elif kind == "avg_pool2d":
+            ph, pw = layer.params["pool"]
+            pending += int(math.log2(ph * pw))
+        elif kind == "relu":
+            total = total + (relu_grad.cost_forward(shapes[i + 1]) if pending else relu_protocol.cost(shapes[i + 1]))
+            pending = 0
+    if pending:
+        total = total + truncate_cost(shapes[-1])
+    total = total + softmax_ce.cost(shapes[-1], F)
+    pending, lazy_shape = 0, None
+    for i in range(len(graph.layers) - 1, -1, -1):
+        layer = graph.layers[i]
+        kind = layer.kind
+        if kind in ("conv2d", "dense"):
+            small = lazy_shape or shapes[i + 1]
+            if pending:
+                total = total + truncate_cost(small)
+            total = total + bilinear.cost_mask([small]) + bilinear.cost_product(layer.weights["kernel"].shape)
+            if i == weighted[0]:
+                break
+            total = total + bilinear.cost_product(shapes[i])
+            pending, lazy_shape = F, None
+        elif kind == "relu":
+            lazy_shape = None
+            total = total + relu_grad.cost_backward(shapes[i + 1])
+        elif kind == "avg_pool2d":
+            lazy_shape = shapes[i + 1]
+            ph, pw = layer.params["pool"]
+            pending += int(math.log2(ph * pw))
+        elif kind == "flatten":
+            lazy_shape = None
+    sizes = [int(np.prod(layer.weights[k].shape)) for layer in graph.layers for k in ("kernel", "bias")
+             if k in layer.weights]
+    return total + sgd.cost(sizes) + Cost(0, 0, 0)
