@@ -6,7 +6,7 @@ One SGD step (momentum 0.9) at batch 64 and 128:
   pytorch    the same model as a float32 torch module (graph.to_torch), torch.set_num_threads(1)
   secure     SharedTrainingModel.fit on an in-process LocalCluster, one step per timed call, on a
              dataset of random images shared by two data owners
-  secure-tcp skipped: training over TCP is not implemented yet (docs/TRAINING.md)
+  secure-tcp the same over a loopback TcpCluster (three worker processes; owners connect to P0 and P1)
 extra_info holds images/s and, for the secure step, the online bytes each
 computing party sends, P2's bytes to P1 and the rounds, measured on the
 channels (equal to graph.secure_train.cost_step, which tests assert).
@@ -81,8 +81,6 @@ def test_plaintext_pytorch(benchmark, graph, batch):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("transport", ["in-process", "tcp"])
 def test_secure(benchmark, graph, batch, transport):
-    if transport == "tcp":
-        pytest.skip("training over TCP is not implemented yet (docs/TRAINING.md, 'Not done yet')")
     from pysmpc.fl.data_owner import DataOwner
     from pysmpc.graph.secure_train import cost_step
     from pysmpc.kernels.warm import warm_up
@@ -90,7 +88,13 @@ def test_secure(benchmark, graph, batch, transport):
     from pysmpc.serve.training import SharedDataset, SharedTrainingModel
 
     warm_up()
-    with LocalCluster(timeout=120) as cluster:
+    if transport == "tcp":
+        from pysmpc.runtime.tcp import TcpCluster
+
+        cluster = TcpCluster(ephemeral_ports=True, timeout=120.0)
+    else:
+        cluster = LocalCluster(timeout=120)
+    with cluster:
         data = SharedDataset.open(cluster, "bench", (28, 28, 1), 10)
         counts = {}
         for k, name in enumerate(("owner-a", "owner-b")):

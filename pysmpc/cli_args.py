@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train-demo", "data owners share MNIST (non-IID); the cluster trains the seed CNN on the shares")
     train.add_argument("--epochs", type=positive, default=5, help="passes over the shared training set")
     train.add_argument("--owners", type=positive, default=3, help="data owners (hospitals), each sharing its part")
-    train.add_argument("--tcp", action="store_true", help="three worker processes over TCP (not implemented yet)")
+    train.add_argument("--tcp", action="store_true", help="three worker processes over TCP on loopback (default: threads of this process)")
     train.add_argument("--data", metavar="DIR",
                        help="directory of the MNIST IDX files (default: $PYSMPC_MNIST_DIR, ./mnist, ...)")
     train.add_argument("--batch-size", type=positive, default=128, metavar="N", help="examples per SGD step")

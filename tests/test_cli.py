@@ -406,18 +406,19 @@ def test_a_killed_server_leaves_no_worker_behind():
     _assert_gone(workers, within=3)
 
 
-def test_train_demo_over_tcp_is_refused_clearly():
-    done = run_cli("train-demo", "--tcp")
-    assert done.returncode == 2 and "not implemented yet" in done.stderr, done.stderr
+def test_train_demo_without_data_is_a_clear_error(tmp_path):
+    done = run_cli("train-demo", "--data", str(tmp_path))
+    assert done.returncode == 2 and "MNIST IDX files not found" in done.stderr, done.stderr
 
 
 @pytest.mark.slow
-def test_train_demo_prints_accuracy_and_images_per_second_last():
+@pytest.mark.parametrize("transport", [[], ["--tcp"]], ids=["in-process", "tcp"])
+def test_train_demo_prints_accuracy_and_images_per_second_last(transport):
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     if not data.is_dir():
         pytest.skip("no MNIST IDX files in ../shared/data/mnist")
     done = run_cli("train-demo", "--data", str(data), "--epochs", "1", "--train-subset", "512", "--test-subset",
-                   "200", "--batch-size", "64", "--max-steps", "3", "--no-progress")
+                   "200", "--batch-size", "64", "--max-steps", "3", "--no-progress", *transport)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert re.fullmatch(r"accuracy: 0\.\d{4}", lines[-2]), lines[-2]

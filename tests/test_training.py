@@ -105,3 +105,26 @@ def test_owners_and_dataset_errors_are_clear():
         DataOwner(cluster, "a").share_dataset("d", np.zeros((3, 8, 8, 1)), np.array([0, 1, 1]))
         with pytest.raises(Exception, match="holds"):
             data.close({"a": 4})
+
+
+@pytest.mark.slow  # 10 s alone, 40 s on a loaded 2-core machine: spawns three worker processes
+def test_training_over_tcp_owners_connect_to_the_workers_themselves():
+    """Loopback TcpCluster: owners send shares straight to P0 and P1; one epoch learns; the model is served shared."""
+    from pysmpc.runtime.tcp import TcpCluster
+
+    rng = np.random.default_rng(6)
+    graph = tiny_cnn()
+    with TcpCluster(ephemeral_ports=True) as cluster:
+        data = SharedDataset.open(cluster, "stripes", (8, 8, 1), 2)
+        counts = {}
+        for name in ("clinic-a", "clinic-b"):
+            x, y = stripes(64, rng)
+            counts[name] = DataOwner(cluster, name).share_dataset("stripes", x, y)
+        with pytest.raises(ValueError, match="labels must be integers"):  # refused before sending: not counted
+            DataOwner(cluster, "clinic-c").share_dataset("stripes", np.zeros((2, 8, 8, 1)), np.array([0, 5]))
+        assert data.close(counts) == 128
+        model = SharedTrainingModel(graph, cluster)
+        history = model.fit(data, epochs=2, batch_size=32, lr=0.5, report=True, seed=2)
+        assert history[-1]["loss"] < history[0]["loss"]
+        x_test, y_test = stripes(32, rng)
+        assert (model.shared_model().predict(x_test).argmax(1) == y_test).mean() >= 0.8

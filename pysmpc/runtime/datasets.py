@@ -110,3 +110,75 @@ def stored_dataset(party: Party, dataset_id: str) -> tuple[AShare, AShare]:
         return party.store[("dataset", dataset_id)]
     except KeyError:
         raise KeyError(f"{party.name}: no closed dataset {dataset_id!r}") from None
+
+
+# Rows per message over TCP: 4096 MNIST images are 25.7 MB of shares.
+CHUNK_ROWS = 4096
+
+
+def take_dataset(index: int, hello: dict, stream, book: "DatasetBook | None", timeout: float) -> None:
+    """A data owner's shares of a dataset over TCP: tell it the rules, read its shares, say whether they count.
+
+    The owner's hello names the dataset, itself and its number of examples
+    ({"dataset": {"id", "owner", "count"}}); with TLS its name must match
+    its certificate (accept_peer checks). The shares reach this worker's
+    DatasetBook, never the client driving the session. Images come in
+    messages of at most CHUNK_ROWS rows (tag "train:images"), then the
+    labels likewise ("train:labels").
+    """
+    import logging
+    import math
+
+    from pysmpc.parties.channel import ChannelError
+    from pysmpc.parties.party import CLIENT
+    from pysmpc.parties.socket import FRAME_HEADER_ROOM, SocketChannel, reply_hello
+
+    log = logging.getLogger("pysmpc.worker")
+    session = str(hello.get("session"))[:64]
+    request = hello.get("dataset")
+    try:
+        if book is None:
+            raise ValueError(f"P{index} holds no shares of data: owners share to P0 and P1 only")
+        if not isinstance(request, dict):
+            raise ValueError("the dataset request is not a JSON object")
+        dataset_id, owner, count = request.get("id"), check_owner_name(request.get("owner")), request.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _MAX_EXAMPLES:
+            raise ValueError(f"an owner shares 1 to {_MAX_EXAMPLES} examples, got {count!r}")
+        rules = book.rules(dataset_id)
+    except ValueError as exc:
+        reply_hello(stream, index, session, error=str(exc))
+        log.warning("refused a data owner's dataset: %s", exc)
+        return
+    row = max(math.prod(rules["sample_shape"]), rules["classes"])
+    channel = SocketChannel(index, timeout, session=session, max_recv_bytes=8 * row * CHUNK_ROWS + FRAME_HEADER_ROOM)
+    try:
+        reply_hello(stream, index, session, extra={"rules": rules})
+        channel.attach(CLIENT, stream)
+        parts = {}
+        for what in ("images", "labels"):
+            chunks = [channel.recv(CLIENT, tag=f"train:{what}") for _ in range(0, count, CHUNK_ROWS)]
+            if not all(isinstance(c, np.ndarray) for c in chunks):
+                raise ValueError(f"the {what} shares are not arrays")
+            parts[what] = np.concatenate(chunks)
+        book.contribute(dataset_id, owner, parts["images"], parts["labels"])
+    except ChannelError as exc:
+        log.info("data owner %s left before its shares of %s arrived (%s): not counted", owner, dataset_id, exc)
+        channel.close()
+        return
+    except ValueError as exc:
+        log.warning("refused data owner %s's shares of dataset %s: %s", owner, dataset_id, exc)
+        _tell(channel, "train:error", str(exc))
+        return
+    log.info("dataset %s: data owner %s shared %d examples", dataset_id, owner, count)
+    _tell(channel, "train:ok", "")
+
+
+def _tell(channel, tag: str, text: str) -> None:
+    from pysmpc.parties.channel import ChannelError
+    from pysmpc.parties.party import CLIENT
+
+    try:
+        channel.send_control(CLIENT, tag, text.encode()[:2000])
+    except ChannelError:
+        pass
+    channel.close()
