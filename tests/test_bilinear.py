@@ -83,3 +83,19 @@ def test_backprop_kernels_match_float_reference():
 def test_mismatched_keys_are_refused():
     with pytest.raises(ValueError, match="2 tensors but 1 keys"):
         run_shared(lambda p, x, y: bilinear.mask_and_open(p, [x, y], [("k", 0)]), _rand((2,)), _rand((2,)))
+
+
+def test_stacked_products_equal_two_products():
+    """stack_axes: one pass over (d | [a]) and ([y] | e) gives the same shares' sum as two products."""
+    x, w = _rand((3, 6, 6, 2)), _rand((3, 3, 2, 5))
+    fn = lambda a, b: backprop.conv2d_forward(a, b, 1, (1, 1, 1, 1))  # noqa: E731
+    shape = fn(x, w).shape
+
+    def program(party, xs, ws):
+        mx, mw = bilinear.mask_and_open(party, [xs, ws], [("s", 0), ("s", 1)])
+        out = bilinear.product(party, mx, mw, fn, shape, stack_axes=(3, 2))
+        bilinear.forget(party, [mx, mw])
+        return out
+
+    z, _ = run_shared(program, x, w)
+    np.testing.assert_array_equal(z, fn(x, w))

@@ -146,7 +146,12 @@ def train_step(party: Party, state: TrainingState, x: AShare, onehot: AShare, *,
                 (act_masked,) = bilinear.mask_and_open(party, [act], [key("x", i)], tag=f"{tag}:mask")
                 all_masked.append(act_masked)
             fn = _forward_map(layer, shapes[i])
-            act = bilinear.product(party, act_masked, masked_w[i], fn, shapes[i + 1], tag=f"{tag}:fwd{i}")
+            # A convolution with few input channels (the first: K = 9) makes one GEMM pass of
+            # both local products (stacked over channels) ~3x faster than two; deeper ones gain nothing.
+            kernel_shape = state.weights[i]["kernel"].shape
+            axes = (3, 2) if kind == "conv2d" and int(np.prod(kernel_shape[:3])) < 64 else None
+            act = bilinear.product(party, act_masked, masked_w[i], fn, shapes[i + 1], tag=f"{tag}:fwd{i}",
+                                   stack_axes=axes)
             if "bias" in state.weights[i]:
                 act = act + state.weights[i]["bias"] * (1 << F)  # bias from F to the product's 2F
             caches[i] = act_masked
