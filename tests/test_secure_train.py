@@ -65,9 +65,24 @@ def _float_steps(graph, weights, batches, lr, momentum):
     return w
 
 
-@pytest.mark.parametrize("graph_name", ["seed_cnn", "small_cnn"])
+def max_pool_cnn() -> Graph:
+    """conv -> relu -> max pool 2 (stride 2) -> conv -> max pool 3 stride 1 (overlapping) -> flatten -> dense."""
+    layers = [Layer("conv2d", "c1", {}, {"kernel": np.zeros((3, 3, 1, 4)), "bias": np.zeros(4)}),
+              Layer("relu", "r1"),
+              Layer("max_pool2d", "m1", {"pool": 2}),
+              Layer("conv2d", "c2", {}, {"kernel": np.zeros((2, 2, 4, 5)), "bias": np.zeros(5)}),
+              Layer("max_pool2d", "m2", {"pool": 3, "stride": 1}),
+              Layer("flatten", "f"),
+              Layer("dense", "d", {}, {"kernel": np.zeros((20, 3)), "bias": np.zeros(3)})]
+    return Graph((12, 12, 1), layers)
+
+
+GRAPHS = {"seed_cnn": plain.seed_cnn, "small_cnn": small_cnn, "max_pool_cnn": max_pool_cnn}
+
+
+@pytest.mark.parametrize("graph_name", list(GRAPHS))
 def test_two_steps_match_float_sgd_and_cost_as_stated(graph_name):
-    graph = plain.seed_cnn() if graph_name == "seed_cnn" else small_cnn()
+    graph = GRAPHS[graph_name]()
     rng = np.random.default_rng(11)
     weights = plain.init_weights(graph, rng, np.float64)
     batch = 8
@@ -156,9 +171,9 @@ def test_dealer_traffic_does_not_depend_on_data_labels_or_weights():
 
 def test_unsupported_graphs_are_refused_clearly():
     layers = [Layer("conv2d", "c", {}, {"kernel": np.zeros((3, 3, 1, 2)), "bias": np.zeros(2)}),
-              Layer("max_pool2d", "m", {"pool": 2}), Layer("flatten", "f"),
+              Layer("max_pool2d", "m", {"pool": 2, "padding": "same"}), Layer("flatten", "f"),
               Layer("dense", "d", {}, {"kernel": np.zeros((18, 2)), "bias": np.zeros(2)})]
-    with pytest.raises(ValueError, match="not max_pool2d"):
+    with pytest.raises(ValueError, match="'valid' windows only"):
         check_trainable(Graph((8, 8, 1), layers))
     layers = [Layer("avg_pool2d", "p", {"pool": 3}), Layer("flatten", "f"),
               Layer("dense", "d", {}, {"kernel": np.zeros((4, 2)), "bias": np.zeros(2)})]

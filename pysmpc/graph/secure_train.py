@@ -20,7 +20,8 @@ Fixed point: activations, weights and gradients have F fractional bits; a
 product has 2F until truncated. Truncations are deferred and merged: a
 conv's 2F output is summed by the pool and truncated once by F + log2(k^2)
 inside the relu's comparison round. Supported layers: conv2d (stride,
-padding), dense, avg_pool2d (power-of-two windows), relu, flatten.
+padding), dense, avg_pool2d (power-of-two windows), max_pool2d ('valid'),
+relu, flatten.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 from pysmpc.graph.graph import Graph, conv_padding
 from pysmpc.kernels import backprop
 from pysmpc.parties.party import Party
-from pysmpc.protocols import bilinear, pool, relu_grad, sgd, softmax_ce
+from pysmpc.protocols import bilinear, max_pool_grad, pool, relu_grad, sgd, softmax_ce
 from pysmpc.protocols.compare import msb
 from pysmpc.protocols.select import select
 from pysmpc.protocols.truncate import truncate
@@ -41,7 +42,7 @@ from pysmpc.sharing.shares import AShare
 
 __all__ = ["TrainingState", "train_step", "check_trainable", "TRAINABLE_KINDS", "StepResult"]
 
-TRAINABLE_KINDS = ("conv2d", "dense", "avg_pool2d", "relu", "flatten")
+TRAINABLE_KINDS = ("conv2d", "dense", "avg_pool2d", "max_pool2d", "relu", "flatten")
 _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -58,6 +59,8 @@ def check_trainable(graph: Graph) -> None:
             if (ph * pw) & (ph * pw - 1) or layer.params["padding"] != "valid":
                 raise ValueError(f"layer {layer.name!r}: secure training averages 'valid' windows of a power-of-two "
                                  f"size (divided by a truncation), got pool {ph}x{pw} {layer.params['padding']}")
+        if layer.kind == "max_pool2d" and layer.params["padding"] != "valid":
+            raise ValueError(f"layer {layer.name!r}: secure training max-pools 'valid' windows only")
         if layer.kind in ("conv2d", "dense") and "kernel" not in layer.weights:
             raise ValueError(f"layer {layer.name!r}: no kernel")
     if graph.layers[-1].kind != "dense":
@@ -160,6 +163,10 @@ def train_step(party: Party, state: TrainingState, x: AShare, onehot: AShare, *,
             ph, pw = layer.params["pool"]
             act = pool.sum_pool2d(party, act, (ph, pw), layer.params["stride"])
             pending += int(math.log2(ph * pw))
+        elif kind == "max_pool2d":
+            # Comparisons are exact at any scale: the owed truncation stays owed.
+            act, caches[i] = max_pool_grad.max_pool2d_keep(party, act, layer.params["pool"], layer.params["stride"],
+                                                           tag=f"{tag}:maxpool{i}")
         elif kind == "relu":
             if pending:
                 act, keep = relu_grad.relu_truncated_keep(party, act, pending, tag=f"{tag}:relu{i}")
@@ -210,6 +217,10 @@ def train_step(party: Party, state: TrainingState, x: AShare, onehot: AShare, *,
             ph, pw = layer.params["pool"]
             grad = _Lazy(grad, (ph, pw), layer.params["stride"], shapes[i][1:3])
             pending += int(math.log2(ph * pw))
+        elif kind == "max_pool2d":
+            if isinstance(grad, _Lazy):
+                grad = grad.materialize(party)
+            grad = max_pool_grad.max_pool2d_backward(party, grad, caches[i], tag=f"{tag}:maxpool{i}:grad")
         elif kind == "flatten":
             if isinstance(grad, _Lazy):
                 grad = grad.materialize(party)
@@ -294,6 +305,8 @@ def cost_step(graph: Graph, batch: int, frac_bits: int = 16):
         elif kind == "avg_pool2d":
             ph, pw = layer.params["pool"]
             pending += int(math.log2(ph * pw))
+        elif kind == "max_pool2d":
+            total = total + max_pool_grad.cost_forward(shapes[i + 1], layer.params["pool"])
         elif kind == "relu":
             total = total + (relu_grad.cost_forward(shapes[i + 1]) if pending else relu_protocol.cost(shapes[i + 1]))
             pending = 0
@@ -320,6 +333,9 @@ def cost_step(graph: Graph, batch: int, frac_bits: int = 16):
             lazy_shape = shapes[i + 1]
             ph, pw = layer.params["pool"]
             pending += int(math.log2(ph * pw))
+        elif kind == "max_pool2d":
+            lazy_shape = None
+            total = total + max_pool_grad.cost_backward(shapes[i + 1], layer.params["pool"])
         elif kind == "flatten":
             lazy_shape = None
     sizes = [int(np.prod(layer.weights[k].shape)) for layer in graph.layers for k in ("kernel", "bias")
