@@ -6,7 +6,7 @@
             DataOwner(cluster, name).share_dataset("mnist", x, y)   # each owner, from its own thread/process
         data.close({name: len(y) for name, (x, y) in owners.items()})
         model = SharedTrainingModel(seed_cnn(), cluster)             # shared random init: nobody knows it
-        history = model.fit(data, epochs=5, batch_size=128, lr=0.05)
+        history = model.fit(data, epochs=5, batch_size=128, lr=0.1)
         served = model.shared_model()                                # serve() it: the weights are never revealed
         # or: weights = model.reveal_weights()                       # to this caller (the model owner) only
 
@@ -91,7 +91,7 @@ class SharedTrainingModel:
         if weights is not None:
             cluster.call("free", [t.tid for w in self._initial for t in w.values()])
 
-    def fit(self, dataset: SharedDataset, epochs: int = 1, batch_size: int = 128, lr: float = 0.05,
+    def fit(self, dataset: SharedDataset, epochs: int = 1, batch_size: int = 128, lr: float = 0.1,
             momentum: float = 0.9, report: bool = False, progress: bool = False, seed: int | None = None,
             steps_per_call: int = 10, on_epoch=None, max_steps: int | None = None) -> list[dict]:
         """Train with SGD (momentum) on the shared dataset; returns one dict per epoch.
