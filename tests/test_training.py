@@ -128,3 +128,20 @@ def test_training_over_tcp_owners_connect_to_the_workers_themselves():
         assert history[-1]["loss"] < history[0]["loss"]
         x_test, y_test = stripes(32, rng)
         assert (model.shared_model().predict(x_test).argmax(1) == y_test).mean() >= 0.8
+
+
+def test_model_owner_initial_weights_are_shared_and_one_step_matches_float():
+    rng = np.random.default_rng(8)
+    graph = tiny_cnn()
+    weights = plain.init_weights(graph, rng, np.float64)
+    x, y = stripes(32, rng)
+    with LocalCluster(timeout=60) as cluster:
+        data = SharedDataset.open(cluster, "one", (8, 8, 1), 2)
+        data.close({"solo": DataOwner(cluster, "solo").share_dataset("one", x, y)})
+        model = SharedTrainingModel(graph, cluster, weights=weights)
+        model.fit(data, epochs=1, batch_size=32, lr=0.2, momentum=0.9, seed=0)
+        got = model.reveal_weights()
+    _, grads = plain.loss_and_grads(graph, x, y, weights)  # one batch of all 32: the order does not matter
+    for w, g, new in zip(weights, grads, got):
+        for k in w:
+            np.testing.assert_allclose(new[k], w[k] - 0.2 / 32 * g[k], atol=4 * 2.0**-16)
