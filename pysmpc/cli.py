@@ -292,6 +292,34 @@ def _fl_demo(args) -> int:
     return 0
 
 
+def _train_demo(args) -> int:
+    from pysmpc.fl.data import find_mnist
+    from pysmpc.serve.train_demo import TrainDemoConfig, run_train_demo
+
+    cfg = TrainDemoConfig(epochs=args.epochs, owners=args.owners, batch_size=args.batch_size, lr=args.lr,
+                          momentum=args.momentum, data_dir=str(find_mnist(args.data)),
+                          train_subset=args.train_subset, test_subset=args.test_subset, max_steps=args.max_steps,
+                          seed=args.seed, progress=args.progress, report=args.report)
+    if args.tcp:
+        from pysmpc.runtime.tcp import TcpCluster
+
+        cluster = TcpCluster(spawn=True, ephemeral_ports=True, timeout=120.0)
+        where = "three worker processes over TCP on loopback; each owner connects to P0 and P1 itself"
+    else:
+        from pysmpc import LocalCluster
+
+        cluster, where = LocalCluster(timeout=120.0), "three in-process parties"
+    print(f"Training the seed CNN from a shared random init on MNIST shared by {cfg.owners} owners "
+          f"({where}; batch {cfg.batch_size}, lr {cfg.lr}, momentum {cfg.momentum}). "
+          "After each epoch the weights are revealed to the model owner (this process) to evaluate.", flush=True)
+    _warm_kernels()
+    with cluster:
+        result = run_train_demo(cluster, cfg, log=_print_above_bars)
+    print(f"accuracy: {result.accuracy:.4f}")
+    print(f"images/s: {result.images_per_second:.1f}")
+    return 0
+
+
 def _fl_owner(args) -> int:
     from pysmpc.fl import Owner
 
@@ -517,7 +545,8 @@ def _progress(iterable, enabled: bool, unit: str):
 
 
 COMMANDS = {"demo": _demo, "inspect": _inspect, "serve": _serve, "query": _query, "fl-demo": _fl_demo,
-            "fl-owner": _fl_owner, "bench": _bench, "certs": _certs}
+            "fl-owner": _fl_owner, "bench": _bench, "certs": _certs,
+            "train-demo": _train_demo}
 
 
 def main(argv=None) -> int:

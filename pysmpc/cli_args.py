@@ -211,6 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
     owner.add_argument("--timeout", type=positive_real, default=30.0, metavar="SECONDS",
                        help="seconds to wait for a worker")
 
+    train = command("train-demo", "data owners share MNIST (non-IID); the cluster trains the seed CNN on the shares")
+    train.add_argument("--epochs", type=positive, default=5, help="passes over the shared training set")
+    train.add_argument("--owners", type=positive, default=3, help="data owners (hospitals), each sharing its part")
+    train.add_argument("--tcp", action="store_true", help="three worker processes over TCP on loopback (default: threads of this process)")
+    train.add_argument("--data", metavar="DIR",
+                       help="directory of the MNIST IDX files (default: $PYSMPC_MNIST_DIR, ./mnist, ...)")
+    train.add_argument("--batch-size", type=positive, default=128, metavar="N", help="examples per SGD step")
+    train.add_argument("--lr", type=positive_real, default=0.1, help="learning rate (public)")
+    train.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum (public)")
+    train.add_argument("--train-subset", type=positive, metavar="N", help="use the first N training images")
+    train.add_argument("--test-subset", type=positive, metavar="N", help="use the first N test images")
+    train.add_argument("--max-steps", type=positive, metavar="N", help="at most N steps per epoch")
+    train.add_argument("--report", action="store_true",
+                       help="reveal each example's probability of its true class to the model owner (the training "
+                            "loss; docs/TRAINING.md says what it reveals)")
+    train.add_argument("--seed", type=int, default=0, help="data split and batch order (the weights' init is never "
+                                                            "seeded)")
+    train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
     bench = command("bench", "latency, throughput, traffic and rounds of private inference, beside plaintext")
     bench.add_argument("--model", help="a model file instead of the shipped CNN")
     bench.add_argument("--batches", type=_batch_sizes, default=[1, 64, 256], metavar="N,N,...",

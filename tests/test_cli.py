@@ -87,7 +87,8 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict:
 
 def test_every_option_has_help_and_shows_its_default():
     commands = _subcommands(build_parser())
-    assert set(commands) == {"demo", "inspect", "serve", "query", "fl-demo", "fl-owner", "bench", "certs", "worker"}
+    assert set(commands) == {"demo", "inspect", "serve", "query", "fl-demo", "fl-owner", "bench", "certs", "worker",
+                             "train-demo"}
     commands["worker"] = worker.build_parser("pysmpc worker")  # `pysmpc worker` runs the worker's own parser
     for name, parser in commands.items():
         text = parser.format_help()
@@ -404,3 +405,23 @@ def test_a_killed_server_leaves_no_worker_behind():
     # Each spawned worker sees its parent gone within half a second (before: only once a heartbeat to the
     # dead owner failed, ~8 s while serving, or after the 65 s startup timeout before the owner connected).
     _assert_gone(workers, within=3)
+
+
+def test_train_demo_without_data_is_a_clear_error(tmp_path):
+    done = run_cli("train-demo", "--data", str(tmp_path))
+    assert done.returncode == 2 and "MNIST IDX files not found" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", [[], ["--tcp"]], ids=["in-process", "tcp"])
+def test_train_demo_prints_accuracy_and_images_per_second_last(transport):
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if not data.is_dir():
+        pytest.skip("no MNIST IDX files in ../shared/data/mnist")
+    done = run_cli("train-demo", "--data", str(data), "--epochs", "1", "--train-subset", "512", "--test-subset",
+                   "200", "--batch-size", "64", "--max-steps", "3", "--no-progress", *transport)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert re.fullmatch(r"accuracy: 0\.\d{4}", lines[-2]), lines[-2]
+    assert re.fullmatch(r"images/s: \d+\.\d", lines[-1]), lines[-1]
+    assert "epoch 1: test accuracy" in done.stdout and "rounds" in done.stdout

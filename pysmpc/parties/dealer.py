@@ -218,6 +218,26 @@ class Dealer:
                 bundle.replace_last(c)
         return a, c
 
+    def masks_product(self, key_a, key_b, c_shape, product: Callable, tag: str):
+        """[c] with c = product(a, b) for the masks a, b dealt by `weight_mask(key_a)`, `weight_mask(key_b)`.
+
+        Lets a shared tensor opened once as x - a (training: an activation, a
+        weight, a gradient) take part in every product it enters with no
+        second opening; each product gets its own [c].
+        """
+        if self.index == DEALER:
+            store = self.party.store
+            c = product(store[("dealer_mask", key_a)], store[("dealer_mask", key_b)])
+        else:
+            c = None
+        return self.give(c, c_shape, tag)
+
+    def forget_masks(self, keys) -> None:
+        """P2 drops the masks kept under `keys` (once no product needs them)."""
+        if self.index == DEALER:
+            for key in keys:
+                self.party.store.pop(("dealer_mask", key), None)
+
     def trunc_pair(self, shape, frac_bits: int, tag: str):
         """[r], [r >> F] (logical) and [r >> 63] for exact-enough truncation."""
         r = self.rand(shape)

@@ -268,5 +268,13 @@ class LocalCluster(BaseCluster):
             raise ClusterError("the cluster is not running: call start() or use it as a context manager")
         return {i: book_of(self.parties[i]) for i in (P0, P1)}
 
+    def dataset_books(self) -> dict:
+        """P0's and P1's training-data books: in-process data owners hand their shares there (fl.data_owner)."""
+        from pysmpc.runtime.datasets import dataset_book_of
+
+        if self._network is None:
+            raise ClusterError("the cluster is not running: call start() or use it as a context manager")
+        return {i: dataset_book_of(self.parties[i]) for i in (P0, P1)}
+
     def party_channels(self) -> dict:
         return {i: self.parties[i].channel for i in PARTIES}

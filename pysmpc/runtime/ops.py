@@ -417,3 +417,7 @@ def op_add_gaussian(party: Party, out: int, x: int, std: float, frac_bits: int) 
 
 OPS.update(add_gaussian=op_add_gaussian)
 OPS.update(ROUND_OPS)
+
+from pysmpc.runtime.training_ops import TRAINING_OPS  # noqa: E402 - registered last, as ROUND_OPS
+
+OPS.update(TRAINING_OPS)

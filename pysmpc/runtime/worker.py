@@ -64,6 +64,7 @@ from pysmpc.parties.socket import SocketChannel, accept_peer, connect_peer, repl
 from pysmpc.parties.streams import TlsConfig
 from pysmpc.runtime import wire
 from pysmpc.runtime.cluster import DEFAULT_TIMEOUT
+from pysmpc.runtime.datasets import DatasetBook, take_dataset
 from pysmpc.runtime.ops import run_op
 from pysmpc.runtime.queries import (
     Query,
@@ -233,9 +234,10 @@ def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None =
     for hello, stream in session.early_queries:
         _queue_query(index, hello["session"], hello["query"], stream, inbox, timeout, max_frame_bytes)
     book = RoundBook(index) if index in (P0, P1) else None
+    dataset_book = DatasetBook(index) if index in (P0, P1) else None
     threading.Thread(target=_accept_extra,
                      args=(index, listener, tls, channel.session, stop, inbox, timeout, max_frame_bytes, book,
-                           served_models),
+                           served_models, dataset_book),
                      daemon=True, name="pysmpc-accept").start()
     heartbeat = _Heartbeat(channel, session.heartbeat)
     try:
@@ -245,6 +247,7 @@ def serve(index: int, listener: socket.socket, hosts, *, tls: TlsConfig | None =
             party.store["served_models"] = served_models
             if book is not None:
                 party.store["fl_book"] = book
+                party.store["dataset_book"] = dataset_book
             party.store["kernels_ready"] = kernels_ready
         except ChannelError as exc:
             channel.send_control(CLIENT, "ctl:error", f"party {index}: seed exchange failed: {exc}".encode())
@@ -342,7 +345,7 @@ def _join(index, listener, hosts, tls, timeout, startup_timeout, max_frame_bytes
             if peer == CLIENT and hello.get("describe"):
                 _describe(index, hello["session"], stream, None)  # no session: no model yet
                 continue
-            if "submit" in hello:
+            if "submit" in hello or "dataset" in hello:
                 reply_hello(stream, index, hello["session"], error=f"P{index} has no session yet: no round is open")
                 log.warning("refused a data owner's shares: no session yet")
                 continue
@@ -423,7 +426,7 @@ def _refuse_all(index: int, queries: list, reason: str) -> None:
 
 def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: QueryInbox, timeout: float,
                   max_frame_bytes: int, book: RoundBook | None = None,
-                  served_models: ServedModels | None = None) -> None:
+                  served_models: ServedModels | None = None, dataset_book: DatasetBook | None = None) -> None:
     """During a session: queue client queries, describe the served model, take data owners' shares;
     refuse anyone else (busy)."""
     while not stop.is_set():
@@ -442,6 +445,9 @@ def _accept_extra(index, listener, tls, session, stop: threading.Event, inbox: Q
                 return
             if peer == CLIENT and "submit" in hello:
                 _take_submission(index, hello, stream, book, timeout)
+                return
+            if peer == CLIENT and "dataset" in hello:
+                take_dataset(index, hello, stream, dataset_book, timeout)
                 return
             request = hello.get("query")
             if peer == CLIENT and isinstance(request, dict):

@@ -1,0 +1,96 @@
+"""Ring (mod 2^64) twins of the plaintext backward pass: bilinear maps of two operands.
+
+Each function is bilinear in its two array arguments (or linear in one), so
+it can be the `product` of a Beaver triple: the dealer applies it to masks,
+the parties to openings and shares. Inputs are uint64 NHWC tensors and HWIO
+kernels; arithmetic wraps mod 2^64 (numpy uint64 and the C GEMM), so the
+results are exact ring values. No function draws randomness or keeps state.
+The float versions are in `pysmpc.graph.backward`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pysmpc import ring
+
+__all__ = ["pad_nhwc", "conv2d_forward", "conv2d_weight_grad", "conv2d_input_grad", "upsample_windows",
+           "dense_weight_grad", "dense_input_grad"]
+
+_U64 = np.uint64
+
+
+def pad_nhwc(x: np.ndarray, pads) -> np.ndarray:
+    """Zero-pad H and W by (top, bottom, left, right); x itself when no padding."""
+    top, bottom, left, right = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, stride, pads) -> np.ndarray:
+    """conv(pad(x), w) for explicit pads: (N, OH, OW, O)."""
+    return ring.conv2d(pad_nhwc(x, pads), w, stride, "valid")
+
+
+def conv2d_weight_grad(x: np.ndarray, dy: np.ndarray, kernel_shape, stride, pads) -> np.ndarray:
+    """dW = im2col(pad(x))^T @ dy: the kernel gradient (KH, KW, C, O), summed over the batch."""
+    kh, kw, cin, cout = kernel_shape
+    cols = ring.im2col(pad_nhwc(x, pads), kh, kw, stride, "valid")
+    return _transposed_product(cols, dy.reshape(-1, cout)).reshape(kh, kw, cin, cout)
+
+
+def _transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a^T @ b for tall a (m, k) and b (m, n): the GEMM reads rows, so copy the narrower operand transposed."""
+    if a.shape[1] <= b.shape[1]:
+        return ring.matmul(np.ascontiguousarray(a.T), b)
+    return np.ascontiguousarray(ring.matmul(np.ascontiguousarray(b.T), a).T)
+
+
+def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, x_shape, stride, pads) -> np.ndarray:
+    """dX: dy @ W^T scattered back onto the (padded) input windows, then cropped to x_shape."""
+    kh, kw, cin, cout = w.shape
+    n, oh, ow, _ = dy.shape
+    sh, sw = ring.int_pair("stride", stride)
+    top, bottom, left, right = pads
+    hp, wp = x_shape[1] + top + bottom, x_shape[2] + left + right
+    dcols = ring.matmul(dy.reshape(-1, cout), np.ascontiguousarray(w.reshape(-1, cout).T))
+    dcols = dcols.reshape(n, oh, ow, kh, kw, cin)
+    dx = np.zeros((n, hp, wp, cin), _U64)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :] += dcols[:, :, :, i, j, :]
+    if any(pads):
+        dx = np.ascontiguousarray(dx[:, top : hp - bottom, left : wp - right, :])
+    return dx
+
+
+def upsample_windows(dy: np.ndarray, pool, stride, in_hw) -> np.ndarray:
+    """Copy each pooled gradient onto its window (sum where windows overlap): linear in dy.
+
+    The adjoint of 'valid' sum pooling; positions no window covers get 0.
+    Average pooling's 1/k^2 is left to the caller (a truncation).
+    """
+    ph, pw = pool
+    sh, sw = stride
+    n, oh, ow, c = dy.shape
+    dx = np.zeros((n, in_hw[0], in_hw[1], c), _U64)
+    overlap = sh < ph or sw < pw
+    for i in range(ph):
+        for j in range(pw):
+            window = dx[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+            if overlap:
+                window += dy
+            else:  # each position in at most one window: a copy, no addition
+                window[...] = dy
+    return dx
+
+
+def dense_weight_grad(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """dW = x^T @ dy (in, out), summed over the batch."""
+    return _transposed_product(x, dy)
+
+
+def dense_input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """dX = dy @ W^T."""
+    return ring.matmul(dy, np.ascontiguousarray(w.T))
