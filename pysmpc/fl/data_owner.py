@@ -46,7 +46,8 @@ class DataOwner:
         if hasattr(cluster, "dataset_books"):
             self._books = cluster.dataset_books()
         else:
-            from pysmpc.parties.socket import TlsConfig, check_cleartext, parse_hosts
+            from pysmpc.parties.addresses import check_cleartext, parse_hosts
+            from pysmpc.parties.streams import TlsConfig
             from pysmpc.runtime.certs import owner_stem
 
             self.hosts = list(cluster.hosts) if hasattr(cluster, "hosts") else parse_hosts(cluster)
