@@ -311,7 +311,8 @@ def _train_demo(args) -> int:
         cluster, where = LocalCluster(timeout=120.0), "three in-process parties"
     print(f"Training the seed CNN from a shared random init on MNIST shared by {cfg.owners} owners "
           f"({where}; batch {cfg.batch_size}, lr {cfg.lr}, momentum {cfg.momentum}). "
-          "After each epoch the weights are revealed to the model owner (this process) to evaluate.", flush=True)
+          "After each epoch the still-shared weights label the test set privately; only the labels reach the "
+          "model owner (this process).", flush=True)
     _warm_kernels()
     with cluster:
         result = run_train_demo(cluster, cfg, log=_print_above_bars)

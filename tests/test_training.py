@@ -145,3 +145,27 @@ def test_model_owner_initial_weights_are_shared_and_one_step_matches_float():
     for w, g, new in zip(weights, grads, got):
         for k in w:
             np.testing.assert_allclose(new[k], w[k] - 0.2 / 32 * g[k], atol=4 * 2.0**-16)
+
+
+def test_train_demo_evaluates_with_the_weights_still_shared(monkeypatch):
+    """The demo's per-epoch accuracy comes from a private run: the weights are never revealed to anyone."""
+    from pathlib import Path
+
+    from pysmpc.serve import train_demo
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if not data.is_dir():
+        pytest.skip("no MNIST IDX files in ../shared/data/mnist")
+
+    def spy(self):
+        raise AssertionError("the demo revealed the weights")
+
+    monkeypatch.setattr(SharedTrainingModel, "reveal_weights", spy)
+    cfg = train_demo.TrainDemoConfig(epochs=1, owners=3, batch_size=32, lr=0.05, momentum=0.9, data_dir=str(data),
+                                     train_subset=192, test_subset=120, max_steps=2, seed=0, progress=False,
+                                     report=False)
+    lines = []
+    with LocalCluster() as cluster:
+        result = train_demo.run_train_demo(cluster, cfg, log=lines.append)
+    assert 0.0 <= result.accuracy <= 1.0 and any("epoch 1: test accuracy" in line for line in lines)
+    assert result.accuracy * 120 == round(result.accuracy * 120)  # a fraction of the 120 test labels
