@@ -61,7 +61,7 @@ def test_plaintext_import_equals_torch(model):
 
 def _private(model, x: np.ndarray, chunk: int) -> tuple[np.ndarray, int, int]:
     """Private logits of x in chunks (every other on material made ahead), and one chunk's rounds: run and planned."""
-    with sy.LocalCluster() as cluster:
+    with sy.LocalCluster(timeout=600) as cluster:  # a chunk of ResNet-20 on 2 busy cores can take minutes
         shared = model.share(cluster)
         out = []
         for i in range(0, len(x), chunk):
@@ -99,8 +99,8 @@ def test_private_resnet20_matches_plaintext_on_16_images(model):
 
 @pytest.mark.slow
 def test_private_argmax_equals_plaintext_argmax_on_1000_images(model):
-    """About 2-4 minutes on 2 busy cores."""
-    _check_private(model, 1000, 125)
+    """About 3 minutes on 2 busy cores."""
+    _check_private(model, 1000, 100)
 
 
 def test_inspect_prints_its_plan(tmp_path):
