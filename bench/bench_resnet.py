@@ -17,6 +17,17 @@ Each timed prediction runs on the dealer's material made ahead by
 SharedModel.prepare (offline, in pedantic's untimed setup). extra_info:
 images/s, ratios to the baselines, offline time per batch, online bytes per
 image (P0 + P1), dealer bytes per image, online rounds per inference.
+
+Measured 2026-12-02 on the 2-core machine at load average ~12 (four other
+engineers' jobs), medians: batch 1: PyTorch 11.3 ms, numpy 414 ms,
+in-process 118 ms (10.5x PyTorch), TCP 423 ms; batch 64: PyTorch 278 ms
+(230 images/s), numpy 1.89 s, in-process 10.2 s (6.3 images/s), TCP 9.1 s
+(7.0 images/s). Per image: 98 rounds, 22.6 MB online (P0 + P1), 10.8 MB
+from the dealer. TCP workers' peak RSS at batch 64: 1.74 GB (P0, P1),
+0.26 GB (P2). CPU time of both computing parties per batch-64 prediction
+(in-process, process_time): about 4.2 s, so an idle 2-core machine would
+give about 30 images/s; the wall times above are 2-3x that CPU time
+because the parties got a fraction of the cores.
 """
 
 import importlib.util
