@@ -43,6 +43,7 @@ layer by layer, exactly as a sequential model always has.
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import numpy as np
 
@@ -229,7 +230,7 @@ def _segments(rounds: list[int], deps: list[list[int]]) -> list[list[int]]:
         done_by = max(done_by, finish[i])
         if done_by <= later_start[i + 1]:  # a cut after step i
             spans = sorted((start[j], finish[j]) for j in current if finish[j] > start[j])
-            if all(a[1] <= b[0] for a, b in zip(spans, spans[1:])):
+            if all(a[1] <= b[0] for a, b in pairwise(spans)):
                 segments.extend([j] for j in current)  # nothing overlaps: one step at a time
             else:
                 segments.append(current)
@@ -251,7 +252,7 @@ class _Values(dict):
             for name in s.inputs:
                 self.readers_left[name] = self.readers_left.get(name, 0) + 1
 
-    def shadow(self) -> "_Values":
+    def shadow(self) -> _Values:
         """A copy holding shapes without shares (the dealer's view), with its own reader counts."""
         copy = _Values.__new__(_Values)
         dict.__init__(copy, {name: AShare(None, v.party, v.shape) for name, v in self.items()})
