@@ -37,8 +37,11 @@ inception block, a residual block's shortcut and body) run in lockstep
 (parties.lockstep): their exchanges travel in the same rounds, so a group
 of branches costs the rounds of its longest branch. The dealer's material
 is taken first, layer by layer in graph order (the order P2 deals in),
-then the layers run online together. A graph with nothing to overlap runs
-layer by layer, exactly as a sequential model always has.
+then the layers run online together. Only the stretches of the graph
+where two layers' rounds overlap run so (`_segments`: a residual block with
+a convolution on its shortcut, an inception block); every other layer,
+and a graph with nothing to overlap, runs layer by layer, exactly as a
+sequential model always has.
 """
 from __future__ import annotations
 
