@@ -358,6 +358,11 @@ def _bench(args) -> int:
         return _bench_network(args)
     model = load_model(args.model or shipped_model_path(), relu_protocol=args.relu)
     images, _ = load_samples()
+    if images.shape[1:] != tuple(model.input_shape):
+        # Another model's input: uniform pixels in [0, 1] of its shape (the timings do not depend on them).
+        images = np.random.default_rng(0).random((16, *model.input_shape))
+        print(f"inputs: 16 uniform random inputs of shape {tuple(model.input_shape)} "
+              "(the shipped samples are 28x28 MNIST digits)")
     with_torch = torch_available()
     clusters = (["plaintext"] + (["pytorch"] if with_torch else []) + ["in-process"]
                 + ([] if args.no_tcp else ["tcp"]))
@@ -383,7 +388,9 @@ def _bench(args) -> int:
         print(f"{r['system']:<28}{r['batch']:>6}{r['latency_ms']:>12.2f}{r['images_per_s']:>10.0f}{online:>15}"
               f"{str(r.get('rounds', '-')):>8}{offline:>12}{dealer:>15}")
     print("latency: online, after the query arrives; offline: the dealer's material for one batch, made ahead")
-    if with_torch:
+    if with_torch and not any(r["system"] == TORCH_BASELINE for r in rows):
+        print("no PyTorch baseline: pysmpc.graph.to_torch builds sequential graphs only, and this one has branches")
+    elif with_torch:
         print(f"{TORCH_BASELINE}: the same weights as a float32 PyTorch module on one thread (pysmpc.graph.to_torch)")
     else:
         print("no PyTorch baseline: torch is not installed (pip install torch)")

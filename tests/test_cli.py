@@ -256,6 +256,24 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     assert all(0 < r["online_bytes_per_image"] < 0.5e6 for r in secure)
 
 
+def test_bench_runs_another_model_file(tmp_path):
+    """--model with a branching NCHW ONNX model: its own input shape (random inputs), no to_torch rows, same keys."""
+    model = Path(__file__).resolve().parent / "fixtures" / "dag_torch.onnx"
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--model", str(model), "--batches", "1", "--repeats", "1", "--no-tcp", "--no-progress",
+                     "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "uniform random inputs of shape" in result.stdout
+    rows = json.loads(out.read_text())
+    secure = [r for r in rows if r["system"] == "pysmpc in-process"]
+    assert len(secure) == 1 and secure[0]["rounds"] > 0 and secure[0]["online_bytes_per_image"] > 0
+    shipped = {"system", "batch", "latency_ms", "images_per_s", "offline_ms", "peak_rss_mb", "online_bytes_per_image",
+               "dealer_bytes_per_image", "rounds"}
+    assert shipped <= set(secure[0])
+    if not any(r["system"] == "pytorch" for r in rows):
+        assert "no PyTorch baseline" in result.stdout
+
+
 def test_bench_reports_pytorch_beside_numpy(tmp_path):
     torch = pytest.importorskip("torch")
     out = tmp_path / "bench.json"

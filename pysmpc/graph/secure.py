@@ -39,12 +39,16 @@ inception block, a residual block's shortcut and body) run in lockstep
 (parties.lockstep): their exchanges travel in the same rounds, so a group
 of branches costs the rounds of its longest branch. The dealer's material
 is taken first, layer by layer in graph order (the order P2 deals in),
-then the layers run online together. A graph with nothing to overlap runs
-layer by layer, exactly as a sequential model always has.
+then the layers run online together. Only the stretches of the graph
+where two layers' rounds overlap run so (`_segments`: a residual block with
+a convolution on its shortcut, an inception block); every other layer,
+and a graph with nothing to overlap, runs layer by layer, exactly as a
+sequential model always has.
 """
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import numpy as np
 
@@ -234,7 +238,7 @@ def _segments(rounds: list[int], deps: list[list[int]]) -> list[list[int]]:
         done_by = max(done_by, finish[i])
         if done_by <= later_start[i + 1]:  # a cut after step i
             spans = sorted((start[j], finish[j]) for j in current if finish[j] > start[j])
-            if all(a[1] <= b[0] for a, b in zip(spans, spans[1:])):
+            if all(a[1] <= b[0] for a, b in pairwise(spans)):
                 segments.extend([j] for j in current)  # nothing overlaps: one step at a time
             else:
                 segments.append(current)
@@ -256,7 +260,7 @@ class _Values(dict):
             for name in s.inputs:
                 self.readers_left[name] = self.readers_left.get(name, 0) + 1
 
-    def shadow(self) -> "_Values":
+    def shadow(self) -> _Values:
         """A copy holding shapes without shares (the dealer's view), with its own reader counts."""
         copy = _Values.__new__(_Values)
         dict.__init__(copy, {name: AShare(None, v.party, v.shape) for name, v in self.items()})

@@ -119,9 +119,13 @@ def _torch_rows(graph, x_all: np.ndarray, batches, repeats: int, progress):
 
     from pysmpc.graph import to_torch
 
-    module = to_torch(graph)
+    try:
+        module = to_torch(graph)
+    except NotImplementedError:  # e.g. a graph with branches: no PyTorch rows (the caller says so)
+        return
     # NCHW float32, made once: the layout and type a PyTorch user feeds in (not part of the timing).
-    x_torch = torch.from_numpy(np.ascontiguousarray(x_all.transpose(0, 3, 1, 2) if x_all.ndim == 4 else x_all,
+    nhwc = x_all.ndim == 4 and getattr(graph, "input_layout", "NHWC") != "NCHW"
+    x_torch = torch.from_numpy(np.ascontiguousarray(x_all.transpose(0, 3, 1, 2) if nhwc else x_all,
                                                     dtype=np.float32))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
