@@ -2,7 +2,7 @@
 
 Each model file was written by Keras 3 or by torch.onnx.export
 (tests/zoo/make_zoo.py), with the framework's own outputs on the test
-inputs in tests/zoo/expected.npz, so these tests need neither framework.
+inputs in tests/zoo/<model>_expected.npz, so these tests need neither framework.
 For each model: the plaintext import equals the framework's output
 (max abs error <= 1e-4); the private run, on >= 1,000 inputs, gives the
 plaintext argmax (or, for the sigmoid head, the same side of 1/2), and
@@ -35,8 +35,8 @@ def _mnist_nhwc() -> np.ndarray:
         return (data["images"].astype(np.float64) / 255.0)[..., None]
 
 
-def _expected(key: str) -> np.ndarray:
-    with np.load(ZOO / "expected.npz") as data:
+def _expected(model: str, key: str) -> np.ndarray:
+    with np.load(ZOO / f"{model}_expected.npz") as data:
         return data[key]
 
 
@@ -60,7 +60,7 @@ def _inputs(kind: str) -> np.ndarray:
         return _mnist_nhwc()
     if kind == "mnist_nchw":
         return _mnist_nhwc().transpose(0, 3, 1, 2)
-    return _expected("digits_x").astype(np.float64)
+    return _expected("digits_mlp", "x").astype(np.float64)
 
 
 def truncation_bound(graph: Graph, frac_bits: int = F) -> float:
@@ -116,14 +116,14 @@ def test_plaintext_import_equals_the_frameworks_output(file):
     x = _inputs(inputs)
     assert len(x) >= 1000
     ours = model.predict(x)
-    theirs = _expected(f"{key}_{output}")
+    theirs = _expected(key, output)
     error = np.abs(ours - theirs).max()
     assert error <= PLAIN_TOLERANCE, f"{file}: plaintext import differs from the framework by {error:.2e}"
     if output == "logits" and file.endswith((".keras", ".h5")):
         # The Keras models end in Dense(softmax): the importer drops it (noted) and the
         # softmax of its logits is the framework's own output.
         assert any("softmax" in note for note in model.graph.notes), model.graph.notes
-        error = np.abs(_softmax(ours) - _expected(f"{key}_probs")).max()
+        error = np.abs(_softmax(ours) - _expected(key, "probs")).max()
         assert error <= PLAIN_TOLERANCE, f"{file}: softmax of the logits differs by {error:.2e}"
 
 

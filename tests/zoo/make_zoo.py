@@ -3,11 +3,14 @@
 Needs Keras 3, PyTorch, onnx/onnxscript and scikit-learn (the tests need none of them):
 
     pip install torch==2.13.0 keras h5py onnx onnxscript scikit-learn
-    KERAS_BACKEND=torch python tests/zoo/make_zoo.py [--mnist DIR]
+    KERAS_BACKEND=torch python tests/zoo/make_zoo.py [--mnist DIR] [--retrain] [MODEL ...]
 
 MNIST comes from the IDX files in DIR (default ../shared/data/mnist from
 the repository root); the tabular set is scikit-learn's digits. Seeds are
-fixed; training takes a few minutes on two cores. Writes:
+fixed. MODEL names some of mnist_convnet, lenet5, mobilenet_mini and
+digits_mlp (default: all). A Keras model whose file is already here is
+loaded, not trained again, unless --retrain (its test outputs are
+recomputed either way); LeNet-5 is always trained (a minute). Writes:
 
 * mnist_convnet.keras, mnist_convnet.h5  the keras.io "Simple MNIST convnet"
   (Conv2D 32 3x3 relu, MaxPooling2D 2, Conv2D 64 3x3 relu, MaxPooling2D 2,
@@ -15,8 +18,9 @@ fixed; training takes a few minutes on two cores. Writes:
 * lenet5.onnx                            LeNet-5 in PyTorch (conv 6 5x5 pad 2,
   max pool, conv 16 5x5, max pool, fc 120, fc 84, fc 10; relu), exported by
   torch.onnx.export (dynamo exporter, opset 18), NCHW input.
-* mobilenet_mini.keras                   a MobileNet-style Keras net: Conv2D
-  stride 2 + BatchNormalization + ReLU6, three depthwise-separable blocks
+* mobilenet_mini.keras                   a MobileNet-style Keras net: Conv2D 8
+  3x3 stride 2 + BatchNormalization + ReLU6, three depthwise-separable blocks
+  (16, 32, 32 filters)
   (DepthwiseConv2D, stride 2 'same' in the second, + BatchNormalization +
   ReLU(max_value=6) + Conv2D 1x1 + BatchNormalization + relu6),
   GlobalAveragePooling2D, Dense 10 softmax.
@@ -25,11 +29,12 @@ fixed; training takes a few minutes on two cores. Writes:
   Dense 1 sigmoid.
 * mnist_test_1000.npz                    the first 1,000 MNIST test images
   (uint8, 28x28) and labels: the MNIST models' test inputs.
-* expected.npz                           each model's own outputs on its test
-  inputs, computed by the framework: ``<model>_logits`` (the final softmax
-  replaced by identity, as the imported graph outputs logits),
-  ``<model>_probs`` (the framework's output as saved), and for the MLP
-  ``digits_x`` (float32, 1,797 x 64), ``digits_y`` and ``digits_mlp_probs``.
+* <model>_expected.npz                   each model's own outputs on its test
+  inputs, computed by the framework: ``logits`` (for a final softmax: the
+  output layer's activation replaced by identity, as the imported graph
+  outputs logits) and ``probs`` (the framework's output as saved: softmax
+  or sigmoid); digits_mlp_expected.npz also holds its inputs ``x``
+  (float32, all 1,797 rows, 64 features in [0, 1]) and labels ``y``.
 
 Accuracies are printed and recorded in README.md by hand.
 """
@@ -76,7 +81,7 @@ def load_mnist(directory: str):
 
 
 def keras_logits(model, x, output_layer: str) -> np.ndarray:
-    """The model's outputs with the output layer's softmax replaced by identity."""
+    """The model's outputs with the output layer's activation (softmax, sigmoid) replaced by identity."""
     out = model.get_layer(output_layer)
     saved = out.activation
     out.activation = keras.activations.linear
@@ -101,17 +106,21 @@ def mnist_convnet() -> keras.Model:
 
 
 def mobilenet_mini() -> keras.Model:
-    """A small MobileNet (v1) style net: depthwise-separable blocks with batch norm and relu6."""
+    """A small MobileNet (v1) style net: depthwise-separable blocks with batch norm and relu6.
+
+    Batch norm momentum 0.9 (Keras' default 0.99 leaves the moving statistics
+    far from the data after the few hundred steps trained here).
+    """
     inputs = keras.Input((28, 28, 1), name="image")
-    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="stem")(inputs)  # 14x14
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="stem")(inputs)  # 14x14
+    x = layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
     x = layers.ReLU(max_value=6.0, name="stem_relu6")(x)
-    for i, (filters, stride) in enumerate([(32, 1), (64, 2), (64, 1)], start=1):
+    for i, (filters, stride) in enumerate([(16, 1), (32, 2), (32, 1)], start=1):
         x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"dw{i}")(x)
-        x = layers.BatchNormalization(name=f"dw{i}_bn")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"dw{i}_bn")(x)
         x = layers.ReLU(max_value=6.0, name=f"dw{i}_relu6")(x)
         x = layers.Conv2D(filters, 1, use_bias=False, name=f"pw{i}")(x)
-        x = layers.BatchNormalization(name=f"pw{i}_bn")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"pw{i}_bn")(x)
         x = layers.Activation("relu6", name=f"pw{i}_relu6")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(0.2, name="drop")(x)
@@ -186,66 +195,93 @@ def train_lenet(x, y, x_test, y_test, epochs: int) -> tuple[LeNet5, float]:
     return net, float(accuracy)
 
 
+def trained_keras(name: str, build, retrain: bool, data, **fit) -> tuple:
+    """(model, test accuracy): loaded from name.keras if it is here (and not retrain), else built and trained."""
+    path = os.path.join(HERE, f"{name}.keras")
+    x, y, x_test, y_test = data
+    if os.path.exists(path) and not retrain:
+        model = keras.models.load_model(path)
+        accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
+        print(f"{name}: loaded {path}; test accuracy {accuracy:.4f}", flush=True)
+        return model, accuracy
+    model = build()
+    accuracy = train_keras(model, x, y, x_test, y_test, **fit)
+    model.save(path)
+    return model, accuracy
+
+
+def save_expected(name: str, **arrays) -> None:
+    np.savez_compressed(os.path.join(HERE, f"{name}_expected.npz"), **arrays)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=list(MODELS), choices=list(MODELS), metavar="MODEL")
     parser.add_argument("--mnist", default=DEFAULT_MNIST, help="directory of the MNIST IDX files")
-    parser.add_argument("--train", type=int, default=30000, help="MNIST training images used")
+    parser.add_argument("--retrain", action="store_true", help="train Keras models whose files exist")
     args = parser.parse_args()
-    keras.utils.set_random_seed(SEED)
     torch.set_num_threads(2)
 
     (train_x, train_y), (test_x, test_y) = load_mnist(args.mnist)
-    train_x, train_y = train_x[:args.train], train_y[:args.train]
     x_nhwc = (train_x.astype(np.float32) / 255.0)[..., None]
     test_nhwc = (test_x.astype(np.float32) / 255.0)[..., None]
-    zoo_x = test_x[:TEST_COUNT]
-    zoo_nhwc, zoo_nchw = test_nhwc[:TEST_COUNT], test_nhwc[:TEST_COUNT].transpose(0, 3, 1, 2)
-    expected, accuracy = {}, {}
+    zoo_nhwc = test_nhwc[:TEST_COUNT]
+    np.savez_compressed(os.path.join(HERE, "mnist_test_1000.npz"), images=test_x[:TEST_COUNT],
+                        labels=test_y[:TEST_COUNT])
+    accuracy = {}
 
-    convnet = mnist_convnet()
-    accuracy["mnist_convnet"] = train_keras(convnet, x_nhwc, train_y, test_nhwc, test_y, epochs=3,
-                                            loss="sparse_categorical_crossentropy")
-    convnet.save(os.path.join(HERE, "mnist_convnet.keras"))
-    convnet.save(os.path.join(HERE, "mnist_convnet.h5"))
-    expected["mnist_convnet_probs"] = np.asarray(convnet.predict(zoo_nhwc, verbose=0), dtype=np.float64)
-    expected["mnist_convnet_logits"] = keras_logits(convnet, zoo_nhwc, "out")
+    if "mnist_convnet" in args.models:
+        keras.utils.set_random_seed(SEED)
+        n = 30000
+        convnet, accuracy["mnist_convnet"] = trained_keras(
+            "mnist_convnet", mnist_convnet, args.retrain, (x_nhwc[:n], train_y[:n], test_nhwc, test_y),
+            epochs=3, loss="sparse_categorical_crossentropy")
+        convnet.save(os.path.join(HERE, "mnist_convnet.h5"))
+        save_expected("mnist_convnet", logits=keras_logits(convnet, zoo_nhwc, "out"),
+                      probs=np.asarray(convnet.predict(zoo_nhwc, verbose=0), dtype=np.float64))
 
-    mobilenet = mobilenet_mini()
-    accuracy["mobilenet_mini"] = train_keras(mobilenet, x_nhwc, train_y, test_nhwc, test_y, epochs=3,
-                                             loss="sparse_categorical_crossentropy")
-    mobilenet.save(os.path.join(HERE, "mobilenet_mini.keras"))
-    expected["mobilenet_mini_probs"] = np.asarray(mobilenet.predict(zoo_nhwc, verbose=0), dtype=np.float64)
-    expected["mobilenet_mini_logits"] = keras_logits(mobilenet, zoo_nhwc, "out")
+    if "mobilenet_mini" in args.models:
+        keras.utils.set_random_seed(SEED)
+        n = 20000
+        mobilenet, accuracy["mobilenet_mini"] = trained_keras(
+            "mobilenet_mini", mobilenet_mini, args.retrain, (x_nhwc[:n], train_y[:n], test_nhwc, test_y),
+            epochs=2, loss="sparse_categorical_crossentropy", batch_size=64)
+        save_expected("mobilenet_mini", logits=keras_logits(mobilenet, zoo_nhwc, "out"),
+                      probs=np.asarray(mobilenet.predict(zoo_nhwc, verbose=0), dtype=np.float64))
 
-    net, accuracy["lenet5"] = train_lenet(x_nhwc.transpose(0, 3, 1, 2), train_y, test_nhwc.transpose(0, 3, 1, 2),
-                                          test_y, epochs=3)
-    torch.onnx.export(net, (torch.zeros(1, 1, 28, 28),), os.path.join(HERE, "lenet5.onnx"), opset_version=18,
-                      input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}},
-                      external_data=False)
-    with torch.no_grad():
-        expected["lenet5_logits"] = net(torch.tensor(zoo_nchw)).double().numpy()
+    if "lenet5" in args.models:
+        n = 30000
+        net, accuracy["lenet5"] = train_lenet(x_nhwc[:n].transpose(0, 3, 1, 2), train_y[:n],
+                                              test_nhwc.transpose(0, 3, 1, 2), test_y, epochs=3)
+        torch.onnx.export(net, (torch.zeros(1, 1, 28, 28),), os.path.join(HERE, "lenet5.onnx"), opset_version=18,
+                          input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}},
+                          external_data=False)
+        with torch.no_grad():
+            logits = net(torch.tensor(zoo_nhwc.transpose(0, 3, 1, 2))).double().numpy()
+        save_expected("lenet5", logits=logits, probs=torch.softmax(torch.tensor(logits), 1).numpy())
 
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    if "digits_mlp" in args.models:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    dx = (digits.data / 16.0).astype(np.float32)  # pixel counts 0..16
-    dy = (digits.target >= 5).astype(np.int64)
-    tr_x, te_x, tr_y, te_y = train_test_split(dx, dy, test_size=0.3, random_state=SEED, stratify=dy)
-    mlp = digits_mlp(dx.shape[1])
-    accuracy["digits_mlp"] = train_keras(mlp, tr_x, tr_y, te_x, te_y, epochs=60, loss="binary_crossentropy",
-                                         batch_size=32)
-    mlp.save(os.path.join(HERE, "digits_mlp.keras"))
-    expected["digits_x"], expected["digits_y"] = dx, dy
-    expected["digits_mlp_probs"] = np.asarray(mlp.predict(dx, verbose=0), dtype=np.float64)
+        keras.utils.set_random_seed(SEED)
+        digits = load_digits()
+        dx = (digits.data / 16.0).astype(np.float32)  # pixel counts 0..16
+        dy = (digits.target >= 5).astype(np.int64)
+        tr_x, te_x, tr_y, te_y = train_test_split(dx, dy, test_size=0.3, random_state=SEED, stratify=dy)
+        mlp, accuracy["digits_mlp"] = trained_keras(
+            "digits_mlp", lambda: digits_mlp(dx.shape[1]), args.retrain, (tr_x, tr_y, te_x, te_y), epochs=60,
+            loss="binary_crossentropy", batch_size=32)
+        probs = np.asarray(mlp.predict(dx, verbose=0), dtype=np.float64)
+        save_expected("digits_mlp", x=dx, y=dy, probs=probs, logits=keras_logits(mlp, dx, "out"))
 
-    np.savez_compressed(os.path.join(HERE, "mnist_test_1000.npz"), images=zoo_x, labels=test_y[:TEST_COUNT])
-    np.savez_compressed(os.path.join(HERE, "expected.npz"), **expected)
     for name, acc in accuracy.items():
         print(f"{name:16s} test accuracy {acc:.4f}")
     for name in sorted(os.listdir(HERE)):
         print(f"{name:28s} {os.path.getsize(os.path.join(HERE, name)):>9,} bytes")
 
+
+MODELS = ("mnist_convnet", "mobilenet_mini", "lenet5", "digits_mlp")
 
 if __name__ == "__main__":
     main()
