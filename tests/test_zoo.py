@@ -180,7 +180,7 @@ def test_private_digits_mlp_keras_on_1797_inputs(cluster):
 
 
 def test_private_mnist_convnet_keras(cluster):
-    _check_private_run("mnist_convnet.keras", cluster, 200, chunk=200)
+    _check_private_run("mnist_convnet.keras", cluster, 100, chunk=100)
 
 
 def test_private_mobilenet_mini_keras(cluster):

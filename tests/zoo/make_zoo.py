@@ -270,7 +270,7 @@ def main():
         dy = (digits.target >= 5).astype(np.int64)
         tr_x, te_x, tr_y, te_y = train_test_split(dx, dy, test_size=0.3, random_state=SEED, stratify=dy)
         mlp, accuracy["digits_mlp"] = trained_keras(
-            "digits_mlp", lambda: digits_mlp(dx.shape[1]), args.retrain, (tr_x, tr_y, te_x, te_y), epochs=60,
+            "digits_mlp", lambda: digits_mlp(dx.shape[1]), args.retrain, (tr_x, tr_y, te_x, te_y), epochs=20,
             loss="binary_crossentropy", batch_size=32)
         probs = np.asarray(mlp.predict(dx, verbose=0), dtype=np.float64)
         save_expected("digits_mlp", x=dx, y=dy, probs=probs, logits=keras_logits(mlp, dx, "out"))
