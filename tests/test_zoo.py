@@ -21,7 +21,7 @@ import pytest
 
 import pysmpc as sy
 from pysmpc.cli import main as cli_main
-from pysmpc.graph import Graph, run_fixed_point
+from pysmpc.graph import Graph
 from pysmpc.protocols import sigmoid as sigmoid_protocol
 
 ZOO = Path(__file__).resolve().parent / "zoo"
@@ -154,7 +154,8 @@ def _check_private_run(file: str, cluster, count: int, chunk: int = 250) -> None
                                      f"top-2 margins {(top2[mismatched, 1] - top2[mismatched, 0])[:20]}")
     else:
         mismatched = np.flatnonzero((private > 0.5) != (plain > 0.5))
-        assert not len(mismatched), f"{file}: private class differs on inputs {mismatched[:20]}: {private[mismatched][:20]}"
+        assert not len(mismatched), (f"{file}: private class differs on inputs {mismatched[:20]}: "
+                                     f"{private[mismatched][:20]}")
 
 
 def _check_private_argmax(file: str, cluster, count: int, chunk: int = 250) -> None:
