@@ -195,14 +195,14 @@ def train_step(party: Party, state: TrainingState, x: AShare, onehot: AShare, *,
                 small = truncate(party, small, pending, tag=f"{tag}:gtrunc{i}")
             (g_masked,) = bilinear.mask_and_open(party, [small], [key("g", i)], tag=f"{tag}:mask")
             all_masked.append(g_masked)
-            expand = lazy.expand if lazy else None
-            kernel_fn, input_fn = _backward_maps(layer, shapes[i], expand)
+            kernel_fn, input_fn = _backward_maps(layer, shapes[i], lazy)
             w_shape = state.weights[i]["kernel"].shape
             grads[(i, "kernel")] = bilinear.product(party, caches[i], g_masked, kernel_fn, w_shape,
                                                     tag=f"{tag}:dw{i}")
             if "bias" in state.weights[i]:
-                full = _Lazy(small, lazy.pool_hw, lazy.stride, lazy.in_hw).materialize(party) if lazy else small
-                grads[(i, "bias")] = full.sum(axis=tuple(range(len(full.shape) - 1)))
+                # Upsampling copies each pooled value onto ph*pw positions: the sum is ph*pw times g's.
+                copies = lazy.pool_hw[0] * lazy.pool_hw[1] if lazy else 1
+                grads[(i, "bias")] = small.sum(axis=tuple(range(len(small.shape) - 1))) * copies
             if i == first_weighted:
                 break
             grad = bilinear.product(party, g_masked, masked_w[i], input_fn, shapes[i], tag=f"{tag}:dx{i}")
@@ -258,26 +258,23 @@ def _dense_forward(x, w):
     return ring.matmul(x, w)
 
 
-def _backward_maps(layer, in_shape, expand):
-    """(kernel gradient map (x, g), input gradient map (g, w)); `expand` first copies g onto pool windows."""
+def _backward_maps(layer, in_shape, lazy):
+    """(kernel gradient map (x, g), input gradient map (g, w)); with `lazy`, g is a sum pool's gradient still to be
+    copied onto its windows (a convolution's maps contract the pooled g directly: ph*pw times less work)."""
     if layer.kind == "dense":
         kernel_fn, input_fn = backprop.dense_weight_grad, backprop.dense_input_grad
-    else:
-        stride, pads = layer.params["stride"], conv_padding(layer, in_shape[1:])
-        kshape = layer.weights["kernel"].shape
-        kernel_fn = partial(_conv_kernel_grad, kernel_shape=kshape, stride=stride, pads=pads)
-        input_fn = partial(_conv_input_grad, x_shape=in_shape, stride=stride, pads=pads)
-    if expand is None:
-        return kernel_fn, input_fn
-    return (lambda x, g: kernel_fn(x, expand(g))), (lambda g, w: input_fn(expand(g), w))
-
-
-def _conv_kernel_grad(x, g, kernel_shape, stride, pads):
-    return backprop.conv2d_weight_grad(x, g, kernel_shape, stride, pads)
-
-
-def _conv_input_grad(g, w, x_shape, stride, pads):
-    return backprop.conv2d_input_grad(g, w, x_shape, stride, pads)
+        if lazy is None:
+            return kernel_fn, input_fn
+        expand = lazy.expand
+        return (lambda x, g: kernel_fn(x, expand(g))), (lambda g, w: input_fn(expand(g), w))
+    stride, pads = layer.params["stride"], conv_padding(layer, in_shape[1:])
+    kshape = layer.weights["kernel"].shape
+    if lazy is None:
+        return (partial(backprop.conv2d_weight_grad, kernel_shape=kshape, stride=stride, pads=pads),
+                partial(backprop.conv2d_input_grad, x_shape=in_shape, stride=stride, pads=pads))
+    pool = dict(pool=lazy.pool_hw, pool_stride=lazy.stride)
+    return (partial(backprop.conv2d_weight_grad_pooled, kernel_shape=kshape, stride=stride, pads=pads, **pool),
+            partial(backprop.conv2d_input_grad_pooled, x_shape=in_shape, stride=stride, pads=pads, **pool))
 
 
 def cost_step(graph: Graph, batch: int, frac_bits: int = 16):
