@@ -15,7 +15,7 @@ import numpy as np
 from pysmpc import ring
 
 __all__ = ["pad_nhwc", "conv2d_forward", "conv2d_weight_grad", "conv2d_input_grad", "upsample_windows",
-           "conv2d_weight_grad_pooled", "conv2d_input_grad_pooled", "dense_weight_grad", "dense_input_grad"]
+           "conv2d_forward_pooled", "conv2d_weight_grad_pooled", "conv2d_input_grad_pooled", "dense_weight_grad", "dense_input_grad"]
 
 _U64 = np.uint64
 
@@ -95,6 +95,31 @@ def _pooled_geometry(kernel_hw, stride, pool, pool_stride, pooled_hw):
     return (sh, sw), (ph, pw), step, span
 
 
+def _window_sums(x, stride, pads, pool, span):
+    """s[h, w] = sum_{di, dj} pad(x)[h + sh*di, w + sw*dj] over a pool window of conv outputs, cropped to span."""
+    sh, sw = stride
+    (ph, pw), (hs, ws) = pool, span
+    xp = pad_nhwc(x, pads)
+    sums = np.zeros((x.shape[0], hs, ws, x.shape[3]), _U64)
+    for di in range(ph):
+        for dj in range(pw):
+            sums += xp[:, sh * di : sh * di + hs, sw * dj : sw * dj + ws, :]
+    return sums
+
+
+def conv2d_forward_pooled(x: np.ndarray, w: np.ndarray, stride, pads, pool, pool_stride, pooled_hw) -> np.ndarray:
+    """sum_pool(conv(pad(x), w)) over 'valid' pool windows: (N, PH, PW, O) = pooled_hw.
+
+    Each pooled output is w applied to the sum of the inputs under its
+    windows, so this is a convolution of the window sums (see
+    conv2d_weight_grad_pooled) at the pooled grid's step: ph*pw times fewer
+    multiply-adds than convolving then pooling, the same ring value.
+    """
+    kh, kw = w.shape[:2]
+    sc, pool, step, span = _pooled_geometry((kh, kw), stride, pool, pool_stride, pooled_hw)
+    return ring.conv2d(_window_sums(x, sc, pads, pool, span), w, step, "valid")
+
+
 def conv2d_weight_grad_pooled(x: np.ndarray, g: np.ndarray, kernel_shape, stride, pads, pool,
                               pool_stride) -> np.ndarray:
     """conv2d_weight_grad(x, upsample_windows(g, pool, pool_stride, ...)) for a gradient g of a sum pool's output.
@@ -107,13 +132,8 @@ def conv2d_weight_grad_pooled(x: np.ndarray, g: np.ndarray, kernel_shape, stride
     """
     kh, kw, cin, cout = kernel_shape
     n, oh, ow, _ = g.shape
-    (sh, sw), (ph, pw), step, (hs, ws) = _pooled_geometry((kh, kw), stride, pool, pool_stride, (oh, ow))
-    xp = pad_nhwc(x, pads)
-    sums = np.zeros((n, hs, ws, cin), _U64)
-    for di in range(ph):
-        for dj in range(pw):
-            sums += xp[:, sh * di : sh * di + hs, sw * dj : sw * dj + ws, :]
-    cols = ring.im2col(sums, kh, kw, step, "valid")
+    sc, pool, step, span = _pooled_geometry((kh, kw), stride, pool, pool_stride, (oh, ow))
+    cols = ring.im2col(_window_sums(x, sc, pads, pool, span), kh, kw, step, "valid")
     return _transposed_product(cols, g.reshape(-1, cout)).reshape(kh, kw, cin, cout)
 
 
