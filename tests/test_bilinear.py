@@ -99,3 +99,36 @@ def test_stacked_products_equal_two_products():
 
     z, _ = run_shared(program, x, w)
     np.testing.assert_array_equal(z, fn(x, w))
+
+
+@pytest.mark.parametrize("x_hw, kernel, stride, pads, pool, pool_stride", [
+    ((28, 28), (3, 3), (1, 1), (0, 0, 0, 0), (2, 2), (2, 2)),  # the seed CNN's first layer
+    ((11, 12), (3, 3), (2, 2), (1, 1, 0, 1), (2, 2), (2, 2)),  # strided, padded, windows leave a row out
+    ((12, 12), (3, 3), (1, 1), (0, 0, 0, 0), (3, 3), (1, 1)),  # overlapping windows
+    ((14, 13), (2, 3), (2, 1), (1, 0, 1, 0), (2, 3), (1, 2)),
+])
+def test_pooled_gradients_equal_upsampled(x_hw, kernel, stride, pads, pool, pool_stride):
+    """The pooled maps give the same ring values as upsampling g first (backward) or summing the conv's output
+    (forward), and leave their inputs alone."""
+    cin, cout = 3, 4
+    x, w = _rand((2,) + x_hw + (cin,)), _rand(kernel + (cin, cout))
+    oh = (x_hw[0] + pads[0] + pads[1] - kernel[0]) // stride[0] + 1
+    ow = (x_hw[1] + pads[2] + pads[3] - kernel[1]) // stride[1] + 1
+    g = _rand((2, (oh - pool[0]) // pool_stride[0] + 1, (ow - pool[1]) // pool_stride[1] + 1, cout))
+    before = [a.copy() for a in (x, w, g)]
+    up = backprop.upsample_windows(g, pool, pool_stride, (oh, ow))
+    np.testing.assert_array_equal(
+        backprop.conv2d_weight_grad_pooled(x, g, w.shape, stride, pads, pool, pool_stride),
+        backprop.conv2d_weight_grad(x, up, w.shape, stride, pads), err_msg=f"x {x.shape} g {g.shape}")
+    np.testing.assert_array_equal(
+        backprop.conv2d_input_grad_pooled(g, w, x.shape, stride, pads, pool, pool_stride),
+        backprop.conv2d_input_grad(up, w, x.shape, stride, pads), err_msg=f"x {x.shape} g {g.shape}")
+    y = backprop.conv2d_forward(x, w, stride, pads)
+    ph, pw = g.shape[1:3]
+    pooled = sum(y[:, i : i + pool_stride[0] * (ph - 1) + 1 : pool_stride[0],
+                   j : j + pool_stride[1] * (pw - 1) + 1 : pool_stride[1]]
+                 for i in range(pool[0]) for j in range(pool[1]))
+    np.testing.assert_array_equal(backprop.conv2d_forward_pooled(x, w, stride, pads, pool, pool_stride, (ph, pw)),
+                                  pooled, err_msg=f"x {x.shape} pooled {pooled.shape}")
+    for a, b in zip((x, w, g), before):
+        np.testing.assert_array_equal(a, b)

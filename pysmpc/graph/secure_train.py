@@ -10,7 +10,9 @@ each party on its own shares. It composes protocols only:
   from P2 each (`protocols.bilinear.product`);
 * relu keeps its comparison bit, and the backward pass multiplies by it
   (`protocols.relu_grad`);
-* average pooling sums locally and divides by a truncation; its backward
+* average pooling sums locally (after a convolution, inside its product:
+  the convolution of the input's window sums) and divides by a
+  truncation; its backward
   (copy to the window, divide) is folded into the next product's map, so
   the smaller pooled gradient is what is opened;
 * the loss gradient is softmax(logits) - onehot (`protocols.softmax_ce`);
@@ -137,6 +139,7 @@ def train_step(party: Party, state: TrainingState, x: AShare, onehot: AShare, *,
     all_masked += opened
     masked_w = dict(zip(weighted, opened[:-1]))
     act, act_masked, pending = x, opened[-1], 0
+    fused = False  # the last product already summed the next average pool's windows
 
     # Forward, keeping what the backward pass needs.
     caches: list = [None] * len(graph.layers)
@@ -148,20 +151,28 @@ def train_step(party: Party, state: TrainingState, x: AShare, onehot: AShare, *,
             if act_masked is None:
                 (act_masked,) = bilinear.mask_and_open(party, [act], [key("x", i)], tag=f"{tag}:mask")
                 all_masked.append(act_masked)
-            fn = _forward_map(layer, shapes[i])
+            # A convolution followed by an average pool computes the pool's sums directly (ph*pw times fewer
+            # multiply-adds, and P2 deals the smaller [c]); the pool layer then only owes its division.
+            fuse = _pool_after(graph, i)
+            out_shape = shapes[i + 2] if fuse else shapes[i + 1]
+            fn = _forward_map(layer, shapes[i], fuse, out_shape)
             # A convolution with few input channels (the first: K = 9) makes one GEMM pass of
             # both local products (stacked over channels) ~3x faster than two; deeper ones gain nothing.
             kernel_shape = state.weights[i]["kernel"].shape
             axes = (3, 2) if kind == "conv2d" and int(np.prod(kernel_shape[:3])) < 64 else None
-            act = bilinear.product(party, act_masked, masked_w[i], fn, shapes[i + 1], tag=f"{tag}:fwd{i}",
+            act = bilinear.product(party, act_masked, masked_w[i], fn, out_shape, tag=f"{tag}:fwd{i}",
                                    stack_axes=axes)
             if "bias" in state.weights[i]:
-                act = act + state.weights[i]["bias"] * (1 << F)  # bias from F to the product's 2F
+                # bias from F to the product's 2F, summed over the pool window when fused
+                window = fuse.params["pool"][0] * fuse.params["pool"][1] if fuse else 1
+                act = act + state.weights[i]["bias"] * ((1 << F) * window)
+            fused = fuse is not None
             caches[i] = act_masked
             act_masked, pending = None, F
         elif kind == "avg_pool2d":
             ph, pw = layer.params["pool"]
-            act = pool.sum_pool2d(party, act, (ph, pw), layer.params["stride"])
+            if not fused:
+                act = pool.sum_pool2d(party, act, (ph, pw), layer.params["stride"])
             pending += int(math.log2(ph * pw))
         elif kind == "max_pool2d":
             # Comparisons are exact at any scale: the owed truncation stays owed.
@@ -195,14 +206,14 @@ def train_step(party: Party, state: TrainingState, x: AShare, onehot: AShare, *,
                 small = truncate(party, small, pending, tag=f"{tag}:gtrunc{i}")
             (g_masked,) = bilinear.mask_and_open(party, [small], [key("g", i)], tag=f"{tag}:mask")
             all_masked.append(g_masked)
-            expand = lazy.expand if lazy else None
-            kernel_fn, input_fn = _backward_maps(layer, shapes[i], expand)
+            kernel_fn, input_fn = _backward_maps(layer, shapes[i], lazy)
             w_shape = state.weights[i]["kernel"].shape
             grads[(i, "kernel")] = bilinear.product(party, caches[i], g_masked, kernel_fn, w_shape,
                                                     tag=f"{tag}:dw{i}")
             if "bias" in state.weights[i]:
-                full = _Lazy(small, lazy.pool_hw, lazy.stride, lazy.in_hw).materialize(party) if lazy else small
-                grads[(i, "bias")] = full.sum(axis=tuple(range(len(full.shape) - 1)))
+                # Upsampling copies each pooled value onto ph*pw positions: the sum is ph*pw times g's.
+                copies = lazy.pool_hw[0] * lazy.pool_hw[1] if lazy else 1
+                grads[(i, "bias")] = small.sum(axis=tuple(range(len(small.shape) - 1))) * copies
             if i == first_weighted:
                 break
             grad = bilinear.product(party, g_masked, masked_w[i], input_fn, shapes[i], tag=f"{tag}:dx{i}")
@@ -246,10 +257,22 @@ def _key(step: int, what: str, i: int) -> tuple:
     return ("train", step, what, i)
 
 
-def _forward_map(layer, in_shape):
+def _pool_after(graph: Graph, i: int):
+    """The average-pool layer right after convolution i, if any (its sums fold into the convolution)."""
+    layers = graph.layers
+    if layers[i].kind == "conv2d" and i + 1 < len(layers) and layers[i + 1].kind == "avg_pool2d":
+        return layers[i + 1]
+    return None
+
+
+def _forward_map(layer, in_shape, pool_layer=None, out_shape=None):
     if layer.kind == "dense":
         return _dense_forward
-    return partial(backprop.conv2d_forward, stride=layer.params["stride"], pads=conv_padding(layer, in_shape[1:]))
+    stride, pads = layer.params["stride"], conv_padding(layer, in_shape[1:])
+    if pool_layer is None:
+        return partial(backprop.conv2d_forward, stride=stride, pads=pads)
+    return partial(backprop.conv2d_forward_pooled, stride=stride, pads=pads, pool=pool_layer.params["pool"],
+                   pool_stride=pool_layer.params["stride"], pooled_hw=tuple(out_shape[1:3]))
 
 
 def _dense_forward(x, w):
@@ -258,26 +281,23 @@ def _dense_forward(x, w):
     return ring.matmul(x, w)
 
 
-def _backward_maps(layer, in_shape, expand):
-    """(kernel gradient map (x, g), input gradient map (g, w)); `expand` first copies g onto pool windows."""
+def _backward_maps(layer, in_shape, lazy):
+    """(kernel gradient map (x, g), input gradient map (g, w)); with `lazy`, g is a sum pool's gradient still to be
+    copied onto its windows (a convolution's maps contract the pooled g directly: ph*pw times less work)."""
     if layer.kind == "dense":
         kernel_fn, input_fn = backprop.dense_weight_grad, backprop.dense_input_grad
-    else:
-        stride, pads = layer.params["stride"], conv_padding(layer, in_shape[1:])
-        kshape = layer.weights["kernel"].shape
-        kernel_fn = partial(_conv_kernel_grad, kernel_shape=kshape, stride=stride, pads=pads)
-        input_fn = partial(_conv_input_grad, x_shape=in_shape, stride=stride, pads=pads)
-    if expand is None:
-        return kernel_fn, input_fn
-    return (lambda x, g: kernel_fn(x, expand(g))), (lambda g, w: input_fn(expand(g), w))
-
-
-def _conv_kernel_grad(x, g, kernel_shape, stride, pads):
-    return backprop.conv2d_weight_grad(x, g, kernel_shape, stride, pads)
-
-
-def _conv_input_grad(g, w, x_shape, stride, pads):
-    return backprop.conv2d_input_grad(g, w, x_shape, stride, pads)
+        if lazy is None:
+            return kernel_fn, input_fn
+        expand = lazy.expand
+        return (lambda x, g: kernel_fn(x, expand(g))), (lambda g, w: input_fn(expand(g), w))
+    stride, pads = layer.params["stride"], conv_padding(layer, in_shape[1:])
+    kshape = layer.weights["kernel"].shape
+    if lazy is None:
+        return (partial(backprop.conv2d_weight_grad, kernel_shape=kshape, stride=stride, pads=pads),
+                partial(backprop.conv2d_input_grad, x_shape=in_shape, stride=stride, pads=pads))
+    pool = dict(pool=lazy.pool_hw, pool_stride=lazy.stride)
+    return (partial(backprop.conv2d_weight_grad_pooled, kernel_shape=kshape, stride=stride, pads=pads, **pool),
+            partial(backprop.conv2d_input_grad_pooled, x_shape=in_shape, stride=stride, pads=pads, **pool))
 
 
 def cost_step(graph: Graph, batch: int, frac_bits: int = 16):
@@ -300,7 +320,7 @@ def cost_step(graph: Graph, batch: int, frac_bits: int = 16):
                 total, pending, masked = total + truncate_cost(shapes[i]), 0, False
             if not masked:
                 total = total + bilinear.cost_mask([shapes[i]])
-            total = total + bilinear.cost_product(shapes[i + 1])
+            total = total + bilinear.cost_product(shapes[i + 2] if _pool_after(graph, i) else shapes[i + 1])
             masked, pending = False, F
         elif kind == "avg_pool2d":
             ph, pw = layer.params["pool"]

@@ -15,7 +15,7 @@ import numpy as np
 from pysmpc import ring
 
 __all__ = ["pad_nhwc", "conv2d_forward", "conv2d_weight_grad", "conv2d_input_grad", "upsample_windows",
-           "dense_weight_grad", "dense_input_grad"]
+           "conv2d_forward_pooled", "conv2d_weight_grad_pooled", "conv2d_input_grad_pooled", "dense_weight_grad", "dense_input_grad"]
 
 _U64 = np.uint64
 
@@ -83,6 +83,85 @@ def upsample_windows(dy: np.ndarray, pool, stride, in_hw) -> np.ndarray:
                 window += dy
             else:  # each position in at most one window: a copy, no addition
                 window[...] = dy
+    return dx
+
+
+def _pooled_geometry(kernel_hw, stride, pool, pool_stride, pooled_hw):
+    """(step, span): the pooled grid's step on the padded input and the height/width of the window sums read."""
+    sh, sw = ring.int_pair("stride", stride)
+    (ph, pw), (qh, qw) = pool, pool_stride
+    step = (sh * qh, sw * qw)
+    span = (step[0] * (pooled_hw[0] - 1) + kernel_hw[0], step[1] * (pooled_hw[1] - 1) + kernel_hw[1])
+    return (sh, sw), (ph, pw), step, span
+
+
+def _window_sums(x, stride, pads, pool, span):
+    """s[h, w] = sum_{di, dj} pad(x)[h + sh*di, w + sw*dj] over a pool window of conv outputs, cropped to span."""
+    sh, sw = stride
+    (ph, pw), (hs, ws) = pool, span
+    xp = pad_nhwc(x, pads)
+    sums = np.zeros((x.shape[0], hs, ws, x.shape[3]), _U64)
+    for di in range(ph):
+        for dj in range(pw):
+            sums += xp[:, sh * di : sh * di + hs, sw * dj : sw * dj + ws, :]
+    return sums
+
+
+def conv2d_forward_pooled(x: np.ndarray, w: np.ndarray, stride, pads, pool, pool_stride, pooled_hw) -> np.ndarray:
+    """sum_pool(conv(pad(x), w)) over 'valid' pool windows: (N, PH, PW, O) = pooled_hw.
+
+    Each pooled output is w applied to the sum of the inputs under its
+    windows, so this is a convolution of the window sums (see
+    conv2d_weight_grad_pooled) at the pooled grid's step: ph*pw times fewer
+    multiply-adds than convolving then pooling, the same ring value.
+    """
+    kh, kw = w.shape[:2]
+    sc, pool, step, span = _pooled_geometry((kh, kw), stride, pool, pool_stride, pooled_hw)
+    return ring.conv2d(_window_sums(x, sc, pads, pool, span), w, step, "valid")
+
+
+def conv2d_weight_grad_pooled(x: np.ndarray, g: np.ndarray, kernel_shape, stride, pads, pool,
+                              pool_stride) -> np.ndarray:
+    """conv2d_weight_grad(x, upsample_windows(g, pool, pool_stride, ...)) for a gradient g of a sum pool's output.
+
+    Every pooled value multiplies the sum of the conv windows it was pooled
+    from, so the product contracts g (N, PH, PW, O) with im2col of the
+    window sums s[h, w] = sum_{di, dj} pad(x)[h + sh*di, w + sw*dj] taken at
+    the pooled grid's step: ph*pw times fewer multiply-adds than on the
+    upsampled gradient, and the same ring value (sums reordered mod 2^64).
+    """
+    kh, kw, cin, cout = kernel_shape
+    n, oh, ow, _ = g.shape
+    sc, pool, step, span = _pooled_geometry((kh, kw), stride, pool, pool_stride, (oh, ow))
+    cols = ring.im2col(_window_sums(x, sc, pads, pool, span), kh, kw, step, "valid")
+    return _transposed_product(cols, g.reshape(-1, cout)).reshape(kh, kw, cin, cout)
+
+
+def conv2d_input_grad_pooled(g: np.ndarray, w: np.ndarray, x_shape, stride, pads, pool, pool_stride) -> np.ndarray:
+    """conv2d_input_grad(upsample_windows(g, pool, pool_stride, ...), w) for a gradient g of a sum pool's output.
+
+    The upsampled rows are copies of g's rows, so g @ W^T is formed once per
+    pooled position (ph*pw times fewer multiply-adds), scattered onto the
+    window sums' grid, then spread over each pool window (the adjoint of
+    the window sum in conv2d_weight_grad_pooled): the same ring value.
+    """
+    kh, kw, cin, cout = w.shape
+    n, oh, ow, _ = g.shape
+    (sh, sw), (ph, pw), (th, tw), (hs, ws) = _pooled_geometry((kh, kw), stride, pool, pool_stride, (oh, ow))
+    top, bottom, left, right = pads
+    hp, wp = x_shape[1] + top + bottom, x_shape[2] + left + right
+    dcols = ring.matmul(g.reshape(-1, cout), np.ascontiguousarray(w.reshape(-1, cout).T))
+    dcols = dcols.reshape(n, oh, ow, kh, kw, cin)
+    sums = np.zeros((n, hs, ws, cin), _U64)
+    for i in range(kh):
+        for j in range(kw):
+            sums[:, i : i + th * (oh - 1) + 1 : th, j : j + tw * (ow - 1) + 1 : tw, :] += dcols[:, :, :, i, j, :]
+    dx = np.zeros((n, hp, wp, cin), _U64)
+    for di in range(ph):
+        for dj in range(pw):
+            dx[:, sh * di : sh * di + hs, sw * dj : sw * dj + ws, :] += sums
+    if any(pads):
+        dx = np.ascontiguousarray(dx[:, top : hp - bottom, left : wp - right, :])
     return dx
 
 
