@@ -131,7 +131,8 @@ def take_dataset(index: int, hello: dict, stream, book: "DatasetBook | None", ti
 
     from pysmpc.parties.channel import ChannelError
     from pysmpc.parties.party import CLIENT
-    from pysmpc.parties.socket import FRAME_HEADER_ROOM, SocketChannel, reply_hello
+    from pysmpc.parties.frames import FRAME_HEADER_ROOM
+    from pysmpc.parties.socket import SocketChannel, reply_hello
 
     log = logging.getLogger("pysmpc.worker")
     session = str(hello.get("session"))[:64]
