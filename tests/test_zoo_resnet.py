@@ -5,8 +5,6 @@ trained briefly on MNIST padded to 32x32x3; the npz holds 1,000 test
 images and torch's logits for them.
 """
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,14 +100,12 @@ def test_private_argmax_equals_plaintext_argmax_on_1000_images(model):
     _check_private(model, 1000, 100)
 
 
-def test_inspect_prints_its_plan(tmp_path):
-    import os
+def test_inspect_prints_its_plan(capsys):
+    from pysmpc.cli import main as cli_main
 
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    out = subprocess.run([sys.executable, "-m", "pysmpc", "inspect", str(MODEL)], capture_output=True, text=True,
-                         cwd=tmp_path, env=env, timeout=300, check=False)
-    assert out.returncode == 0, out.stderr
-    assert "/blocks/blocks.3/shortcut/shortcut.0/Conv" in out.stdout
-    assert "secure cost per inference of a batch of 1" in out.stdout
-    total = next(line for line in out.stdout.splitlines() if line.startswith("total")).split()
+    assert cli_main(["inspect", str(MODEL)]) == 0
+    out = capsys.readouterr().out
+    assert "/blocks/blocks.3/shortcut/shortcut.0/Conv" in out
+    assert "secure cost per inference of a batch of 1" in out
+    total = next(line for line in out.splitlines() if line.startswith("total")).split()
     assert int(total[1]) == sum(c.rounds for _, c in sy.load_model(MODEL).cost(1))
