@@ -30,7 +30,10 @@ def stripes(n, rng):
 
 @pytest.fixture(scope="module")
 def trained():
-    """Two owners share 96 examples each; 3 epochs of batch 32 from a shared random init, with reports."""
+    """Two owners share 96 examples each; 6 epochs of batch 32 from a shared random init, with reports.
+
+    The init is fresh randomness nobody knows, so the run differs each time: 3 epochs sometimes stayed on
+    a plateau (losses 0.70, 0.71, 0.64 in one CI run), 6 leave room to leave it."""
     rng = np.random.default_rng(5)
     graph = tiny_cnn()
     with LocalCluster(timeout=60) as cluster:
@@ -42,7 +45,7 @@ def trained():
         assert data.close(counts) == 192
         model = SharedTrainingModel(graph, cluster)
         cluster.reset_stats()
-        history = model.fit(data, epochs=3, batch_size=32, lr=0.5, momentum=0.9, report=True, seed=1)
+        history = model.fit(data, epochs=6, batch_size=32, lr=0.5, momentum=0.9, report=True, seed=1)
         client_tags = set(cluster.stats()["client"])
         served = model.shared_model()
         x_test, y_test = stripes(64, rng)
@@ -56,8 +59,9 @@ def trained():
 
 def test_fit_learns_and_reports_loss(trained):
     history = trained["history"]
-    assert [h["steps"] for h in history] == [6, 6, 6]
-    assert history[-1]["loss"] < history[0]["loss"] - 0.1, [h["loss"] for h in history]
+    assert [h["steps"] for h in history] == [6] * 6
+    # Chance is ln 2 = 0.69 on these two classes; the first epoch may already be below it, or on a plateau.
+    assert history[-1]["loss"] < 0.4, [h["loss"] for h in history]
     logits, _ = plain.forward(trained["graph"], trained["x_test"], trained["weights"])
     accuracy = float((logits.argmax(1) == trained["y_test"]).mean())
     assert accuracy >= 0.8, accuracy
