@@ -58,6 +58,8 @@ SUBNET = "10.77.0"
 HOSTS = {"p0": f"{SUBNET}.10", "p1": f"{SUBNET}.11", "p2": f"{SUBNET}.12", "mo": f"{SUBNET}.20"}
 RELAY_PORT, WORKER_PORT = 4000, 4100
 NETNS_PREFIX = "pysmpcnet"
+# --relu labels: a relu protocol, or "fss-bounded" (fss with Model.bound_relus on the shipped samples).
+RELU_LABELS = ("bitplane", "fss", "fss-bounded")
 TIMEOUT = 600.0  # s a party waits for a message: with relu_protocol="fss" a batch of 256 moves 1.2 GB of dealer keys to each of P0 and P1, 96 s at 100 Mbit/s
 
 
@@ -244,13 +246,24 @@ class OwnerSession:
         return reply
 
 
+def shipped_model(relu_label: str, images):
+    """The shipped CNN with the relu protocol a RELU_LABELS entry names (imports the namespaces' pysmpc)."""
+    import pysmpc as sy
+    from pysmpc.models import shipped_model_path
+
+    model = sy.load_model(shipped_model_path(), relu_protocol="bitplane" if relu_label == "bitplane" else "fss")
+    if relu_label == "fss-bounded":
+        model.bound_relus(images)
+    return model
+
+
 def owner_session_main(args) -> int:
     """The model owner's side of OwnerSession: one reply line per command line, on stdout only."""
     import numpy as np
 
     import pysmpc as sy
     from network_measure import RelayCounters, _protocol_rounds
-    from pysmpc.models import load_samples, shipped_model_path
+    from pysmpc.models import load_samples
     from pysmpc.serve.benchmark import traffic_per_image
 
     replies = os.fdopen(os.dup(1), "w")
@@ -271,7 +284,7 @@ def owner_session_main(args) -> int:
                 if "share" in command:
                     if shared is not None:
                         shared.stop()
-                    shared = sy.load_model(shipped_model_path(), relu_protocol=command["share"]).share(cluster)
+                    shared = shipped_model(command["share"], images).share(cluster)
                 elif "link" in command:
                     relays.set_link(*command["link"])
                 elif "prepare" in command:
@@ -379,7 +392,7 @@ def model_owner_main(args) -> int:
 
     import pysmpc as sy
     from network_measure import CpuClock, RelayCounters, measure
-    from pysmpc.models import load_samples, shipped_model_path
+    from pysmpc.models import load_samples
 
     images, _ = load_samples()
     cluster = sy.TcpCluster(args.hosts, spawn=False, tls_dir=args.tls_dir, timeout=TIMEOUT, startup_timeout=120)
@@ -387,7 +400,7 @@ def model_owner_main(args) -> int:
     with cluster:
         for relu_protocol in args.relu.split(","):
             print(f"relu protocol {relu_protocol}", flush=True)
-            model = sy.load_model(shipped_model_path(), relu_protocol=relu_protocol)
+            model = shipped_model(relu_protocol, images)
             measured = measure(cluster, model, np.asarray(images), args.batches, args.repeats,
                                RelayCounters(json.loads(args.relays)), json.loads(args.profiles),
                                cpu=CpuClock(dict(json.loads(args.pids), MO=os.getpid())),
@@ -499,7 +512,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=9, help="timed predictions per profile and batch size (median)")
     parser.add_argument("--json", default=None, help="also write every row to this file")
     parser.add_argument("--relu", default="bitplane",
-                        help="comma-separated relu protocols (bitplane, fss), measured one after the other")
+                        help="comma-separated relu protocols (bitplane, fss, fss-bounded: fss with each relu's "
+                             "bound measured on the shipped samples, Model.bound_relus), one after the other")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))  # this tree's pysmpc (with its netsim relay), as the namespaces' PYTHONPATH
     if args.command == "worker":
@@ -516,8 +530,8 @@ def main(argv=None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     relu_protocols = [r for r in args.relu.split(",") if r]
-    if not relu_protocols or any(r not in ("bitplane", "fss") for r in relu_protocols):
-        parser.error(f"--relu takes bitplane, fss or bitplane,fss, got {args.relu!r}")
+    if not relu_protocols or any(r not in RELU_LABELS for r in relu_protocols):
+        parser.error(f"--relu takes a comma-separated list of {', '.join(RELU_LABELS)}, got {args.relu!r}")
     try:
         check_environment()
     except SetupError as exc:

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 
 def load_model(path, input_range=None, config=None, frac_bits: int | None = None,
-               relu_protocol: str = "bitplane") -> Model:
+               relu_protocol: str = "bitplane", relu_bounds: dict | None = None) -> Model:
     """Load a Keras (.hdf5, .h5, .keras; .weights.h5 with its `config`) or ONNX (.onnx) model file for private serving.
 
     The Model takes inputs in the file's own layout: NHWC for Keras, NCHW
@@ -34,12 +34,13 @@ def load_model(path, input_range=None, config=None, frac_bits: int | None = None
     as a path, JSON text or dict).
     frac_bits: the model's fixed-point fractional bits (default: the
     cluster's); see Model.calibrate.
-    relu_protocol: "bitplane" or "fss" (see Model).
+    relu_protocol: "bitplane" or "fss"; relu_bounds: with "fss", each relu
+    input's promised bits (see Model, Model.bound_relus).
     """
     from pysmpc.models import load_graph
 
     return Model(load_graph(path, config=config), input_range=input_range, frac_bits=frac_bits,
-                 relu_protocol=relu_protocol)
+                 relu_protocol=relu_protocol, relu_bounds=relu_bounds)
 
 
 def from_keras(keras_model, input_range=None) -> Model:

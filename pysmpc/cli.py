@@ -108,6 +108,25 @@ def _demo(args) -> int:
     return 0
 
 
+def _bound_relus(model, args) -> None:
+    """--relu-bounds: the model's relu bounds from sample inputs (Model.bound_relus), said on stderr."""
+    if not getattr(args, "relu_bounds", None):
+        return
+    if args.relu != "fss":
+        raise ValueError("--relu-bounds needs --relu fss (the bit-plane relu takes any value below 2^63)")
+    if args.relu_bounds == "shipped":
+        from pysmpc.models.samples import load_samples
+
+        samples = load_samples()[0]
+    else:
+        try:
+            samples = np.load(args.relu_bounds, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--relu-bounds {args.relu_bounds}: cannot read samples as a .npy array ({exc})") from None
+    bounds = model.bound_relus(samples)
+    print("relu bounds (bits): " + ", ".join(f"{name} {bits}" for name, bits in bounds.items()), file=sys.stderr)
+
+
 def _inspect(args) -> int:
     from pysmpc import load_model
 
@@ -116,6 +135,7 @@ def _inspect(args) -> int:
 
         require_matplotlib()  # before the model is read, not after
     model = load_model(args.model, frac_bits=args.frac_bits, relu_protocol=args.relu)
+    _bound_relus(model, args)
     print(model.summary())
     costs = model.cost(args.batch)
     print(f"\nsecure cost per inference of a batch of {args.batch} (online, each computing party; "
@@ -173,6 +193,7 @@ def _serve(args) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     model = load_model(args.model, input_range=args.input_range, relu_protocol=args.relu)
+    _bound_relus(model, args)
     if model.input_range is None:
         print(f"note: {args.model} records no input range, so clients cannot check their inputs' scale: pass "
               "--input-range LOW,HIGH (e.g. 0,1)", file=sys.stderr, flush=True)
@@ -357,6 +378,7 @@ def _bench(args) -> int:
     if args.network:
         return _bench_network(args)
     model = load_model(args.model or shipped_model_path(), relu_protocol=args.relu)
+    _bound_relus(model, args)
     images, _ = load_samples()
     if images.shape[1:] != tuple(model.input_shape):
         # Another model's input: uniform pixels in [0, 1] of its shape (the timings do not depend on them).
@@ -432,11 +454,17 @@ def _bench_network(args) -> int:
         raise ValueError("--network builds network namespaces: it needs Linux and root (sudo pysmpc bench --network ...)")
     if shutil.which("ip") is None:
         raise ValueError("--network needs iproute2's `ip`: apt-get install iproute2")
+    relu = args.relu
+    if args.relu_bounds:
+        if args.relu != "fss" or args.relu_bounds != "shipped":
+            raise ValueError("with --network, --relu-bounds takes 'shipped' (the shipped CNN's own samples) and "
+                             "needs --relu fss")
+        relu = "fss-bounded"
     with tempfile.TemporaryDirectory(prefix="pysmpc-bench-net-") as tmp:
         out = Path(tmp) / "network.json"
         done = subprocess.run([sys.executable, str(script), "--profiles", ",".join(args.network),
                                "--batches", ",".join(map(str, args.batches)), "--repeats", str(args.repeats),
-                               "--relu", args.relu, "--json", str(out)])
+                               "--relu", relu, "--json", str(out)])
         if done.returncode != 0:
             print(f"bench/network.py failed (exit {done.returncode})", file=sys.stderr)
             return done.returncode

@@ -64,6 +64,13 @@ def _network_profiles(text: str) -> list[str]:
     return names
 
 
+def _add_relu_bounds(parser) -> None:
+    parser.add_argument("--relu-bounds", metavar="SAMPLES.npy|shipped", default=None,
+                        help="with --relu fss: measure each relu's largest input on these samples (.npy in the "
+                             "model's input layout, or 'shipped': the package's MNIST digits) and promise "
+                             "3 bits above it, for DCFs of fewer levels; a query beyond a bound gets a wrong relu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The pysmpc parser: args.command names the command (cli.COMMANDS runs it)."""
     from pysmpc import __version__
@@ -104,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--relu", choices=("bitplane", "fss"), default="bitplane",
                          help="relu protocol: bit-plane comparison (4 rounds) or function secret sharing "
                               "(1 round, more dealer material; docs/PROTOCOL.md)")
+    _add_relu_bounds(inspect)
     inspect.add_argument("--calibrate", metavar="SAMPLES.npy",
                          help="sample inputs (.npy, in the model's input layout): report each layer's largest "
                               "magnitude against the fixed-point limits, and the F the samples allow")
@@ -125,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="relu protocol: bit planes (4 rounds, little dealer material) or function secret "
                             "sharing (1 round, about 2.6 kB of dealer material per relu element): fss for "
                             "high-latency links (bench/NETWORK.md)")
+    _add_relu_bounds(serve)
     serve.add_argument("--hosts", default=hosts_default, help="host:port of P0,P1,P2")
     serve.add_argument("--manual", action="store_true",
                        help="connect to workers started by hand (pysmpc worker) instead of starting them")
@@ -238,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-tcp", action="store_true", help="skip the TCP cluster")
     bench.add_argument("--relu", choices=("bitplane", "fss"), default="bitplane",
                        help="relu protocol of the private runs (rows record it as relu_protocol)")
+    _add_relu_bounds(bench)
     bench.add_argument("--network", type=_network_profiles, default=None, metavar="lan|wan|lan,wan",
                        help="instead: the shipped CNN with its workers on three network namespaces behind "
                             "latency/bandwidth relays (bench/network.py of a source checkout; needs root and "

@@ -33,12 +33,15 @@ from pysmpc.graph.layout import model_input_to_nhwc
 from pysmpc.graph.plain import _check_frac_bits, _float_layer, _walk, fixed_point_trace
 from pysmpc.graph.plan import _bits, compile_plan, make_plan
 
-__all__ = ["LayerRange", "Calibration", "calibrate", "calibration_report", "choose_frac_bits", "TRUNCATION_LIMIT_LOG2", "FORMAT_LOG2"]
+__all__ = ["LayerRange", "Calibration", "calibrate", "calibration_report", "choose_frac_bits", "relu_bounds",
+           "TRUNCATION_LIMIT_LOG2", "FORMAT_LOG2", "RELU_HEADROOM_BITS"]
 
 # The truncation protocol is exact for |x| < 2^62 (protocols.truncate.MAX_ABS_LOG2).
 TRUNCATION_LIMIT_LOG2 = 62
 # Encoded inputs stay below 2^31 at scale 2^F (FixedPoint(F, 31 - F)).
 FORMAT_LOG2 = 31
+# Bits a relu bound leaves above the largest relu input the samples showed (8x).
+RELU_HEADROOM_BITS = 3
 # The fractional bits the nonlinear protocols support (exp: 1..22) and the fixed-point executor (1..30).
 _F_RANGE = (4, 22)
 
@@ -188,6 +191,30 @@ def choose_frac_bits(graph: Graph, samples, margin: float = 2.0, candidates=rang
                      "layer for these samples: rescale the model's inputs or weights")
 
 
+def relu_bounds(graph: Graph, samples, frac_bits: int = 16, headroom_bits: int = RELU_HEADROOM_BITS) -> dict:
+    """{relu layer name: B}: the bits of the largest input each relu read over `samples`, plus `headroom_bits`.
+
+    For relu_protocol="fss" (make_plan's relu_bounds): each relu's DCF then
+    spans B + F levels instead of 31. The bound is a promise about the
+    inputs a served model will see: a relu input beyond 2^B gets the sign
+    of its wrap, a wrong output, silently; so the samples must be
+    representative and the headroom generous.
+    """
+    if isinstance(headroom_bits, bool) or not isinstance(headroom_bits, int) or not 0 <= headroom_bits <= FORMAT_LOG2:
+        raise ValueError(f"headroom_bits must be an integer in 0..{FORMAT_LOG2}, got {headroom_bits!r}")
+    calibration = calibrate(graph, samples, frac_bits)
+    top = {layer.name: layer.max_abs for layer in calibration.layers}
+    bounds = {}
+    for i, layer in enumerate(graph.layers):
+        if layer.kind != "relu":
+            continue
+        source = layer.inputs[0] if layer.inputs else (graph.layers[i - 1].name if i else "input")
+        largest = top[source]
+        used = max(0, math.floor(math.log2(largest)) + 1) if largest > 0 else 0
+        bounds[layer.name] = min(FORMAT_LOG2, used + headroom_bits)
+    return bounds
+
+
 def _float_maxima(graph: Graph, x: np.ndarray) -> list[float]:
     """Largest magnitude of the input and of each layer's output in the float model."""
     maxima = [float(np.max(np.abs(x)))] + [0.0] * len(graph.layers)
@@ -219,4 +246,10 @@ def calibration_report(graph: Graph, samples_path, frac_bits: int | None = None,
                      + ("" if calibration.ok else f" (try --frac-bits {best})"))
     except ValueError as exc:
         lines.append(f"WARNING: {exc}")
+    if relu_protocol == "fss":
+        bounds = relu_bounds(graph, samples, calibration.frac_bits)
+        if bounds:
+            listed = ", ".join(f"{name} {bits}" for name, bits in bounds.items())
+            lines.append(f"relu input bounds (bits, {RELU_HEADROOM_BITS} over these samples' largest): {listed}; "
+                         "--relu-bounds SAMPLES makes each fss relu's DCF that many levels plus F")
     return "\n".join(lines)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pysmpc.graph.graph import conv_padding, pool_padding
 from pysmpc.protocols import clip as clip_protocol
 from pysmpc.protocols import mul as mul_protocol
@@ -25,6 +27,7 @@ from pysmpc.protocols.cost import Cost
 from pysmpc.protocols.matmul import cost_fixed as matmul_cost_fixed
 from pysmpc.protocols.relu import cost as relu_cost
 from pysmpc.protocols.relu import cost_truncated as relu_cost_truncated
+from pysmpc.protocols.relu_fss import FORMAT_BITS, bounded_domain_bits
 from pysmpc.protocols.relu_fss import cost as relu_fss_cost
 from pysmpc.protocols.truncate import cost as truncate_cost
 
@@ -63,11 +66,14 @@ def _input_name(plan: list[dict]) -> str:
     return external.pop()
 
 
-def make_plan(graph, share_weight=None, relu_protocol: str = "bitplane") -> list[dict]:
+def make_plan(graph, share_weight=None, relu_protocol: str = "bitplane", relu_bounds: dict | None = None) -> list[dict]:
     """The graph as the secure executor's plan: plain dicts (what travels to the workers).
 
     relu_protocol: one of RELU_PROTOCOLS, recorded in each relu step
     (only when it is not the default, so default plans are unchanged).
+    relu_bounds: {relu layer name: B} promises |input| < 2^B (real units)
+    to an "fss" relu, whose DCF then spans B + F levels instead of the
+    format's 31 (fss_domain_bits); check_relu_bounds says what is allowed.
 
     `share_weight(array) -> tensor id` shares each kernel and bias (a batch
     norm's scale and shift); without it the plan names no tensors and
@@ -75,6 +81,7 @@ def make_plan(graph, share_weight=None, relu_protocol: str = "bitplane") -> list
     output shape; paddings are explicit.
     """
     check_relu_protocol(relu_protocol)
+    relu_bounds = check_relu_bounds(graph, relu_bounds, relu_protocol)
     plan = []
     shapes = graph.tensor_shapes()
     for layer in graph.layers:
@@ -103,8 +110,40 @@ def make_plan(graph, share_weight=None, relu_protocol: str = "bitplane") -> list
             step.update(perm=list(p["perm"]))
         elif layer.kind == "relu" and relu_protocol != RELU_PROTOCOLS[0]:
             step.update(protocol=relu_protocol)
+            if layer.name in relu_bounds:
+                step.update(bound_bits=relu_bounds[layer.name])
         plan.append(step)
     return plan
+
+
+def check_relu_bounds(graph, relu_bounds: dict | None, relu_protocol: str) -> dict:
+    """relu_bounds as {relu layer name: int B}, 0 <= B <= FORMAT_BITS; a clear error for anything else.
+
+    A B at or above the format's integer bits (31 - F) changes nothing:
+    the format bounds the domain already.
+    """
+    if not relu_bounds:
+        return {}
+    if relu_protocol != "fss":
+        raise ValueError(f"relu_bounds only apply to relu_protocol='fss' (the bit-plane relu takes any value "
+                         f"below 2^63), got relu_protocol={relu_protocol!r}")
+    relus = {layer.name for layer in graph.layers if layer.kind == "relu"}
+    checked = {}
+    for name, bits in relu_bounds.items():
+        if name not in relus:
+            raise ValueError(f"relu_bounds names {name!r}, which is not a relu layer of the model; "
+                             f"its relu layers: {sorted(relus)}")
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 0 <= bits <= FORMAT_BITS:
+            raise ValueError(f"relu_bounds[{name!r}] must be an integer B in 0..{FORMAT_BITS} "
+                             f"(inputs below 2^B), got {bits!r}")
+        checked[name] = int(bits)
+    return checked
+
+
+def fss_domain_bits(step: dict, bits: int, frac_bits: int) -> int | None:
+    """The DCF domain of an "fss" relu step reading a value that owes `bits`: None for the format's whole range."""
+    bound = step.get("bound_bits")
+    return None if bound is None else bounded_domain_bits(bound, frac_bits, bits)
 
 
 def check_relu_protocol(name) -> str:
@@ -364,7 +403,8 @@ def _step_costs(plan, compiled: _Compiled, batch: int, truncate_output: bool, ma
         elif kind == "global_max_pool":
             cost = cost + pool_protocol.cost_global_max_pool(in_shape)
         elif kind == "relu" and step.get("protocol") == "fss":
-            cost = cost + relu_fss_cost(out_shape, _bits(s.relu_bits, frac_bits))
+            bits = _bits(s.relu_bits, frac_bits)
+            cost = cost + relu_fss_cost(out_shape, bits, fss_domain_bits(step, bits, frac_bits))
         elif kind == "relu":
             cost = cost + (relu_cost_truncated(out_shape) if s.relu_bits else relu_cost(out_shape))
         elif kind == "clip":

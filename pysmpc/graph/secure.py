@@ -53,7 +53,8 @@ from itertools import pairwise
 import numpy as np
 
 from pysmpc.graph.plan import (PLAN_KINDS, PRODUCTS, _bits, _Compiled, _first_product, _input_name,
-                               _step_costs, check_relu_protocol, compile_plan, input_maskable, make_plan, plan_cost)
+                               _step_costs, check_relu_protocol, compile_plan, fss_domain_bits, input_maskable, make_plan,
+                               plan_cost)
 from pysmpc.parties.lockstep import run_in_lockstep
 from pysmpc.parties.party import Party
 from pysmpc.protocols import clip as clip_protocol
@@ -65,7 +66,7 @@ from pysmpc.protocols import tanh as tanh_protocol
 from pysmpc.protocols.conv2d import conv2d_fixed, depthwise_conv2d_fixed
 from pysmpc.protocols.matmul import matmul_fixed, share_fixed_operand
 from pysmpc.protocols.relu import relu, relu_truncated
-from pysmpc.protocols.relu_fss import relu_fss
+from pysmpc.protocols.relu_fss import FORMAT_BITS, relu_fss
 from pysmpc.protocols.truncate import truncate
 from pysmpc.sharing.shares import AShare, concat_shares
 
@@ -87,6 +88,8 @@ def load_plan(party: Party, model_key, plan: list[dict], tensors: dict) -> None:
             raise ValueError(f"the plan names two layers {step['name']!r}")
         if step["kind"] == "relu" and "protocol" in step:
             check_relu_protocol(step["protocol"])
+        if "bound_bits" in step:
+            _check_bound_step(step)
         names.add(step["name"])
     _input_name(plan)
     compiled = compile_plan(plan)
@@ -118,6 +121,14 @@ def _fuse_stored_weights(party: Party, key, k: int) -> None:
         party.store[("fixed", key)] = (None, None, fused_shape)
     else:
         party.store[("fixed", key)] = (_fuse_kernel(f_open, k), _fuse_kernel(b_term, k), fused_shape)
+
+
+def _check_bound_step(step: dict) -> None:
+    bound = step["bound_bits"]
+    if step["kind"] != "relu" or step.get("protocol") != "fss":
+        raise ValueError(f"layer {step['name']!r}: bound_bits is for relu steps with protocol 'fss'")
+    if isinstance(bound, bool) or not isinstance(bound, int) or not 0 <= bound <= FORMAT_BITS:
+        raise ValueError(f"layer {step['name']!r}: bound_bits must be an integer in 0..{FORMAT_BITS}, got {bound!r}")
 
 
 def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
@@ -335,7 +346,7 @@ def _run_step(party: Party, model_key, plan, compiled: _Compiled, i: int, values
     elif kind == "relu":
         bits = _bits(s.relu_bits, frac_bits)
         if step.get("protocol") == "fss":
-            y = relu_fss(party, x, bits, tag=f"relu:{name}")
+            y = relu_fss(party, x, bits, fss_domain_bits(step, bits, frac_bits), tag=f"relu:{name}")
         elif bits:
             y = relu_truncated(party, x, bits, tag=f"relu:{name}")
         else:

@@ -12,7 +12,7 @@ from pysmpc.protocols.truncate import MAX_ABS_LOG2
 from pysmpc.sharing.dcf import dcf_eval, key_words
 from pysmpc.sharing.shares import AShare
 
-__all__ = ["relu_fss", "cost", "default_domain_bits", "FORMAT_BITS"]
+__all__ = ["relu_fss", "cost", "default_domain_bits", "bounded_domain_bits", "FORMAT_BITS"]
 
 _U64 = np.uint64
 _ONE = _U64(1)
@@ -26,6 +26,16 @@ FORMAT_BITS = 31
 def default_domain_bits(bits: int) -> int:
     """m for relu_fss: |x| < 2^(m-1) for a value of the format carrying `bits` owed fractional bits."""
     return FORMAT_BITS + 1 + bits
+
+
+def bounded_domain_bits(bound_bits: int, frac_bits: int, bits: int) -> int:
+    """m for relu_fss on values promised below 2^bound_bits in real units (scale 2^(frac_bits + bits)).
+
+    The DCF then has bound_bits + frac_bits levels (m - 1 - bits); never
+    more than the format's (default_domain_bits). The promise is the
+    caller's: a value beyond it gets the sign of its wrap mod 2^m.
+    """
+    return min(default_domain_bits(bits), int(bound_bits) + int(frac_bits) + 1 + bits)
 
 
 def relu_fss(party: Party, x: AShare, bits: int = 0, domain_bits: int | None = None, tag: str = "relu") -> AShare:

@@ -11,7 +11,8 @@ import numpy as np
 from pysmpc.graph import Graph, run_fixed_point, run_float
 from pysmpc.graph.graph import check_input_range
 from pysmpc.graph.layout import model_input_to_nhwc, shape_in_layout
-from pysmpc.graph.plan import check_relu_protocol
+from pysmpc.graph.calibrate import RELU_HEADROOM_BITS
+from pysmpc.graph.plan import check_relu_bounds, check_relu_protocol
 from pysmpc.graph.secure import input_maskable, plan_cost
 from pysmpc.graph.secure import make_plan as secure_plan
 from pysmpc.parties.dealer import INPUT_MASK_TAG
@@ -58,10 +59,15 @@ class Model:
     per relu, values within the fixed-point format's range, about 2.6 kB
     of dealer material per relu element against 49 bytes);
     docs/PROTOCOL.md, "ReLU in one round".
+    relu_bounds: with "fss", {relu layer name: B}, a promise that the
+    relu's input stays below 2^B in magnitude: its DCF then has B + F
+    levels instead of 31 (less dealer material and evaluation time). An
+    input beyond it gets a wrong relu, silently. `bound_relus(samples)`
+    measures them with headroom.
     """
 
     def __init__(self, graph: Graph, input_range=None, frac_bits: int | None = None,
-                 relu_protocol: str = "bitplane"):
+                 relu_protocol: str = "bitplane", relu_bounds: dict | None = None):
         self.graph = graph
         if input_range is not None:
             graph.input_range = check_input_range(input_range)
@@ -69,6 +75,7 @@ class Model:
             _check_model_frac_bits(frac_bits)
         self.frac_bits = frac_bits
         self.relu_protocol = check_relu_protocol(relu_protocol)
+        self.relu_bounds = check_relu_bounds(graph, relu_bounds, self.relu_protocol)
         self._shared: SharedModel | None = None
 
     @property
@@ -115,6 +122,22 @@ class Model:
         x = model_input_to_nhwc(samples, self.graph.input_shape, self.graph.input_layout)
         return calibrate(self.graph, x, frac_bits or self.frac_bits or 16, relu_protocol=self.relu_protocol)
 
+    def bound_relus(self, samples, headroom_bits: int = RELU_HEADROOM_BITS) -> dict:
+        """Set relu_bounds from `samples` (as for predict): each relu input's largest bits + headroom_bits.
+
+        Only for relu_protocol="fss"; takes effect at the next share().
+        Returns the bounds (graph.calibrate.relu_bounds).
+        """
+        from pysmpc.graph.calibrate import relu_bounds
+
+        if self.relu_protocol != "fss":
+            raise ValueError("bound_relus is for relu_protocol='fss'; this model uses "
+                             f"{self.relu_protocol!r}, whose relu takes any value below 2^63")
+        x, _ = to_model_input(samples, self.graph.input_range, what="samples")  # as queries are: uint8 pixels scaled
+        x = model_input_to_nhwc(x, self.graph.input_shape, self.graph.input_layout)
+        self.relu_bounds = relu_bounds(self.graph, x, self.frac_bits or 16, headroom_bits)
+        return dict(self.relu_bounds)
+
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs' logits (no sharing needed).
 
@@ -123,7 +146,7 @@ class Model:
         material made by SharedModel.prepare, whose input mask saves the
         first product's round when the first layer allows.
         """
-        plan = make_plan(self.graph, relu_protocol=self.relu_protocol)
+        plan = make_plan(self.graph, relu_protocol=self.relu_protocol, relu_bounds=self.relu_bounds)
         return plan_cost(plan, self.graph.shapes(), batch, truncate_output=True,
                          input_open=prepared and input_maskable(plan), frac_bits=self.frac_bits or 16)
 
@@ -131,7 +154,8 @@ class Model:
         """Secret-share the weights to `cluster` (they leave this process as shares only)."""
         if self._shared is not None:
             self._shared.stop()
-        self._shared = SharedModel(self.graph, cluster, frac_bits=self.frac_bits, relu_protocol=self.relu_protocol)
+        self._shared = SharedModel(self.graph, cluster, frac_bits=self.frac_bits, relu_protocol=self.relu_protocol,
+                                   relu_bounds=self.relu_bounds)
         return self._shared
 
     @property
@@ -156,14 +180,15 @@ class Model:
             self._shared = None
 
 
-def make_plan(graph: Graph, share_weight=None, relu_protocol: str = "bitplane") -> list[dict]:
+def make_plan(graph: Graph, share_weight=None, relu_protocol: str = "bitplane",
+              relu_bounds: dict | None = None) -> list[dict]:
     """The graph as the secure executor's plan (graph.secure.make_plan): plain dicts.
 
     `share_weight(array) -> tensor id` shares each kernel and bias; without
     it the plan names no tensors and serves for cost estimates only.
-    relu_protocol: as Model's.
+    relu_protocol, relu_bounds: as Model's.
     """
-    return secure_plan(graph, share_weight, relu_protocol=relu_protocol)
+    return secure_plan(graph, share_weight, relu_protocol=relu_protocol, relu_bounds=relu_bounds)
 
 
 class SharedModel:
@@ -178,10 +203,12 @@ class SharedModel:
     workers under the same key.
     """
 
-    def __init__(self, graph: Graph, cluster, frac_bits: int | None = None, relu_protocol: str = "bitplane"):
+    def __init__(self, graph: Graph, cluster, frac_bits: int | None = None, relu_protocol: str = "bitplane",
+                 relu_bounds: dict | None = None):
         self.graph = graph
         self.cluster = cluster
         self.relu_protocol = check_relu_protocol(relu_protocol)
+        self.relu_bounds = check_relu_bounds(graph, relu_bounds, self.relu_protocol)
         self.key = f"model-{next(_model_ids)}"
         if frac_bits is not None:
             _check_model_frac_bits(frac_bits)
@@ -222,7 +249,8 @@ class SharedModel:
             self._tensors.append(tensor)
             return tensor.tid
 
-        self.plan = make_plan(self.graph, share_weight, relu_protocol=self.relu_protocol)
+        self.plan = make_plan(self.graph, share_weight, relu_protocol=self.relu_protocol,
+                              relu_bounds=self.relu_bounds)
         self.cluster.call("load_model", self.key, self.plan, description=self.describe())
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
