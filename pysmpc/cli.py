@@ -398,7 +398,7 @@ def _bench(args) -> int:
                              progress=bar)
     for row in rows:
         if row["system"].startswith("pysmpc"):
-            row["relu_protocol"] = args.relu
+            row["relu_protocol"] = args.relu + ("-bounded" if args.relu_bounds else "")
     if bar is not None:
         bar.close()
     print(f"{'system':<28}{'batch':>6}{'latency ms':>12}{'images/s':>10}{'online kB/img':>15}"
