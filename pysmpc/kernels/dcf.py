@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["eval_inputs", "eval_level", "gen_level"]
+__all__ = ["eval_inputs", "eval_level", "eval_leaf", "gen_level"]
 
 _ONE = np.uint64(1)
 _NOT_LSB = np.uint64(0xFFFFFFFFFFFFFFFE)
@@ -67,6 +67,21 @@ def eval_level(aes_out, blocks, cw, t_cw, x, shift, s, t, acc, next_shift, tweak
         for b in range(nb):
             blocks[j, b, 0] = s0 ^ tweaks[nside, b, 0]
             blocks[j, b, 1] = s1 ^ tweaks[nside, b, 1]
+
+
+@njit(cache=True, nogil=True)
+def eval_leaf(aes_out, blocks, t, leaf, acc):
+    """The leaf: acc (n, w) += Convert(s), the payload words of G on side 2, plus leaf (n, w) where t is set.
+
+    aes_out ^ blocks is that G (n, B, 2); branch-free in t, as eval_level.
+    """
+    n, w = acc.shape
+    for j in range(n):
+        mask = np.uint64(0) - t[j]
+        for k in range(w):
+            b = 1 + (k >> 1)
+            h = k & 1
+            acc[j, k] += (aes_out[j, b, h] ^ blocks[j, b, h]) + (leaf[j, k] & mask)
 
 
 @njit(cache=True, nogil=True)

@@ -143,6 +143,8 @@ def _call_every_kernel() -> None:
     dcf.eval_inputs(seeds, x[:n].copy(), 1, tweaks, -1, blocks)
     _call(dcf.eval_level, (blocks.copy(), blocks, np.zeros((n, 2 + w), _U64), np.zeros((2, n), np.uint8),
                            x[:n].copy(), 1, seeds, np.zeros(n, _U64), np.zeros((n, w), _U64), 0, tweaks), {2})
+    _call(dcf.eval_leaf, (blocks.copy(), blocks, np.zeros(n, _U64), np.zeros((n, w), _U64), np.zeros((n, w), _U64)),
+          {3})
     for width in (2, 3):
         gen_blocks = np.zeros((2, n, 2, 1 + (width + 1) // 2, 2), _U64)
         dcf.gen_level(gen_blocks.copy(), gen_blocks, x[:n].copy(), 1, np.zeros((n, width), _U64),

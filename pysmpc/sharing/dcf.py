@@ -344,8 +344,5 @@ def _eval_chunk(party_bit: int, key: DcfKey, t_cw: np.ndarray, x: np.ndarray, st
                            acc, levels - 2 - i, _TWEAKS)
     # blocks now hold the leaf's inputs (side 2): its payload blocks give Convert(s).
     enc.update_into(src, dst)
-    conv = (aes_out[:, 1:, :] ^ blocks[:, 1:, :]).reshape(n, -1)[:, :w]
-    hit = t.astype(bool)
-    conv[hit] += key.leaf[start:end][hit]
-    acc += conv
+    kernels.eval_leaf(aes_out, blocks, t, key.leaf[start:end], acc)
     return acc
