@@ -6,10 +6,18 @@ the book directly; `pysmpc.fl.data_owner.DataOwner`). The book keeps each
 owner's share apart until the cluster closes the dataset: the union is
 then the owners' shares concatenated in the order of their names, the
 order the model owner stated (the counts are public; the rows are not).
+
+Row i of P0's share and row i of P1's share must be shares of one example.
+A data owner can hand P0 and P1 different numbers of rows, and the model
+owner (who calls each worker itself over TCP) can state different counts
+to each; every worker's own check against the counts it was told then
+passes. So before a dataset is kept, P0 and P1 exchange what each holds
+per owner and what each was told, and both refuse unless all agree.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -42,7 +50,7 @@ class DatasetBook:
             if dataset_id in self._open:
                 raise ValueError(f"P{self.party_index}: dataset {dataset_id!r} is open already")
             self._open[dataset_id] = {"rules": {"sample_shape": sample_shape, "classes": int(classes),
-                                                "frac_bits": int(frac_bits)}, "parts": {}}
+                                                "frac_bits": int(frac_bits)}, "parts": {}, "closing": False}
         return self.rules(dataset_id)
 
     def rules(self, dataset_id: str) -> dict:
@@ -63,24 +71,51 @@ class DatasetBook:
             if images.shape[0] != labels.shape[0] or not 1 <= images.shape[0] <= _MAX_EXAMPLES:
                 raise ValueError(f"owner {owner!r}: {images.shape[0]} images and {labels.shape[0]} labels "
                                  f"(1 to {_MAX_EXAMPLES} each, as many of both)")
+            if entry["closing"]:
+                raise ValueError(f"dataset {dataset_id!r} is being closed and takes no more shares")
             if owner in entry["parts"]:
                 raise ValueError(f"owner {owner!r} has contributed to dataset {dataset_id!r} already")
             entry["parts"][owner] = (images.copy(), labels.copy())
 
-    def close(self, dataset_id: str, owners: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Return this party's shares of the union: the named owners' parts in name order.
+    def close(self, party: Party, dataset_id: str, owners: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Agree with the peer on every owner's examples, then return this party's shares of the union.
 
-        `owners` maps each owner to its number of examples, as the model
-        owner states it; a missing owner, an extra one or another count is
-        refused (ValueError) and the dataset stays open.
+        1. Stop taking shares; note the rules and each owner's number of
+           examples here, and `owners` ({owner: count}, as the model owner
+           stated it to this party): local.
+        2. Exchange these notes with the other computing party (1 round;
+           public counts only, never a share).
+        3. Refuse (ValueError) unless P0 and P1 hold the dataset under the
+           same rules, hold as many examples of every owner, were told the
+           same counts, and hold what they were told. An owner whose counts
+           differ gave P0 and P1 different rows: both drop its rows and name
+           it. Both see the same two notes, so both reach the same verdict
+           and the dataset stays open on both.
+        4. Concatenate the owners' parts in name order: local.
         """
         with self._lock:
-            entry = self._get(dataset_id)
+            entry = self._open.get(dataset_id) if isinstance(dataset_id, str) else None
+            if entry is not None:
+                entry["closing"] = True
+                mine = {"rules": entry["rules"], "holds": {n: int(p[0].shape[0]) for n, p in entry["parts"].items()}}
+            else:
+                mine = None
+        note = {"dataset": mine, "stated": _stated_counts(owners)}
+        theirs = json.loads(bytes(party.channel.exchange(party.peer, json.dumps(note, sort_keys=True).encode(),
+                                                         tag="train:owners")))
+        notes = {party.index: note, party.peer: theirs}
+        try:
+            why, liars = _disagreement(str(dataset_id)[:64], notes[P0], notes[P1])
+        except (KeyError, TypeError, AttributeError):
+            why, liars = f"P{party.peer} sent a malformed note on dataset {str(dataset_id)[:64]!r}", []
+        with self._lock:
+            if why is not None:
+                if entry is not None:
+                    for name in liars:
+                        entry["parts"].pop(name, None)
+                    entry["closing"] = False
+                raise ValueError(why)
             parts = entry["parts"]
-            have = {name: int(p[0].shape[0]) for name, p in parts.items()}
-            want = {str(k): int(v) for k, v in owners.items()}
-            if have != want:
-                raise ValueError(f"P{self.party_index}: dataset {dataset_id!r} holds {have}, the caller expects {want}")
             names = sorted(parts)
             images = np.concatenate([parts[n][0] for n in names])
             labels = np.concatenate([parts[n][1] for n in names])
@@ -92,6 +127,45 @@ class DatasetBook:
         if entry is None:
             raise ValueError(f"P{self.party_index}: dataset {str(dataset_id)[:64]!r} is not open")
         return entry
+
+
+def _stated_counts(owners) -> dict | str:
+    """The model owner's {owner: count} as plain data, or why it is not one (still exchanged: no hang)."""
+    try:
+        return {check_owner_name(str(k)): int(v) for k, v in dict(owners).items()}
+    except (TypeError, ValueError) as exc:
+        return f"not a map of owner names to counts ({str(exc)[:200]})"
+
+
+def _disagreement(dataset_id: str, note_0: dict, note_1: dict) -> tuple[str | None, list]:
+    """Why P0's and P1's notes on a dataset refuse closing it (None: they agree), and the owners to drop.
+
+    A pure function of the two notes, so P0 and P1 reach the same verdict.
+    """
+    for i, note in ((P0, note_0), (P1, note_1)):
+        if note["dataset"] is None:
+            return f"dataset {dataset_id!r} is not open on P{i}: refused on both", []
+    if note_0["dataset"]["rules"] != note_1["dataset"]["rules"]:
+        return (f"dataset {dataset_id!r} was opened under different rules on P0 ({note_0['dataset']['rules']}) "
+                f"and P1 ({note_1['dataset']['rules']}): refused on both"), []
+    held = {P0: note_0["dataset"]["holds"], P1: note_1["dataset"]["holds"]}
+    liars = sorted(n for n in set(held[P0]) | set(held[P1]) if held[P0].get(n) != held[P1].get(n))
+    if liars:
+        gave = "; ".join(f"owner {n!r} gave P0 {held[P0].get(n, 0)} examples and P1 {held[P1].get(n, 0)}"
+                         for n in liars)
+        return (f"dataset {dataset_id!r}: {gave}. Their rows would not line up: both workers dropped them; the "
+                "dataset stays open without them"), liars
+    stated = {P0: note_0["stated"], P1: note_1["stated"]}
+    for i in (P0, P1):
+        if isinstance(stated[i], str):
+            return f"dataset {dataset_id!r}: the counts stated to P{i} are {stated[i]}: refused on both", []
+    if stated[P0] != stated[P1]:
+        return (f"dataset {dataset_id!r}: the caller stated different counts to P0 ({stated[P0]}) and P1 "
+                f"({stated[P1]}): refused on both"), []
+    if held[P0] != stated[P0]:
+        return (f"dataset {dataset_id!r} holds {held[P0]} on P0 and P1, the caller expects {stated[P0]}: "
+                "refused; the dataset stays open"), []
+    return None, []
 
 
 def dataset_book_of(party: Party) -> DatasetBook | None:
@@ -161,6 +235,9 @@ def take_dataset(index: int, hello: dict, stream, book: "DatasetBook | None", ti
             if not all(isinstance(c, np.ndarray) for c in chunks):
                 raise ValueError(f"the {what} shares are not arrays")
             parts[what] = np.concatenate(chunks)
+            if parts[what].shape[0] != count:
+                raise ValueError(f"owner {owner!r} announced {count} examples and sent {parts[what].shape[0]} "
+                                 f"rows of {what}")
         book.contribute(dataset_id, owner, parts["images"], parts["labels"])
     except ChannelError as exc:
         log.info("data owner %s left before its shares of %s arrived (%s): not counted", owner, dataset_id, exc)
