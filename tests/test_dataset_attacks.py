@@ -74,6 +74,24 @@ def test_an_owner_that_gives_p0_and_p1_different_counts_is_refused_by_both():
         assert history[0]["steps"] == 1
 
 
+def test_an_honest_close_costs_one_round_of_counts_between_p0_and_p1_only():
+    """The agreement is 1 round on tag "train:owners" for P0 and P1, a few bytes of counts; P2 and the
+    model owner exchange nothing with anyone for it."""
+    with LocalCluster(timeout=30) as cluster:
+        data = SharedDataset.open(cluster, "d", SHAPE, CLASSES)
+        x, y = _examples(8)
+        DataOwner(cluster, "clinic-a").share_dataset("d", x, y)
+        cluster.reset_stats()
+        assert data.close({"clinic-a": 8}) == 8
+        stats = cluster.stats()
+    for key in ("P0", "P1"):
+        owners = stats[key]["train:owners"]
+        assert owners["rounds"] == 1 and owners["messages_sent"] == owners["messages_received"] == 1, (key, stats)
+        assert 0 < owners["bytes_sent"] < 200, (key, owners)
+        assert set(stats[key]) == {"train:owners"}, (key, stats[key])
+    assert stats["P2"] == {} and stats["client"] == {}, stats
+
+
 def test_an_owner_that_gives_one_worker_nothing_is_refused_by_both():
     with LocalCluster(timeout=30) as cluster:
         data = SharedDataset.open(cluster, "d", SHAPE, CLASSES)
