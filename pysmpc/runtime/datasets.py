@@ -18,11 +18,14 @@ per owner and what each was told, and both refuse unless all agree.
 from __future__ import annotations
 
 import json
+import math
 import threading
 
 import numpy as np
 
-from pysmpc.parties.party import P0, P1, Party
+from pysmpc.parties.frames import FRAME_HEADER_ROOM
+from pysmpc.parties.party import CLIENT, P0, P1, Party
+from pysmpc.runtime.owner_shares import computing_book, take_owner_shares
 from pysmpc.runtime.rounds import check_owner_name
 from pysmpc.sharing.shares import AShare
 
@@ -170,12 +173,7 @@ def _disagreement(dataset_id: str, note_0: dict, note_1: dict) -> tuple[str | No
 
 def dataset_book_of(party: Party) -> DatasetBook | None:
     """The party's DatasetBook (P0, P1), made on first use; None on P2, which holds no shares."""
-    if party.index not in (P0, P1):
-        return None
-    book = party.store.get("dataset_book")
-    if book is None:
-        book = party.store["dataset_book"] = DatasetBook(party.index)
-    return book
+    return computing_book(party, "dataset_book", DatasetBook)
 
 
 def stored_dataset(party: Party, dataset_id: str) -> tuple[AShare, AShare]:
@@ -190,7 +188,7 @@ def stored_dataset(party: Party, dataset_id: str) -> tuple[AShare, AShare]:
 CHUNK_ROWS = 4096
 
 
-def take_dataset(index: int, hello: dict, stream, book: "DatasetBook | None", timeout: float) -> None:
+def take_dataset(index: int, hello: dict, stream, book: DatasetBook | None, timeout: float) -> None:
     """A data owner's shares of a dataset over TCP: tell it the rules, read its shares, say whether they count.
 
     The owner's hello names the dataset, itself and its number of examples
@@ -200,18 +198,9 @@ def take_dataset(index: int, hello: dict, stream, book: "DatasetBook | None", ti
     messages of at most CHUNK_ROWS rows (tag "train:images"), then the
     labels likewise ("train:labels").
     """
-    import logging
-    import math
+    asked = {}
 
-    from pysmpc.parties.channel import ChannelError
-    from pysmpc.parties.party import CLIENT
-    from pysmpc.parties.frames import FRAME_HEADER_ROOM
-    from pysmpc.parties.socket import SocketChannel, reply_hello
-
-    log = logging.getLogger("pysmpc.worker")
-    session = str(hello.get("session"))[:64]
-    request = hello.get("dataset")
-    try:
+    def admit(request):
         if book is None:
             raise ValueError(f"P{index} holds no shares of data: owners share to P0 and P1 only")
         if not isinstance(request, dict):
@@ -220,15 +209,12 @@ def take_dataset(index: int, hello: dict, stream, book: "DatasetBook | None", ti
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _MAX_EXAMPLES:
             raise ValueError(f"an owner shares 1 to {_MAX_EXAMPLES} examples, got {count!r}")
         rules = book.rules(dataset_id)
-    except ValueError as exc:
-        reply_hello(stream, index, session, error=str(exc))
-        log.warning("refused a data owner's dataset: %s", exc)
-        return
-    row = max(math.prod(rules["sample_shape"]), rules["classes"])
-    channel = SocketChannel(index, timeout, session=session, max_recv_bytes=8 * row * CHUNK_ROWS + FRAME_HEADER_ROOM)
-    try:
-        reply_hello(stream, index, session, extra={"rules": rules})
-        channel.attach(CLIENT, stream)
+        asked.update(dataset_id=dataset_id, owner=owner, count=count)
+        row = max(math.prod(rules["sample_shape"]), rules["classes"])
+        return f"dataset {dataset_id}, data owner {owner}", rules, 8 * row * CHUNK_ROWS + FRAME_HEADER_ROOM
+
+    def receive(channel) -> str:
+        count = asked["count"]
         parts = {}
         for what in ("images", "labels"):
             chunks = [channel.recv(CLIENT, tag=f"train:{what}") for _ in range(0, count, CHUNK_ROWS)]
@@ -236,27 +222,10 @@ def take_dataset(index: int, hello: dict, stream, book: "DatasetBook | None", ti
                 raise ValueError(f"the {what} shares are not arrays")
             parts[what] = np.concatenate(chunks)
             if parts[what].shape[0] != count:
-                raise ValueError(f"owner {owner!r} announced {count} examples and sent {parts[what].shape[0]} "
-                                 f"rows of {what}")
-        book.contribute(dataset_id, owner, parts["images"], parts["labels"])
-    except ChannelError as exc:
-        log.info("data owner %s left before its shares of %s arrived (%s): not counted", owner, dataset_id, exc)
-        channel.close()
-        return
-    except ValueError as exc:
-        log.warning("refused data owner %s's shares of dataset %s: %s", owner, dataset_id, exc)
-        _tell(channel, "train:error", str(exc))
-        return
-    log.info("dataset %s: data owner %s shared %d examples", dataset_id, owner, count)
-    _tell(channel, "train:ok", "")
+                raise ValueError(f"owner {asked['owner']!r} announced {count} examples and sent "
+                                 f"{parts[what].shape[0]} rows of {what}")
+        book.contribute(asked["dataset_id"], asked["owner"], parts["images"], parts["labels"])
+        return f"shared {count} examples"
 
-
-def _tell(channel, tag: str, text: str) -> None:
-    from pysmpc.parties.channel import ChannelError
-    from pysmpc.parties.party import CLIENT
-
-    try:
-        channel.send_control(CLIENT, tag, text.encode()[:2000])
-    except ChannelError:
-        pass
-    channel.close()
+    take_owner_shares(index, hello, stream, timeout, request_key="dataset", tag="train", admit=admit,
+                      receive=receive)
