@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 import pysmpc as sy
-from pysmpc.serve.benchmark import _peak_rss_mb, prepared_traffic_per_image
+from pysmpc.serve.benchmark import peak_rss_mb, prepared_traffic_per_image
 
 ZOO = Path(__file__).resolve().parents[1] / "tests" / "zoo"
 BATCHES = [1, 64]
@@ -114,7 +114,7 @@ def test_secure(benchmark, shared, images, batch):
         if base_batch == batch:
             info[f"latency_ratio_to_{system}"] = latency / seconds
     if kind == "tcp":
-        info["worker_peak_rss_mb"] = {name: _peak_rss_mb(p.pid) for name, p in cluster.processes.items()}
+        info["worker_peak_rss_mb"] = {name: peak_rss_mb(p.pid) for name, p in cluster.processes.items()}
     else:
         info["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     benchmark.extra_info.update(info)
