@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 import pysmpc as sy
-from pysmpc.serve.benchmark import peak_rss_mb, prepared_traffic_per_image
+from pysmpc.serve.benchmark import peak_rss_mb
 
 ZOO = Path(__file__).resolve().parents[1] / "tests" / "zoo"
 BATCHES = [1, 64]
@@ -93,23 +93,12 @@ def test_plaintext_pytorch(benchmark, images, batch):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_secure(benchmark, shared, images, batch):
+def test_secure(benchmark, time_prepared_predict, shared, images, batch):
     kind, cluster, shared_model = shared
-    x = images[:batch]
     benchmark.group = f"resnet20 batch={batch}"
-    shared_model.predict(x)  # warm up (Numba caches, allocator)
-    traffic = prepared_traffic_per_image(cluster, shared_model, x)
-    rounds = sum(c.rounds for _, c in shared_model.cost(batch, prepared=True))
-    offline = []
-
-    def prepare():  # the dealer's material, made ahead: offline, not timed
-        offline.append(shared_model.prepare(batch)["seconds"])
-        return (x,), {}
-
-    benchmark.pedantic(shared_model.predict, setup=prepare, rounds=2 if batch > 1 else 5, iterations=1)
+    measured = time_prepared_predict(cluster, shared_model, images[:batch], rounds=2 if batch > 1 else 5)
     latency = benchmark.stats.stats.median
-    info = dict(cluster=kind, images_per_s=batch / latency, offline_ms_per_batch=1000 * float(np.median(offline)),
-                **traffic, rounds_per_inference=rounds)
+    info = dict(cluster=kind, images_per_s=batch / latency, **measured)
     for (system, base_batch), seconds in BASELINES.items():
         if base_batch == batch:
             info[f"latency_ratio_to_{system}"] = latency / seconds
