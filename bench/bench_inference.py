@@ -29,13 +29,6 @@ def images():
     return np.concatenate([x] * 16)  # 256 real MNIST test images (16 distinct)
 
 
-@pytest.fixture(scope="module", params=["in-process", "tcp"])
-def shared(request, model):
-    cluster = sy.LocalCluster() if request.param == "in-process" else sy.TcpCluster(ephemeral_ports=True)
-    with cluster:
-        yield request.param, cluster, model.share(cluster)
-
-
 @pytest.mark.parametrize("batch", BATCHES)
 def test_plaintext_numpy(benchmark, model, images, batch):
     benchmark.group = f"inference batch={batch}"

@@ -56,13 +56,6 @@ def images():
     return np.repeat(x[:, None], 3, axis=1)  # NCHW, as the ONNX model takes it
 
 
-@pytest.fixture(scope="module", params=["in-process", "tcp"])
-def shared(request, model):
-    cluster = sy.LocalCluster() if request.param == "in-process" else sy.TcpCluster(ephemeral_ports=True)
-    with cluster:
-        yield request.param, cluster, model.share(cluster)
-
-
 @pytest.mark.parametrize("batch", BATCHES)
 def test_plaintext_numpy(benchmark, model, images, batch):
     benchmark.group = f"resnet20 batch={batch}"

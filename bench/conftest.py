@@ -1,9 +1,19 @@
-"""What the private-inference benchmarks share: timing predictions on material the dealer made ahead."""
+"""What the private-inference benchmarks share: the shared model per cluster kind, and timing predictions on
+material the dealer made ahead."""
 
 import numpy as np
 import pytest
 
+import pysmpc as sy
 from pysmpc.serve.benchmark import prepared_traffic_per_image
+
+
+@pytest.fixture(scope="module", params=["in-process", "tcp"])
+def shared(request, model):
+    """(cluster kind, cluster, the module's `model` shared on it): in-process, then three TCP workers."""
+    cluster = sy.LocalCluster() if request.param == "in-process" else sy.TcpCluster(ephemeral_ports=True)
+    with cluster:
+        yield request.param, cluster, model.share(cluster)
 
 
 @pytest.fixture
