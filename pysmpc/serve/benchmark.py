@@ -121,7 +121,7 @@ def _torch_rows(graph, x_all: np.ndarray, batches, repeats: int, progress):
 
     try:
         module = to_torch(graph)
-    except NotImplementedError:  # e.g. a graph with branches: no PyTorch rows (the caller says so)
+    except NotImplementedError:  # a layer kind to_torch has no module for: no PyTorch rows (the caller says so)
         return
     # NCHW float32, made once: the layout and type a PyTorch user feeds in (not part of the timing).
     nhwc = x_all.ndim == 4 and getattr(graph, "input_layout", "NHWC") != "NCHW"
