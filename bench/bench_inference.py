@@ -14,7 +14,6 @@ import pytest
 
 import pysmpc as sy
 from pysmpc.models import load_samples, shipped_model_path
-from pysmpc.serve.benchmark import prepared_traffic_per_image
 
 BATCHES = [1, 64, 256]
 
@@ -28,13 +27,6 @@ def model():
 def images():
     x, _ = load_samples()
     return np.concatenate([x] * 16)  # 256 real MNIST test images (16 distinct)
-
-
-@pytest.fixture(scope="module", params=["in-process", "tcp"])
-def shared(request, model):
-    cluster = sy.LocalCluster() if request.param == "in-process" else sy.TcpCluster(ephemeral_ports=True)
-    with cluster:
-        yield request.param, cluster, model.share(cluster)
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -63,24 +55,8 @@ def test_plaintext_pytorch(benchmark, model, images, batch):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_secure(benchmark, shared, images, batch):
+def test_secure(benchmark, time_prepared_predict, shared, images, batch):
     kind, cluster, shared_model = shared
-    x = images[:batch]
     benchmark.group = f"inference batch={batch}"
-    shared_model.predict(x)  # warm up (Numba caches, allocator)
-    traffic = prepared_traffic_per_image(cluster, shared_model, x)
-    rounds = sum(c.rounds for _, c in shared_model.cost(batch, prepared=True))
-    offline = []
-
-    def prepare():  # the dealer's material, made ahead: offline, not timed
-        offline.append(shared_model.prepare(batch)["seconds"])
-        return (x,), {}
-
-    benchmark.pedantic(shared_model.predict, setup=prepare, rounds=3 if batch > 1 else 10, iterations=1)
-    benchmark.extra_info.update(
-        cluster=kind,
-        images_per_s=batch / benchmark.stats.stats.mean,
-        offline_ms_per_batch=1000 * float(np.median(offline)),
-        **traffic,
-        rounds_per_inference=rounds,
-    )
+    measured = time_prepared_predict(cluster, shared_model, images[:batch], rounds=3 if batch > 1 else 10)
+    benchmark.extra_info.update(cluster=kind, images_per_s=batch / benchmark.stats.stats.mean, **measured)

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from pysmpc.parties.channel import is_offline_tag
-from pysmpc.serve.benchmark import traffic_per_image
+from pysmpc.serve.benchmark import peak_rss_mb, traffic_per_image
 
 __all__ = ["RelayCounters", "CpuClock", "measure", "predict_latency", "ADDRESS_NAMES"]
 
@@ -137,8 +137,8 @@ def measure(cluster, model, images: np.ndarray, batches, repeats: int, relays: R
                         cpu_used[name][process] = cpu_used[name].get(process, 0.0) + seconds - cpu_before[process]
             for name in profiles:
                 latency = statistics.median(online[name])
-                rows.append(dict(counted, profile=name, latency_ms=1000 * latency, peak_rss_mb=_peak_rss_mb("self"),
-                                 worker_peak_rss_mb=max(_peak_rss_mb(pid) for p, pid in (cpu.pids if cpu else {}).items()
+                rows.append(dict(counted, profile=name, latency_ms=1000 * latency, peak_rss_mb=peak_rss_mb("self"),
+                                 worker_peak_rss_mb=max(peak_rss_mb(pid) for p, pid in (cpu.pids if cpu else {}).items()
                                                         if p in ("P0", "P1", "P2")) if cpu else None,
                                  latency_ms_all=[1000 * t for t in online[name]], images_per_s=batch / latency,
                                  offline_ms=1000 * statistics.median(offline[name]),
@@ -149,18 +149,6 @@ def measure(cluster, model, images: np.ndarray, batches, repeats: int, relays: R
         relays.set_link(0.0, None)
         shared.stop()
     return rows
-
-
-def _peak_rss_mb(pid) -> float:
-    """Peak resident memory of a process (/proc/PID/status VmHWM; 0 where unreadable)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _reset(cluster, relays: RelayCounters) -> None:

@@ -411,7 +411,7 @@ def _bench(args) -> int:
               f"{str(r.get('rounds', '-')):>8}{offline:>12}{dealer:>15}")
     print("latency: online, after the query arrives; offline: the dealer's material for one batch, made ahead")
     if with_torch and not any(r["system"] == TORCH_BASELINE for r in rows):
-        print("no PyTorch baseline: pysmpc.graph.to_torch builds sequential graphs only, and this one has branches")
+        print("no PyTorch baseline: pysmpc.graph.to_torch has no module for a layer of this graph")
     elif with_torch:
         print(f"{TORCH_BASELINE}: the same weights as a float32 PyTorch module on one thread (pysmpc.graph.to_torch)")
     else:

@@ -17,6 +17,7 @@ import pysmpc
 from pysmpc.cli_args import build_parser
 from pysmpc.models import shipped_model_path
 from pysmpc.runtime import worker
+from pysmpc.serve.benchmark import torch_available
 
 # Subprocesses run outside the repository, so they import the installed
 # package rather than the source tree (which has no compiled kernels).
@@ -257,7 +258,8 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
 
 
 def test_bench_runs_another_model_file(tmp_path):
-    """--model with a branching NCHW ONNX model: its own input shape (random inputs), no to_torch rows, same keys."""
+    """--model with a branching NCHW ONNX model: its own input shape (random inputs), the same keys, and PyTorch
+    rows (graph.to_torch builds graphs with branches) where torch is installed."""
     model = Path(__file__).resolve().parent / "fixtures" / "dag_torch.onnx"
     out = tmp_path / "bench.json"
     result = run_cli("bench", "--model", str(model), "--batches", "1", "--repeats", "1", "--no-tcp", "--no-progress",
@@ -270,7 +272,9 @@ def test_bench_runs_another_model_file(tmp_path):
     shipped = {"system", "batch", "latency_ms", "images_per_s", "offline_ms", "peak_rss_mb", "online_bytes_per_image",
                "dealer_bytes_per_image", "rounds"}
     assert shipped <= set(secure[0])
-    if not any(r["system"] == "pytorch" for r in rows):
+    if torch_available():
+        assert [r["batch"] for r in rows if r["system"] == "pytorch"] == [1], rows
+    else:
         assert "no PyTorch baseline" in result.stdout
 
 

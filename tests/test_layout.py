@@ -10,7 +10,7 @@ import pytest
 import pysmpc as sy
 from pysmpc.graph import Graph, GraphError, Layer
 from pysmpc.graph.layout import batch_to_nhwc, check_layout, model_input_to_nhwc, shape_in_layout
-from pysmpc.models import load_graph, shipped_model_path
+from pysmpc.models import shipped_model_path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED = np.load(FIXTURES / "expected.npz")  # x is NHWC (5, 12, 12, 2); torch_logits from the PyTorch model

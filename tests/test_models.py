@@ -383,7 +383,7 @@ def test_onnx_opset_below_13_or_ops_redefined_after_21_are_refused():
 
 def test_onnx_ops_the_graph_cannot_compute_exactly_are_refused():
     """Sub of two tensors, a per-sample reshape that mixes the batch, a reduction over channels."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     from pysmpc.models.onnx_import import graph_from_onnx

@@ -10,6 +10,18 @@ from pysmpc.serve.model import Model
 F = 16
 
 
+def assert_traffic_is_the_plan(stats: dict, shared, planned) -> None:
+    """P0's and P1's rounds and bytes of the inference (no dealer, setup, input or output tags) are the plan's,
+    in total and layer by layer (shared.profile)."""
+    for party in ("P0", "P1"):
+        infer = {t: s for t, s in stats[party].items()
+                 if not t.startswith(("dealer", "setup")) and t not in ("input", "output")}
+        assert sum(s["rounds"] for s in infer.values()) == sum(c.rounds for _, c in planned), (party, infer)
+        assert sum(s["bytes_sent"] for s in infer.values()) == sum(c.bytes_sent for _, c in planned), (party, infer)
+    measured = [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile]
+    assert measured == [(name, c.rounds, c.bytes_sent) for name, c in planned]
+
+
 def seed_cnn(rng) -> Graph:
     """The user's MNIST CNN shape, with random weights."""
     def conv(name, cin, cout, scale):
@@ -64,15 +76,7 @@ def test_private_logits_match_plaintext_and_cost_matches_the_plan(cluster, make_
     # the quantization error (run_fixed_point vs run_float) checked separately.
     np.testing.assert_allclose(logits, run_fixed_point(graph, x, F), atol=64 / 2**F)
     np.testing.assert_allclose(logits, run_float(graph, x), atol=1e-2)
-    stats = cluster.stats()
-    planned = shared.cost(batch, prepared=prepared)
-    for party in ("P0", "P1"):
-        online = {t: s for t, s in stats[party].items() if not t.startswith(("dealer", "setup"))}
-        infer = {t: s for t, s in online.items() if t not in ("input", "output")}
-        assert sum(s["rounds"] for s in infer.values()) == sum(c.rounds for _, c in planned)
-        assert sum(s["bytes_sent"] for s in infer.values()) == sum(c.bytes_sent for _, c in planned)
-    measured = [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile]
-    assert measured == [(name, c.rounds, c.bytes_sent) for name, c in planned]
+    assert_traffic_is_the_plan(cluster.stats(), shared, shared.cost(batch, prepared=prepared))
     shared.stop()
 
 
@@ -257,14 +261,7 @@ def test_dag_private_run_matches_plaintext_and_plan(cluster, prepared):
     np.testing.assert_allclose(probs, run_fixed_point(graph, x, F), atol=2e-3)
     np.testing.assert_allclose(probs, run_float(graph, x), atol=3e-3)
     planned = shared.cost(3, prepared=prepared)
-    stats = cluster.stats()
-    for party in ("P0", "P1"):
-        infer = {t: s for t, s in stats[party].items()
-                 if not t.startswith(("dealer", "setup")) and t not in ("input", "output")}
-        assert sum(s["rounds"] for s in infer.values()) == sum(c.rounds for _, c in planned)
-        assert sum(s["bytes_sent"] for s in infer.values()) == sum(c.bytes_sent for _, c in planned)
-    measured = [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile]
-    assert measured == [(name, c.rounds, c.bytes_sent) for name, c in planned]
+    assert_traffic_is_the_plan(cluster.stats(), shared, planned)
     shared.stop()
 
 
@@ -393,14 +390,7 @@ def test_fss_relu_matches_plaintext_and_the_plan(cluster, make_graph, batch, pre
     planned = shared.cost(batch, prepared=prepared)
     relu_rounds = [c.rounds for name, c in planned if name.startswith(("relu", "r1", "r2", "left_relu"))]
     assert relu_rounds and max(relu_rounds) <= 1
-    stats = cluster.stats()
-    for party in ("P0", "P1"):
-        infer = {t: s for t, s in stats[party].items()
-                 if not t.startswith(("dealer", "setup")) and t not in ("input", "output")}
-        assert sum(s["rounds"] for s in infer.values()) == sum(c.rounds for _, c in planned)
-        assert sum(s["bytes_sent"] for s in infer.values()) == sum(c.bytes_sent for _, c in planned)
-    measured = [(p["name"], p["rounds"], p["bytes_sent"]) for p in shared.profile]
-    assert measured == [(name, c.rounds, c.bytes_sent) for name, c in planned]
+    assert_traffic_is_the_plan(cluster.stats(), shared, planned)
     shared.stop()
 
 

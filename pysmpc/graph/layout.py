@@ -69,7 +69,7 @@ def model_input_to_nhwc(x, nhwc_shape: tuple, layout: str) -> np.ndarray:
         return batch_to_nhwc(x, layout)
     hint = ""
     if x.shape[-3:] == tuple(nhwc_shape):
-        hint = (f"; it looks channels-last (NHWC), but this model takes channels-first input like the PyTorch "
-                f"model it came from: pass x.transpose(0, 3, 1, 2)")
+        hint = ("; it looks channels-last (NHWC), but this model takes channels-first input like the PyTorch "
+                "model it came from: pass x.transpose(0, 3, 1, 2)")
     raise ValueError(f"input shape {x.shape} does not fit the model's NCHW input {expected} "
                      f"(with or without a batch axis){hint}")

@@ -218,23 +218,18 @@ def train_step(party: Party, state: TrainingState, x: AShare, onehot: AShare, *,
                 break
             grad = bilinear.product(party, g_masked, masked_w[i], input_fn, shapes[i], tag=f"{tag}:dx{i}")
             pending = F
-        elif kind == "relu":
-            if isinstance(grad, _Lazy):
-                grad = grad.materialize(party)
+            continue
+        if isinstance(grad, _Lazy):  # only a weighted layer's backward takes a pool's gradient unexpanded
+            grad = grad.materialize(party)
+        if kind == "relu":
             grad = relu_grad.relu_backward(party, grad, caches[i], tag=f"{tag}:relu{i}:grad")
         elif kind == "avg_pool2d":
-            if isinstance(grad, _Lazy):
-                grad = grad.materialize(party)
             ph, pw = layer.params["pool"]
             grad = _Lazy(grad, (ph, pw), layer.params["stride"], shapes[i][1:3])
             pending += int(math.log2(ph * pw))
         elif kind == "max_pool2d":
-            if isinstance(grad, _Lazy):
-                grad = grad.materialize(party)
             grad = max_pool_grad.max_pool2d_backward(party, grad, caches[i], tag=f"{tag}:maxpool{i}:grad")
         elif kind == "flatten":
-            if isinstance(grad, _Lazy):
-                grad = grad.materialize(party)
             grad = grad.reshape(caches[i])
     bilinear.forget(party, all_masked)
 

@@ -49,20 +49,32 @@ def _transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, x_shape, stride, pads) -> np.ndarray:
     """dX: dy @ W^T scattered back onto the (padded) input windows, then cropped to x_shape."""
+    top, bottom, left, right = pads
+    padded_hw = (x_shape[1] + top + bottom, x_shape[2] + left + right)
+    return _crop(_scatter_windows(dy, w, padded_hw, ring.int_pair("stride", stride)), pads)
+
+
+def _scatter_windows(dy: np.ndarray, w: np.ndarray, out_hw, step) -> np.ndarray:
+    """Form dy @ W^T once per output position and add each window's columns onto an (N, *out_hw, C) grid
+    at `step`: the adjoint of im2col."""
     kh, kw, cin, cout = w.shape
     n, oh, ow, _ = dy.shape
-    sh, sw = ring.int_pair("stride", stride)
-    top, bottom, left, right = pads
-    hp, wp = x_shape[1] + top + bottom, x_shape[2] + left + right
+    sh, sw = step
     dcols = ring.matmul(dy.reshape(-1, cout), np.ascontiguousarray(w.reshape(-1, cout).T))
     dcols = dcols.reshape(n, oh, ow, kh, kw, cin)
-    dx = np.zeros((n, hp, wp, cin), _U64)
+    out = np.zeros((n, out_hw[0], out_hw[1], cin), _U64)
     for i in range(kh):
         for j in range(kw):
-            dx[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :] += dcols[:, :, :, i, j, :]
-    if any(pads):
-        dx = np.ascontiguousarray(dx[:, top : hp - bottom, left : wp - right, :])
-    return dx
+            out[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :] += dcols[:, :, :, i, j, :]
+    return out
+
+
+def _crop(dx: np.ndarray, pads) -> np.ndarray:
+    """dx without the rows and columns that `pads` (top, bottom, left, right) added."""
+    if not any(pads):
+        return dx
+    top, bottom, left, right = pads
+    return np.ascontiguousarray(dx[:, top : dx.shape[1] - bottom, left : dx.shape[2] - right, :])
 
 
 def upsample_windows(dy: np.ndarray, pool, stride, in_hw) -> np.ndarray:
@@ -145,24 +157,17 @@ def conv2d_input_grad_pooled(g: np.ndarray, w: np.ndarray, x_shape, stride, pads
     window sums' grid, then spread over each pool window (the adjoint of
     the window sum in conv2d_weight_grad_pooled): the same ring value.
     """
-    kh, kw, cin, cout = w.shape
+    kh, kw, cin, _ = w.shape
     n, oh, ow, _ = g.shape
-    (sh, sw), (ph, pw), (th, tw), (hs, ws) = _pooled_geometry((kh, kw), stride, pool, pool_stride, (oh, ow))
+    (sh, sw), (ph, pw), step, (hs, ws) = _pooled_geometry((kh, kw), stride, pool, pool_stride, (oh, ow))
     top, bottom, left, right = pads
     hp, wp = x_shape[1] + top + bottom, x_shape[2] + left + right
-    dcols = ring.matmul(g.reshape(-1, cout), np.ascontiguousarray(w.reshape(-1, cout).T))
-    dcols = dcols.reshape(n, oh, ow, kh, kw, cin)
-    sums = np.zeros((n, hs, ws, cin), _U64)
-    for i in range(kh):
-        for j in range(kw):
-            sums[:, i : i + th * (oh - 1) + 1 : th, j : j + tw * (ow - 1) + 1 : tw, :] += dcols[:, :, :, i, j, :]
+    sums = _scatter_windows(g, w, (hs, ws), step)
     dx = np.zeros((n, hp, wp, cin), _U64)
     for di in range(ph):
         for dj in range(pw):
             dx[:, sh * di : sh * di + hs, sw * dj : sw * dj + ws, :] += sums
-    if any(pads):
-        dx = np.ascontiguousarray(dx[:, top : hp - bottom, left : wp - right, :])
-    return dx
+    return _crop(dx, pads)
 
 
 def dense_weight_grad(x: np.ndarray, dy: np.ndarray) -> np.ndarray:

@@ -6,15 +6,26 @@ the book directly; `pysmpc.fl.data_owner.DataOwner`). The book keeps each
 owner's share apart until the cluster closes the dataset: the union is
 then the owners' shares concatenated in the order of their names, the
 order the model owner stated (the counts are public; the rows are not).
+
+Row i of P0's share and row i of P1's share must be shares of one example.
+A data owner can hand P0 and P1 different numbers of rows, and the model
+owner (who calls each worker itself over TCP) can state different counts
+to each; every worker's own check against the counts it was told then
+passes. So before a dataset is kept, P0 and P1 exchange what each holds
+per owner and what each was told, and both refuse unless all agree.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 
 import numpy as np
 
-from pysmpc.parties.party import P0, P1, Party
+from pysmpc.parties.frames import FRAME_HEADER_ROOM
+from pysmpc.parties.party import CLIENT, P0, P1, Party
+from pysmpc.runtime.owner_shares import computing_book, take_owner_shares
 from pysmpc.runtime.rounds import check_owner_name
 from pysmpc.sharing.shares import AShare
 
@@ -42,7 +53,7 @@ class DatasetBook:
             if dataset_id in self._open:
                 raise ValueError(f"P{self.party_index}: dataset {dataset_id!r} is open already")
             self._open[dataset_id] = {"rules": {"sample_shape": sample_shape, "classes": int(classes),
-                                                "frac_bits": int(frac_bits)}, "parts": {}}
+                                                "frac_bits": int(frac_bits)}, "parts": {}, "closing": False}
         return self.rules(dataset_id)
 
     def rules(self, dataset_id: str) -> dict:
@@ -63,24 +74,51 @@ class DatasetBook:
             if images.shape[0] != labels.shape[0] or not 1 <= images.shape[0] <= _MAX_EXAMPLES:
                 raise ValueError(f"owner {owner!r}: {images.shape[0]} images and {labels.shape[0]} labels "
                                  f"(1 to {_MAX_EXAMPLES} each, as many of both)")
+            if entry["closing"]:
+                raise ValueError(f"dataset {dataset_id!r} is being closed and takes no more shares")
             if owner in entry["parts"]:
                 raise ValueError(f"owner {owner!r} has contributed to dataset {dataset_id!r} already")
             entry["parts"][owner] = (images.copy(), labels.copy())
 
-    def close(self, dataset_id: str, owners: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Return this party's shares of the union: the named owners' parts in name order.
+    def close(self, party: Party, dataset_id: str, owners: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Agree with the peer on every owner's examples, then return this party's shares of the union.
 
-        `owners` maps each owner to its number of examples, as the model
-        owner states it; a missing owner, an extra one or another count is
-        refused (ValueError) and the dataset stays open.
+        1. Stop taking shares; note the rules and each owner's number of
+           examples here, and `owners` ({owner: count}, as the model owner
+           stated it to this party): local.
+        2. Exchange these notes with the other computing party (1 round;
+           public counts only, never a share).
+        3. Refuse (ValueError) unless P0 and P1 hold the dataset under the
+           same rules, hold as many examples of every owner, were told the
+           same counts, and hold what they were told. An owner whose counts
+           differ gave P0 and P1 different rows: both drop its rows and name
+           it. Both see the same two notes, so both reach the same verdict
+           and the dataset stays open on both.
+        4. Concatenate the owners' parts in name order: local.
         """
         with self._lock:
-            entry = self._get(dataset_id)
+            entry = self._open.get(dataset_id) if isinstance(dataset_id, str) else None
+            if entry is not None:
+                entry["closing"] = True
+                mine = {"rules": entry["rules"], "holds": {n: int(p[0].shape[0]) for n, p in entry["parts"].items()}}
+            else:
+                mine = None
+        note = {"dataset": mine, "stated": _stated_counts(owners)}
+        theirs = json.loads(bytes(party.channel.exchange(party.peer, json.dumps(note, sort_keys=True).encode(),
+                                                         tag="train:owners")))
+        notes = {party.index: note, party.peer: theirs}
+        try:
+            why, liars = _disagreement(str(dataset_id)[:64], notes[P0], notes[P1])
+        except (KeyError, TypeError, AttributeError):
+            why, liars = f"P{party.peer} sent a malformed note on dataset {str(dataset_id)[:64]!r}", []
+        with self._lock:
+            if why is not None:
+                if entry is not None:
+                    for name in liars:
+                        entry["parts"].pop(name, None)
+                    entry["closing"] = False
+                raise ValueError(why)
             parts = entry["parts"]
-            have = {name: int(p[0].shape[0]) for name, p in parts.items()}
-            want = {str(k): int(v) for k, v in owners.items()}
-            if have != want:
-                raise ValueError(f"P{self.party_index}: dataset {dataset_id!r} holds {have}, the caller expects {want}")
             names = sorted(parts)
             images = np.concatenate([parts[n][0] for n in names])
             labels = np.concatenate([parts[n][1] for n in names])
@@ -94,14 +132,48 @@ class DatasetBook:
         return entry
 
 
+def _stated_counts(owners) -> dict | str:
+    """The model owner's {owner: count} as plain data, or why it is not one (still exchanged: no hang)."""
+    try:
+        return {check_owner_name(str(k)): int(v) for k, v in dict(owners).items()}
+    except (TypeError, ValueError) as exc:
+        return f"not a map of owner names to counts ({str(exc)[:200]})"
+
+
+def _disagreement(dataset_id: str, note_0: dict, note_1: dict) -> tuple[str | None, list]:
+    """Why P0's and P1's notes on a dataset refuse closing it (None: they agree), and the owners to drop.
+
+    A pure function of the two notes, so P0 and P1 reach the same verdict.
+    """
+    for i, note in ((P0, note_0), (P1, note_1)):
+        if note["dataset"] is None:
+            return f"dataset {dataset_id!r} is not open on P{i}: refused on both", []
+    if note_0["dataset"]["rules"] != note_1["dataset"]["rules"]:
+        return (f"dataset {dataset_id!r} was opened under different rules on P0 ({note_0['dataset']['rules']}) "
+                f"and P1 ({note_1['dataset']['rules']}): refused on both"), []
+    held = {P0: note_0["dataset"]["holds"], P1: note_1["dataset"]["holds"]}
+    liars = sorted(n for n in set(held[P0]) | set(held[P1]) if held[P0].get(n) != held[P1].get(n))
+    if liars:
+        gave = "; ".join(f"owner {n!r} gave P0 {held[P0].get(n, 0)} examples and P1 {held[P1].get(n, 0)}"
+                         for n in liars)
+        return (f"dataset {dataset_id!r}: {gave}. Their rows would not line up: both workers dropped them; the "
+                "dataset stays open without them"), liars
+    stated = {P0: note_0["stated"], P1: note_1["stated"]}
+    for i in (P0, P1):
+        if isinstance(stated[i], str):
+            return f"dataset {dataset_id!r}: the counts stated to P{i} are {stated[i]}: refused on both", []
+    if stated[P0] != stated[P1]:
+        return (f"dataset {dataset_id!r}: the caller stated different counts to P0 ({stated[P0]}) and P1 "
+                f"({stated[P1]}): refused on both"), []
+    if held[P0] != stated[P0]:
+        return (f"dataset {dataset_id!r} holds {held[P0]} on P0 and P1, the caller expects {stated[P0]}: "
+                "refused; the dataset stays open"), []
+    return None, []
+
+
 def dataset_book_of(party: Party) -> DatasetBook | None:
     """The party's DatasetBook (P0, P1), made on first use; None on P2, which holds no shares."""
-    if party.index not in (P0, P1):
-        return None
-    book = party.store.get("dataset_book")
-    if book is None:
-        book = party.store["dataset_book"] = DatasetBook(party.index)
-    return book
+    return computing_book(party, "dataset_book", DatasetBook)
 
 
 def stored_dataset(party: Party, dataset_id: str) -> tuple[AShare, AShare]:
@@ -116,7 +188,7 @@ def stored_dataset(party: Party, dataset_id: str) -> tuple[AShare, AShare]:
 CHUNK_ROWS = 4096
 
 
-def take_dataset(index: int, hello: dict, stream, book: "DatasetBook | None", timeout: float) -> None:
+def take_dataset(index: int, hello: dict, stream, book: DatasetBook | None, timeout: float) -> None:
     """A data owner's shares of a dataset over TCP: tell it the rules, read its shares, say whether they count.
 
     The owner's hello names the dataset, itself and its number of examples
@@ -126,18 +198,9 @@ def take_dataset(index: int, hello: dict, stream, book: "DatasetBook | None", ti
     messages of at most CHUNK_ROWS rows (tag "train:images"), then the
     labels likewise ("train:labels").
     """
-    import logging
-    import math
+    asked = {}
 
-    from pysmpc.parties.channel import ChannelError
-    from pysmpc.parties.party import CLIENT
-    from pysmpc.parties.frames import FRAME_HEADER_ROOM
-    from pysmpc.parties.socket import SocketChannel, reply_hello
-
-    log = logging.getLogger("pysmpc.worker")
-    session = str(hello.get("session"))[:64]
-    request = hello.get("dataset")
-    try:
+    def admit(request):
         if book is None:
             raise ValueError(f"P{index} holds no shares of data: owners share to P0 and P1 only")
         if not isinstance(request, dict):
@@ -146,40 +209,23 @@ def take_dataset(index: int, hello: dict, stream, book: "DatasetBook | None", ti
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _MAX_EXAMPLES:
             raise ValueError(f"an owner shares 1 to {_MAX_EXAMPLES} examples, got {count!r}")
         rules = book.rules(dataset_id)
-    except ValueError as exc:
-        reply_hello(stream, index, session, error=str(exc))
-        log.warning("refused a data owner's dataset: %s", exc)
-        return
-    row = max(math.prod(rules["sample_shape"]), rules["classes"])
-    channel = SocketChannel(index, timeout, session=session, max_recv_bytes=8 * row * CHUNK_ROWS + FRAME_HEADER_ROOM)
-    try:
-        reply_hello(stream, index, session, extra={"rules": rules})
-        channel.attach(CLIENT, stream)
+        asked.update(dataset_id=dataset_id, owner=owner, count=count)
+        row = max(math.prod(rules["sample_shape"]), rules["classes"])
+        return f"dataset {dataset_id}, data owner {owner}", rules, 8 * row * CHUNK_ROWS + FRAME_HEADER_ROOM
+
+    def receive(channel) -> str:
+        count = asked["count"]
         parts = {}
         for what in ("images", "labels"):
             chunks = [channel.recv(CLIENT, tag=f"train:{what}") for _ in range(0, count, CHUNK_ROWS)]
             if not all(isinstance(c, np.ndarray) for c in chunks):
                 raise ValueError(f"the {what} shares are not arrays")
             parts[what] = np.concatenate(chunks)
-        book.contribute(dataset_id, owner, parts["images"], parts["labels"])
-    except ChannelError as exc:
-        log.info("data owner %s left before its shares of %s arrived (%s): not counted", owner, dataset_id, exc)
-        channel.close()
-        return
-    except ValueError as exc:
-        log.warning("refused data owner %s's shares of dataset %s: %s", owner, dataset_id, exc)
-        _tell(channel, "train:error", str(exc))
-        return
-    log.info("dataset %s: data owner %s shared %d examples", dataset_id, owner, count)
-    _tell(channel, "train:ok", "")
+            if parts[what].shape[0] != count:
+                raise ValueError(f"owner {asked['owner']!r} announced {count} examples and sent "
+                                 f"{parts[what].shape[0]} rows of {what}")
+        book.contribute(asked["dataset_id"], asked["owner"], parts["images"], parts["labels"])
+        return f"shared {count} examples"
 
-
-def _tell(channel, tag: str, text: str) -> None:
-    from pysmpc.parties.channel import ChannelError
-    from pysmpc.parties.party import CLIENT
-
-    try:
-        channel.send_control(CLIENT, tag, text.encode()[:2000])
-    except ChannelError:
-        pass
-    channel.close()
+    take_owner_shares(index, hello, stream, timeout, request_key="dataset", tag="train", admit=admit,
+                      receive=receive)

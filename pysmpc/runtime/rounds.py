@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pysmpc.parties.party import CLIENT, P0, P1, Party
+from pysmpc.parties.party import CLIENT, Party
 from pysmpc.protocols.open import reveal_to
+from pysmpc.runtime.owner_shares import computing_book
 
 __all__ = ["RoundBook", "ROUND_OPS", "check_owner_name", "MIN_OWNERS_FLOOR"]
 
@@ -277,12 +278,7 @@ def _gaussian_ring(std: float, size: int, frac_bits: int) -> np.ndarray:
 
 def book_of(party: Party) -> "RoundBook | None":
     """The party's RoundBook (P0, P1), made on first use; None on P2, which holds no shares."""
-    if party.index not in (P0, P1):
-        return None
-    book = party.store.get("fl_book")
-    if book is None:
-        book = party.store["fl_book"] = RoundBook(party.index)
-    return book
+    return computing_book(party, "fl_book", RoundBook)
 
 
 def _refusing(method):

@@ -63,12 +63,14 @@ def op_train_data_open(party: Party, dataset_id: str, sample_shape, classes: int
     return None if book is None else book.open(dataset_id, sample_shape, classes, frac_bits)
 
 
-def op_train_data_close(party: Party, dataset_id: str, owners: dict, sample_shape, classes: int) -> int:
+def op_train_data_close(party: Party, dataset_id: str, owners: dict, sample_shape, classes: int) -> int | dict:
     """Keep the union of the named owners' shares as dataset `dataset_id`; returns its size.
 
-    The counts per owner are public (the model owner states them and each
-    worker checks its book against them), so P2 learns the shapes from the
-    call, not from P0 or P1.
+    The counts per owner are public: the model owner states them, and P0
+    and P1 check them against what each holds and against each other
+    (DatasetBook.close, 1 round). P2 learns the shapes from the call, not
+    from P0 or P1. A refusal is {"refused": why} on P0 and P1 alike (the
+    dataset stays open); the caller raises it and frees P2's shapes.
     """
     total = sum(int(v) for v in owners.values())
     book = dataset_book_of(party)
@@ -76,7 +78,10 @@ def op_train_data_close(party: Party, dataset_id: str, owners: dict, sample_shap
         images = AShare(None, party.index, (total, *sample_shape))
         labels = AShare(None, party.index, (total, classes))
     else:
-        images_v, labels_v = book.close(dataset_id, owners)
+        try:
+            images_v, labels_v = book.close(party, dataset_id, owners)
+        except ValueError as exc:
+            return {"refused": str(exc)}
         images, labels = AShare(images_v, party.index), AShare(labels_v, party.index)
     party.store[("dataset", dataset_id)] = (images, labels)
     return total

@@ -66,6 +66,7 @@ from pysmpc.runtime import wire
 from pysmpc.runtime.cluster import DEFAULT_TIMEOUT
 from pysmpc.runtime.datasets import DatasetBook, take_dataset
 from pysmpc.runtime.ops import run_op
+from pysmpc.runtime.owner_shares import take_owner_shares
 from pysmpc.runtime.queries import (
     Query,
     QueryInbox,
@@ -480,44 +481,23 @@ def _take_submission(index, hello, stream, book: RoundBook | None, timeout: floa
     accept_peer). The share reaches the RoundBook, never the client
     driving the session.
     """
-    session = str(hello.get("session"))[:64]
-    submit = hello.get("submit")
-    try:
+    asked = {}
+
+    def admit(submit):
         if book is None:
             raise ValueError(f"P{index} holds no shares of updates: owners submit to P0 and P1 only")
         if not isinstance(submit, dict):
             raise ValueError("the submission is not a JSON object")
         round_id, owner = submit.get("round"), check_owner_name(submit.get("owner"))
         rules = book.rules(round_id)
-    except ValueError as exc:
-        reply_hello(stream, index, session, error=str(exc))
-        log.warning("refused a data owner's shares: %s", exc)
-        return
-    size = sum(math.prod(s) for s in rules["shapes"])
-    channel = SocketChannel(index, timeout, session=session, max_recv_bytes=8 * size + FRAME_HEADER_ROOM)
-    try:
-        reply_hello(stream, index, session, extra={"rules": rules})
-        channel.attach(CLIENT, stream)
-        share = channel.recv(CLIENT, tag="fl:share")
-        book.submit(round_id, owner, share)
-    except ChannelError as exc:
-        log.info("data owner %s left round %s before its share arrived (%s): not counted", owner, round_id, exc)
-        channel.close()
-        return
-    except ValueError as exc:
-        log.warning("refused data owner %s's share of round %s: %s", owner, round_id, exc)
-        _tell_owner(channel, "fl:error", str(exc))
-        return
-    log.info("round %s: data owner %s submitted %d elements", round_id, owner, size)
-    _tell_owner(channel, "fl:ok", "")
+        asked.update(round_id=round_id, owner=owner, size=sum(math.prod(s) for s in rules["shapes"]))
+        return f"round {round_id}, data owner {owner}", rules, 8 * asked["size"] + FRAME_HEADER_ROOM
 
+    def receive(channel) -> str:
+        book.submit(asked["round_id"], asked["owner"], channel.recv(CLIENT, tag="fl:share"))
+        return f"submitted {asked['size']} elements"
 
-def _tell_owner(channel: SocketChannel, tag: str, text: str) -> None:
-    try:
-        channel.send_control(CLIENT, tag, text.encode()[:2000])
-    except ChannelError:
-        pass
-    channel.close()
+    take_owner_shares(index, hello, stream, timeout, request_key="submit", tag="fl", admit=admit, receive=receive)
 
 
 def _queue_query(index, query_id, request, stream, inbox: QueryInbox, timeout, max_frame_bytes) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 
 from pysmpc.parties.channel import is_offline_tag
 
-__all__ = ["measure_inference", "measure_layers", "prepared_traffic_per_image", "speed_ratios", "torch_available",
-           "traffic_per_image"]
+__all__ = ["measure_inference", "measure_layers", "peak_rss_mb", "prepared_traffic_per_image", "speed_ratios",
+           "torch_available", "traffic_per_image"]
 
 # The system name of each plaintext baseline row.
 NUMPY_BASELINE = "plaintext numpy (float64)"
@@ -105,7 +105,7 @@ def measure_inference(model, images: np.ndarray, batches=(1, 64, 256), clusters=
                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
                 row.update(traffic)
                 if kind == "tcp":
-                    row["worker_peak_rss_mb"] = max(_peak_rss_mb(p.pid) for p in cluster.processes.values())
+                    row["worker_peak_rss_mb"] = max(peak_rss_mb(p.pid) for p in cluster.processes.values())
                 row["rounds"] = sum(c.rounds for _, c in shared.cost(batch, prepared=True))
                 rows.append(row)
                 _tick(progress)
@@ -121,7 +121,7 @@ def _torch_rows(graph, x_all: np.ndarray, batches, repeats: int, progress):
 
     try:
         module = to_torch(graph)
-    except NotImplementedError:  # e.g. a graph with branches: no PyTorch rows (the caller says so)
+    except NotImplementedError:  # a layer kind to_torch has no module for: no PyTorch rows (the caller says so)
         return
     # NCHW float32, made once: the layout and type a PyTorch user feeds in (not part of the timing).
     nhwc = x_all.ndim == 4 and getattr(graph, "input_layout", "NHWC") != "NCHW"
@@ -211,8 +211,8 @@ def _tick(progress) -> None:
         progress.update(1)
 
 
-def _peak_rss_mb(pid: int) -> float:
-    """Peak resident memory of a process (Linux /proc; 0 where unavailable)."""
+def peak_rss_mb(pid: int | str) -> float:
+    """Peak resident memory in MB of process `pid` ("self": this one) from Linux /proc VmHWM; 0 where unreadable."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:

@@ -52,12 +52,22 @@ class SharedDataset:
         return dataset
 
     def close(self, owners: dict) -> int:
-        """Keep the union of these owners' examples ({name: count}); returns the total. Refused if they differ."""
+        """Keep the union of these owners' examples ({name: count}); returns the total.
+
+        ValueError if P0 and P1 hold other counts, or disagree on an owner
+        (that owner's rows are dropped on both; the dataset stays open, so
+        close again without it).
+        """
         if not owners:
             raise ValueError("a dataset needs at least one owner")
         owners = {str(k): int(v) for k, v in owners.items()}
         results, _ = self.cluster.call("train_data_close", self.dataset_id, owners, list(self.sample_shape),
                                        self.classes)
+        refusals = [r["refused"] for r in (results[P0], results[P1]) if isinstance(r, dict)]
+        if refusals or results[P0] != results[P1]:
+            self.cluster.call("train_data_free", self.dataset_id)  # P2 kept the shapes; P0 and P1 kept nothing
+            raise ValueError(refusals[0] if refusals else f"P0 and P1 disagree on dataset {self.dataset_id!r}: "
+                             f"{results[P0]} vs {results[P1]}")
         self.owners = owners
         return int(results[0])
 
