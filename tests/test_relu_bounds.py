@@ -126,3 +126,15 @@ def test_inspect_with_relu_bounds_prints_the_smaller_plan(capsys, tmp_path):
     assert total_dealer(captured.out) < 0.8 * total_dealer(full)
     assert main(["inspect", str(shipped_model_path()), "--relu-bounds", "shipped"]) == 2
     assert "needs --relu fss" in capsys.readouterr().err
+
+
+def test_the_calibration_report_suggests_relu_bounds_for_fss_only(tmp_path):
+    from pysmpc.graph.calibrate import calibration_report
+
+    images, _ = load_samples()
+    samples = tmp_path / "samples.npy"
+    np.save(samples, images)
+    graph = load_model(shipped_model_path()).graph
+    fss = calibration_report(graph, samples, relu_protocol="fss")
+    assert "relu input bounds (bits, 3 over these samples' largest): relu1 5, relu2 7, relu3 8" in fss
+    assert "relu input bounds" not in calibration_report(graph, samples)
