@@ -5,6 +5,10 @@ Layers ('valid', stride 1, 3x3 kernels, NHWC x HWIO), at batch 1 and 64:
   conv1  (N, 28, 28, 1)  -> (N, 26, 26, 16)
   conv2  (N, 13, 13, 16) -> (N, 11, 11, 32)   (after 2x2 average pooling)
   conv3  (N, 5, 5, 32)   -> (N, 3, 3, 64)
+and ResNet-20's three 3x3 'same' convolutions at batch 64 (test_conv2d_resnet20):
+  stage1 (64, 32, 32, 16) -> (64, 32, 32, 16)
+  stage2 (64, 16, 16, 32) -> (64, 16, 16, 32)
+  stage3 (64, 8, 8, 64)   -> (64, 8, 8, 64)
 beside NumPy float64 convolution by im2col + BLAS matmul.  extra_info
 records MACs/s.  Convolution on shares is local: rounds and bytes sent are 0.
 """
@@ -48,4 +52,32 @@ def test_conv2d(benchmark, layer, batch, impl):
     benchmark.extra_info.update(
         input=list(x.shape), weights=list(w.shape), macs=macs, macs_per_s=macs / median,
         rounds=0, bytes_sent=0,
+    )
+
+
+RESNET20 = {"stage1": (32, 16), "stage2": (16, 32), "stage3": (8, 64)}
+
+
+@pytest.mark.parametrize("impl", ["ring", "numpy-f64"])
+@pytest.mark.parametrize("stage", list(RESNET20))
+def test_conv2d_resnet20(benchmark, stage, impl):
+    h, c = RESNET20[stage]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2**64, (64, h, h, c), dtype=np.uint64, endpoint=False)
+    w = rng.integers(0, 2**64, (K, K, c, c), dtype=np.uint64, endpoint=False)
+    if impl == "numpy-f64":
+        x, w = x.astype(np.float64), w.astype(np.float64)
+
+        def fn(x, w):
+            return _numpy_conv_f64(np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), w)
+    else:
+        def fn(x, w):
+            return ring.conv2d(x, w, padding="same")
+    benchmark.group = f"resnet20 {stage} batch 64"
+    out = benchmark(fn, x, w)
+    macs = out.size * K * K * c
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        input=list(x.shape), weights=list(w.shape), macs=macs, macs_per_s=macs / median,
+        rounds=0, bytes_sent=0, gemm_kernel=ring.gemm_kernel(),
     )

@@ -83,9 +83,13 @@ __all__ = [
 
 _MOD = 1 << 64
 _U64 = np.dtype(np.uint64)
-# Rows of im2col workspace per convolution chunk: about 16 MiB at k = 128,
-# small enough to stay near cache, big enough that the GEMM amortizes packing.
+# im2col workspace per convolution chunk: at most this many rows and bytes.
+# 2 MiB stays in cache for the GEMM that reads it right after, and is too
+# small for malloc to map fresh (page-faulted, zeroed) memory on every call:
+# ResNet-20's batch-64 convolutions took 19-75 MB chunks at 16384 rows, and
+# ran 10-30% slower (one core, thread CPU time, a loaded host).
 _CONV_CHUNK_ROWS = 16384
+_CONV_CHUNK_BYTES = 2 << 20
 
 
 # ---- validation ------------------------------------------------------------
@@ -352,7 +356,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride=1, padding: str = "valid") -> np
         out[...] = 0
         return out
     w2 = np.ascontiguousarray(w).reshape(kh * kw * c, o)
-    col_rows = min(n, max(1, _CONV_CHUNK_ROWS // rows)) * rows
+    chunk_rows = min(_CONV_CHUNK_ROWS, _CONV_CHUNK_BYTES // (8 * kh * kw * c))
+    col_rows = min(n, max(1, chunk_rows // rows)) * rows
     col = np.empty((col_rows, kh * kw * c), _U64)
     _ring.conv2d(out.reshape(n * rows, o), col, x, w2, kh, kw, sh, sw, pt, pl, oh, ow)
     return out

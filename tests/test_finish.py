@@ -1,6 +1,7 @@
 """Fused protocol finishing kernels against their NumPy formulas."""
 
 import numpy as np
+import pytest
 
 from pysmpc.kernels.bits import unpack_bits
 from pysmpc.kernels import reference
@@ -13,10 +14,11 @@ def _words(rng, shape):
     return rng.integers(0, 2**64, shape, dtype=np.uint64)
 
 
-def test_select_finish_is_beta_x_plus_one_minus_two_beta_x_rho():
+@pytest.mark.parametrize("n,r", [(130, 3), (130, 1), (128, 1), (1, 1)])  # r = 1: the word-at-a-time path (relu)
+def test_select_finish_is_beta_x_plus_one_minus_two_beta_x_rho(n, r):
     rng = np.random.default_rng(0)
-    n, r = 130, 3
-    beta_mine, beta_theirs = _words(rng, 3), _words(rng, 3)
+    words = (n + 63) // 64
+    beta_mine, beta_theirs = _words(rng, words), _words(rng, words)
     e_mine, e_theirs, a_rho, x = (_words(rng, (n, r)) for _ in range(4))
     rho = rng.integers(0, 2, n).astype(np.uint64)
     out = np.empty((n, r), np.uint64)

@@ -100,6 +100,7 @@ def test_numpy_uint64_matmul_is_exact_mod_2_64():
         (97, 600, 131),  # k spans several KC slices (accumulate path)
         (37, 70, 1001),  # n spans several NC blocks
         (3, 600, 1000),  # too few rows: threads split columns
+        (301, 600, 16),  # narrow C: A's rows read in place, the partial row tile packed
     ],
 )
 @pytest.mark.parametrize("nthreads", [1, 2])

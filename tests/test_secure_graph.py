@@ -53,6 +53,18 @@ def other_cnn(rng) -> Graph:
     ])
 
 
+def gap_cnn(rng) -> Graph:
+    """ResNet-20's head: relu, a global average pool (4 x 4: a power of two), then dense."""
+    return Graph((4, 4, 3), [
+        Layer("conv2d", "c1", {"stride": (1, 1), "padding": "same"},
+              {"kernel": rng.normal(0, 0.4, (3, 3, 3, 8)), "bias": rng.normal(0, 0.1, 8)}),
+        Layer("relu", "r1"),
+        Layer("global_avg_pool", "gap"),
+        Layer("flatten", "f"),
+        Layer("dense", "fc", {}, {"kernel": rng.normal(0, 0.5, (8, 5)), "bias": rng.normal(0, 0.1, 5)}),
+    ])
+
+
 @pytest.fixture(scope="module")
 def cluster():
     with LocalCluster() as c:
@@ -60,7 +72,7 @@ def cluster():
 
 
 @pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared"])
-@pytest.mark.parametrize("make_graph,batch", [(seed_cnn, 1), (seed_cnn, 6), (other_cnn, 5)])
+@pytest.mark.parametrize("make_graph,batch", [(seed_cnn, 1), (seed_cnn, 6), (other_cnn, 5), (gap_cnn, 4)])
 def test_private_logits_match_plaintext_and_cost_matches_the_plan(cluster, make_graph, batch, prepared):
     rng = np.random.default_rng(batch)
     graph = make_graph(rng)
@@ -78,6 +90,14 @@ def test_private_logits_match_plaintext_and_cost_matches_the_plan(cluster, make_
     np.testing.assert_allclose(logits, run_float(graph, x), atol=1e-2)
     assert_traffic_is_the_plan(cluster.stats(), shared, shared.cost(batch, prepared=prepared))
     shared.stop()
+
+
+def test_global_average_pool_division_joins_the_next_products_truncation():
+    """GAP of a value at F owes its division; the dense layer after it pays it in its own truncation."""
+    graph = gap_cnn(np.random.default_rng(0))
+    planned = dict(Model(graph).cost(2))
+    assert planned["gap"].rounds == 0 and planned["gap"].bytes_sent == 0, planned["gap"]
+    assert planned["output"].rounds == 1, planned["output"]  # one truncation for the pool and the product
 
 
 def test_private_argmax_reveals_labels(cluster):

@@ -164,6 +164,7 @@ class _Step:
     settle_out: int = 0  # bits truncated at the end of the layer (its output has several readers)
     fused_pool: tuple | None = None  # conv2d: (k, stride) of the average pool folded into it
     owed_pool: bool = False  # average pools: the window sum joins the owed truncation (no round)
+    carried_in: int = 0  # products: a pooled window's bits the input owes, carried into the output's truncation
     folded_into: int | None = None  # avg_pool2d: the conv that computes it
     deps: list = field(default_factory=list)  # indices of the steps it reads
     inputs: list = field(default_factory=list)  # names of the tensors it reads (_inputs)
@@ -198,7 +199,12 @@ def compile_plan(plan: list[dict]) -> _Compiled:
         owed = pending[ins[0]]
         if kind in ("avg_pool2d", "global_avg_pool"):
             s.owed_pool = _owed_pool(step, owed)
-        if kind in _SETTLES or (kind in ("avg_pool2d", "global_avg_pool") and not _owed_pool(step, owed)):
+        if kind in PRODUCTS and 0 < owed < _F:
+            # Only a window's bits are owed (a global average pool of a
+            # value at F): the product's output owes them with its own F,
+            # paid by one truncation instead of two.
+            s.carried_in = owed
+        elif kind in _SETTLES or (kind in ("avg_pool2d", "global_avg_pool") and not _owed_pool(step, owed)):
             s.settle_in, owed = owed, 0
         if kind == "avg_pool2d" and _fused_with(plan, i, readers, index) is not None:
             s.folded_into = index[ins[0]]
@@ -206,7 +212,7 @@ def compile_plan(plan: list[dict]) -> _Compiled:
         elif kind in PRODUCTS:
             fused = _fused_pool(plan, i, readers)
             s.fused_pool = fused
-            s.pending_out = _F + (0 if fused is None else (fused[0] * fused[0]).bit_length() - 1)
+            s.pending_out = _F + owed + (0 if fused is None else (fused[0] * fused[0]).bit_length() - 1)
         elif kind in ("avg_pool2d", "global_avg_pool"):
             # Owed: the window sum joins the truncation. Otherwise the pool
             # protocol truncates at once (as it always has).
@@ -244,9 +250,17 @@ def _window(step: dict) -> int:
 
 
 def _owed_pool(step: dict, owed: int) -> bool:
-    """Whether an average pool can add its window to an owed truncation (unpadded, power-of-two window)."""
+    """Whether an average pool can add its window to an owed truncation (unpadded, power-of-two window).
+
+    A global average pool may also start owing one (owed = 0): its division
+    is then paid by whichever layer settles the value next, in a round that
+    layer makes anyway (a product's, a relu's, the output's truncation), or
+    in a truncation of the same shape (no worse than truncating at once).
+    """
     window = _window(step)
-    return bool(owed) and window & (window - 1) == 0 and not any(step.get("pads", (0, 0, 0, 0)))
+    if window & (window - 1) or any(step.get("pads", (0, 0, 0, 0))):
+        return False
+    return bool(owed) or step["kind"] == "global_avg_pool"
 
 
 def _fused_pool(plan: list[dict], i: int, readers: dict):

@@ -18,6 +18,10 @@ once, for the run and for the cost plan alike):
                    into the convolution; else, on a value still owing its
                    truncation, window sum (local) and the division by k*k
                    joins the owed truncation (k*k a power of two)
+  global_avg_pool  power-of-two window: the window sum (local), its
+                   division owed; a product reading it carries the owed
+                   bits into its own truncation (ResNet-20: GAP + fc pay
+                   one truncation, not two)
   relu             relu of the truncated value, the truncation's opening
                    riding in the comparison's first round (4 rounds)  -> F
                    (step "protocol": "fss": one masked opening and DCF
@@ -319,9 +323,9 @@ def _run_step(party: Party, model_key, plan, compiled: _Compiled, i: int, values
         else:
             y = mul_protocol.mul_fixed(party, x, key, tag=f"batchnorm:{name}")
         if step.get("bias") is not None:
-            # At the product's scale 2F (times the pooled window), so the
-            # later truncation keeps it exact.
-            y = y + tensors[step["bias"]] * np.uint64(window << frac_bits)
+            # At the product's scale 2F (times the pooled window, and the
+            # input's carried window), so the later truncation keeps it exact.
+            y = y + tensors[step["bias"]] * np.uint64(window << (frac_bits + _bits(s.carried_in, frac_bits)))
     elif kind == "avg_pool2d":
         if s.folded_into is not None:
             y = x  # the convolution before it computed the pooled values

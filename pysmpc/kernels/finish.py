@@ -22,6 +22,9 @@ def select_finish(beta_mine, beta_theirs, e_mine, e_theirs, rho, a_rho, x, out):
     Arrays are (n, r) but for the packed words and rho (n,).
     """
     n, r = x.shape
+    if r == 1:
+        _select_finish_column(beta_mine, beta_theirs, e_mine, e_theirs, rho, a_rho, x, out)
+        return
     for i in range(n):
         word = beta_mine[i >> 6] ^ beta_theirs[i >> 6]
         beta = (word >> np.uint64(i & 63)) & np.uint64(1)
@@ -32,6 +35,27 @@ def select_finish(beta_mine, beta_theirs, e_mine, e_theirs, rho, a_rho, x, out):
                 out[i, j] = x[i, j] - x_rho
             else:
                 out[i, j] = x_rho
+
+
+@njit(cache=True, nogil=True)
+def _select_finish_column(beta_mine, beta_theirs, e_mine, e_theirs, rho, a_rho, x, out):
+    """select_finish for one element per bit (r = 1, a relu), a packed word at a time.
+
+    The 64 elements of a word in a fixed-count loop, beta applied as a mask
+    rather than a branch: the loop vectorizes (about 2 ns per element
+    against 11 for the element loop, which tested a random bit per element).
+    """
+    n = x.shape[0]
+    zero = np.uint64(0)
+    one = np.uint64(1)
+    for w in range((n + 63) >> 6):
+        word = beta_mine[w] ^ beta_theirs[w]
+        base = w << 6
+        for t in range(min(64, n - base)):
+            i = base + t
+            keep_x = zero - ((word >> np.uint64(t)) & one)  # all ones where beta = 1
+            x_rho = (e_mine[i, 0] + e_theirs[i, 0]) * rho[i] + a_rho[i, 0]
+            out[i, 0] = x_rho + (keep_x & (x[i, 0] - x_rho - x_rho))
 
 
 @njit(cache=True, nogil=True)
