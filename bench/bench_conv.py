@@ -32,27 +32,34 @@ def _numpy_conv_f64(x, w):
     return (cols @ w.reshape(K * K * c, o)).reshape(n, oh, ow, o)
 
 
+def _bench_conv(benchmark, group: str, x_shape: tuple, out_channels: int, impl: str, same: bool = False) -> None:
+    """Time one 3x3 convolution of uniform ring operands ('valid', or 'same' with zero padding); MACs/s in extra_info."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2**64, x_shape, dtype=np.uint64, endpoint=False)
+    w = rng.integers(0, 2**64, (K, K, x_shape[-1], out_channels), dtype=np.uint64, endpoint=False)
+    if impl == "numpy-f64":
+        x, w = x.astype(np.float64), w.astype(np.float64)
+
+        def fn(x, w):
+            return _numpy_conv_f64(np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))) if same else x, w)
+    else:
+        def fn(x, w):
+            return ring.conv2d(x, w, padding="same" if same else "valid")
+    benchmark.group = group
+    out = benchmark(fn, x, w)
+    macs = out.size * K * K * x_shape[-1]
+    benchmark.extra_info.update(
+        input=list(x.shape), weights=list(w.shape), macs=macs, macs_per_s=macs / benchmark.stats.stats.median,
+        rounds=0, bytes_sent=0, gemm_kernel=ring.gemm_kernel(),
+    )
+
+
 @pytest.mark.parametrize("impl", ["ring", "numpy-f64"])
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_conv2d(benchmark, layer, batch, impl):
     h, c, o = LAYERS[layer]
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 2**64, (batch, h, h, c), dtype=np.uint64, endpoint=False)
-    w = rng.integers(0, 2**64, (K, K, c, o), dtype=np.uint64, endpoint=False)
-    if impl == "numpy-f64":
-        x, w = x.astype(np.float64), w.astype(np.float64)
-        fn = _numpy_conv_f64
-    else:
-        fn = ring.conv2d
-    benchmark.group = f"{layer} batch {batch}"
-    out = benchmark(fn, x, w)
-    macs = out.size * K * K * c
-    median = benchmark.stats.stats.median
-    benchmark.extra_info.update(
-        input=list(x.shape), weights=list(w.shape), macs=macs, macs_per_s=macs / median,
-        rounds=0, bytes_sent=0,
-    )
+    _bench_conv(benchmark, f"{layer} batch {batch}", (batch, h, h, c), o, impl)
 
 
 RESNET20 = {"stage1": (32, 16), "stage2": (16, 32), "stage3": (8, 64)}
@@ -62,22 +69,4 @@ RESNET20 = {"stage1": (32, 16), "stage2": (16, 32), "stage3": (8, 64)}
 @pytest.mark.parametrize("stage", list(RESNET20))
 def test_conv2d_resnet20(benchmark, stage, impl):
     h, c = RESNET20[stage]
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 2**64, (64, h, h, c), dtype=np.uint64, endpoint=False)
-    w = rng.integers(0, 2**64, (K, K, c, c), dtype=np.uint64, endpoint=False)
-    if impl == "numpy-f64":
-        x, w = x.astype(np.float64), w.astype(np.float64)
-
-        def fn(x, w):
-            return _numpy_conv_f64(np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), w)
-    else:
-        def fn(x, w):
-            return ring.conv2d(x, w, padding="same")
-    benchmark.group = f"resnet20 {stage} batch 64"
-    out = benchmark(fn, x, w)
-    macs = out.size * K * K * c
-    median = benchmark.stats.stats.median
-    benchmark.extra_info.update(
-        input=list(x.shape), weights=list(w.shape), macs=macs, macs_per_s=macs / median,
-        rounds=0, bytes_sent=0, gemm_kernel=ring.gemm_kernel(),
-    )
+    _bench_conv(benchmark, f"resnet20 {stage} batch 64", (64, h, h, c), c, impl, same=True)

@@ -37,21 +37,9 @@ def test_plaintext_numpy(benchmark, model, images, batch):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_plaintext_pytorch(benchmark, model, images, batch):
-    torch = pytest.importorskip("torch")
-    from pysmpc.graph import to_torch
-
-    module = to_torch(model.graph)
-    x = torch.from_numpy(np.ascontiguousarray(images[:batch].transpose(0, 3, 1, 2), dtype=np.float32))
+def test_plaintext_pytorch(benchmark, time_pytorch, model, images, batch):
     benchmark.group = f"inference batch={batch}"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            benchmark(module, x)
-    finally:
-        torch.set_num_threads(threads)
-    benchmark.extra_info.update(images_per_s=batch / benchmark.stats.stats.mean, dtype="float32", threads=1)
+    time_pytorch(model.graph, images[:batch].transpose(0, 3, 1, 2))
 
 
 @pytest.mark.parametrize("batch", BATCHES)

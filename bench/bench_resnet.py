@@ -70,22 +70,10 @@ def test_plaintext_numpy(benchmark, model, images, batch):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_plaintext_pytorch(benchmark, model, images, batch):
-    torch = pytest.importorskip("torch")
-    from pysmpc.graph import to_torch
-
-    module = to_torch(model.graph)  # the zoo model's own weights, batch norms folded as the graph has them
-    x = torch.from_numpy(np.ascontiguousarray(images[:batch], dtype=np.float32))
+def test_plaintext_pytorch(benchmark, time_pytorch, model, images, batch):
     benchmark.group = f"resnet20 batch={batch}"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            benchmark.pedantic(module, args=(x,), rounds=5, iterations=1, warmup_rounds=1)
-    finally:
-        torch.set_num_threads(threads)
-    BASELINES[("pytorch", batch)] = benchmark.stats.stats.median
-    benchmark.extra_info.update(images_per_s=batch / benchmark.stats.stats.median, dtype="float32", threads=1)
+    # the zoo model's own weights, batch norms folded as the graph has them
+    BASELINES[("pytorch", batch)] = time_pytorch(model.graph, images[:batch], rounds=5)
 
 
 @pytest.mark.parametrize("batch", BATCHES)

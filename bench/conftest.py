@@ -1,5 +1,5 @@
-"""What the private-inference benchmarks share: the shared model per cluster kind, and timing predictions on
-material the dealer made ahead."""
+"""What the private-inference benchmarks share: the shared model per cluster kind, timing predictions on
+material the dealer made ahead, and the single-thread PyTorch baseline's settings."""
 
 import numpy as np
 import pytest
@@ -39,5 +39,41 @@ def time_prepared_predict(benchmark):
         benchmark.pedantic(shared_model.predict, setup=prepare, rounds=rounds, iterations=1)
         return {"offline_ms_per_batch": 1000 * float(np.median(offline)), **traffic,
                 "rounds_per_inference": plan_rounds}
+
+    return run
+
+
+
+
+@pytest.fixture
+def time_pytorch(benchmark):
+    """Time the graph as a float32 PyTorch module (graph.to_torch) on one thread, the baseline a PyTorch user runs.
+
+    run(graph, x) with x a NumPy batch in the module's NCHW layout: with
+    `rounds`, pedantic timing of that many rounds (one warm-up) and
+    images/s from the median; without, pytest-benchmark's own calibration
+    and the mean. Records images_per_s, dtype and threads; returns the
+    median seconds. Skips without torch; the thread count is restored.
+    """
+    torch = pytest.importorskip("torch")
+    from pysmpc.graph import to_torch
+
+    def run(graph, x: np.ndarray, rounds: int | None = None) -> float:
+        module = to_torch(graph)
+        batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                if rounds is None:
+                    benchmark(module, batch)
+                else:
+                    benchmark.pedantic(module, args=(batch,), rounds=rounds, iterations=1, warmup_rounds=1)
+        finally:
+            torch.set_num_threads(threads)
+        stats = benchmark.stats.stats
+        per_batch = stats.mean if rounds is None else stats.median
+        benchmark.extra_info.update(images_per_s=len(x) / per_batch, dtype="float32", threads=1)
+        return stats.median
 
     return run
