@@ -101,7 +101,7 @@ def test_bound_relus_needs_fss():
 def test_a_worker_refuses_a_plan_with_a_bad_bound():
     """bound_bits arrives in the plan from the model owner: the workers check it before keys are made."""
     plan = [{"kind": "relu", "name": "r", "inputs": ["input"], "shape": [4], "protocol": "fss", "bound_bits": 99}]
-    with pytest.raises(ValueError, match="bound_bits must be an integer in 0..31"):
+    with pytest.raises(ValueError, match="bound_bits must be an integer B in 0..31"):
         load_plan(None, "m", plan, {})
     plan[0].update(bound_bits=3, protocol="bitplane")
     with pytest.raises(ValueError, match="protocol 'fss'"):

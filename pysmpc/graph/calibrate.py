@@ -200,9 +200,17 @@ def relu_bounds(graph: Graph, samples, frac_bits: int = 16, headroom_bits: int =
     of its wrap, a wrong output, silently; so the samples must be
     representative and the headroom generous.
     """
+    _check_headroom(headroom_bits)
+    return _relu_bounds(graph, calibrate(graph, samples, frac_bits), headroom_bits)
+
+
+def _check_headroom(headroom_bits) -> None:
     if isinstance(headroom_bits, bool) or not isinstance(headroom_bits, int) or not 0 <= headroom_bits <= FORMAT_LOG2:
         raise ValueError(f"headroom_bits must be an integer in 0..{FORMAT_LOG2}, got {headroom_bits!r}")
-    calibration = calibrate(graph, samples, frac_bits)
+
+
+def _relu_bounds(graph: Graph, calibration: Calibration, headroom_bits: int) -> dict:
+    """relu_bounds from a calibration already made (its rows name each layer's largest output)."""
     top = {layer.name: layer.max_abs for layer in calibration.layers}
     bounds = {}
     for i, layer in enumerate(graph.layers):
@@ -247,7 +255,7 @@ def calibration_report(graph: Graph, samples_path, frac_bits: int | None = None,
     except ValueError as exc:
         lines.append(f"WARNING: {exc}")
     if relu_protocol == "fss":
-        bounds = relu_bounds(graph, samples, calibration.frac_bits)
+        bounds = _relu_bounds(graph, calibration, RELU_HEADROOM_BITS)
         if bounds:
             listed = ", ".join(f"{name} {bits}" for name, bits in bounds.items())
             lines.append(f"relu input bounds (bits, {RELU_HEADROOM_BITS} over these samples' largest): {listed}; "

@@ -133,11 +133,15 @@ def check_relu_bounds(graph, relu_bounds: dict | None, relu_protocol: str) -> di
         if name not in relus:
             raise ValueError(f"relu_bounds names {name!r}, which is not a relu layer of the model; "
                              f"its relu layers: {sorted(relus)}")
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 0 <= bits <= FORMAT_BITS:
-            raise ValueError(f"relu_bounds[{name!r}] must be an integer B in 0..{FORMAT_BITS} "
-                             f"(inputs below 2^B), got {bits!r}")
-        checked[name] = int(bits)
+        checked[name] = check_bound_bits(bits, f"relu_bounds[{name!r}]")
     return checked
+
+
+def check_bound_bits(bits, what: str) -> int:
+    """A relu bound B as an int in 0..FORMAT_BITS (inputs below 2^B), or ValueError naming `what`."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 0 <= bits <= FORMAT_BITS:
+        raise ValueError(f"{what} must be an integer B in 0..{FORMAT_BITS} (inputs below 2^B), got {bits!r}")
+    return int(bits)
 
 
 def fss_domain_bits(step: dict, bits: int, frac_bits: int) -> int | None:

@@ -57,7 +57,7 @@ from itertools import pairwise
 import numpy as np
 
 from pysmpc.graph.plan import (PLAN_KINDS, PRODUCTS, _bits, _Compiled, _first_product, _input_name,
-                               _step_costs, check_relu_protocol, compile_plan, fss_domain_bits, input_maskable, make_plan,
+                               _step_costs, check_bound_bits, check_relu_protocol, compile_plan, fss_domain_bits, input_maskable, make_plan,
                                plan_cost)
 from pysmpc.parties.lockstep import run_in_lockstep
 from pysmpc.parties.party import Party
@@ -70,7 +70,7 @@ from pysmpc.protocols import tanh as tanh_protocol
 from pysmpc.protocols.conv2d import conv2d_fixed, depthwise_conv2d_fixed
 from pysmpc.protocols.matmul import matmul_fixed, share_fixed_operand
 from pysmpc.protocols.relu import relu, relu_truncated
-from pysmpc.protocols.relu_fss import FORMAT_BITS, relu_fss
+from pysmpc.protocols.relu_fss import relu_fss
 from pysmpc.protocols.truncate import truncate
 from pysmpc.sharing.shares import AShare, concat_shares
 
@@ -128,11 +128,9 @@ def _fuse_stored_weights(party: Party, key, k: int) -> None:
 
 
 def _check_bound_step(step: dict) -> None:
-    bound = step["bound_bits"]
     if step["kind"] != "relu" or step.get("protocol") != "fss":
         raise ValueError(f"layer {step['name']!r}: bound_bits is for relu steps with protocol 'fss'")
-    if isinstance(bound, bool) or not isinstance(bound, int) or not 0 <= bound <= FORMAT_BITS:
-        raise ValueError(f"layer {step['name']!r}: bound_bits must be an integer in 0..{FORMAT_BITS}, got {bound!r}")
+    check_bound_bits(step["bound_bits"], f"layer {step['name']!r}: bound_bits")
 
 
 def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
