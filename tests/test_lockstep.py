@@ -7,7 +7,7 @@ import pytest
 
 from helpers import FP, reconstruct_result, signed
 from conftest import fixed_seeds
-from pysmpc.parties.lockstep import run_in_lockstep
+from pysmpc.parties.lockstep import run_in_lockstep, run_pipelined
 from pysmpc.protocols.mul import mul
 from pysmpc.protocols.relu import relu
 from pysmpc.runtime.local import run_parties
@@ -117,3 +117,75 @@ def test_capturing_inside_a_recording_and_a_replay_keeps_the_same_material():
 
     results, _ = run_parties(program, seeds=fixed_seeds("capture"))
     assert results[0] and results[1]
+
+
+def run_pipelined_programs(steps, inputs, log=None):
+    """steps[i](party, xs) -> AShare, pipelined on P0/P1; `log` gets P0's channel events in order."""
+
+    def program(party):
+        xs = _shares(inputs, party)
+        outs = [None] * len(steps)
+
+        def make(i):
+            def run(p):
+                outs[i] = steps[i](p, xs)
+            return run
+
+        programs = [make(i) for i in range(len(steps))]
+        bundles = []
+        for run in programs:
+            with party.dealer.capturing() as bundle:
+                run(party)
+            bundles.append(bundle)
+        if not party.computes:
+            return outs, None
+        if log is not None and party.index == 0:
+            channel, send, recv = party.channel, party.channel.send, party.channel.recv
+            channel.send = lambda to, data, tag: (log.append(("send", tag)), send(to, data, tag=tag))[1]
+            channel.recv = lambda frm, tag, rounds=1: (log.append(("recv", tag)), recv(frm, tag=tag, rounds=rounds))[1]
+        stats = run_pipelined(party, programs, bundles)
+        return outs, stats
+
+    results, parties = run_parties(program, seeds=fixed_seeds("pipelined"))
+    outs = [reconstruct_result([r[0][i] for r in results]) for i in range(len(steps))]
+    return outs, results[0][1], parties
+
+
+def test_pipelined_programs_get_their_answers_and_count_the_first_programs_rounds():
+    rng = np.random.default_rng(2)
+    a, b = FP.encode(rng.uniform(-5, 5, (3, 7))), FP.encode(rng.uniform(-5, 5, (2, 4)))
+    steps = [lambda p, xs: relu(p, xs[0], tag="relu:a"),  # 4 rounds
+             lambda p, xs: mul(p, xs[1], xs[1], tag="mul:b"),  # 1 round
+             lambda p, xs: relu(p, xs[1], tag="relu:b")]  # 4 rounds
+    outs, stats, parties = run_pipelined_programs(steps, [a, b])
+    np.testing.assert_array_equal(signed(outs[0]), np.maximum(signed(a), 0))
+    np.testing.assert_array_equal(outs[1], b * b)
+    np.testing.assert_array_equal(signed(outs[2]), np.maximum(signed(b), 0))
+    p0 = parties[0].channel.totals(online=True)
+    assert p0.rounds == 4  # program 0's: the others' messages travel within them
+    assert [s.rounds for s in stats] == [4, 1, 4]  # each program's own exchanges
+    assert sum(s.bytes_sent for s in stats) == p0.bytes_sent
+    assert not any("+" in tag for tag in parties[1].channel.stats())  # nothing merged: each sends its own
+
+
+def test_pipelined_programs_send_before_they_wait():
+    """The overlap itself: every program's first message leaves before the first reply is awaited."""
+    x = FP.encode(np.linspace(-3, 3, 10))
+    log: list = []
+    steps = [lambda p, xs, k=k: mul(p, mul(p, xs[0], xs[0], tag=f"m{k}"), xs[0], tag=f"n{k}") for k in range(3)]
+    outs, _, _ = run_pipelined_programs(steps, [x], log)
+    for out in outs:
+        np.testing.assert_array_equal(out, x * x * x)
+    assert log[:4] == [("send", "m0"), ("send", "m1"), ("send", "m2"), ("recv", "m0")], log
+    # Program 0 computes its second product as soon as its reply is in, while the others' replies travel.
+    assert log[4] == ("send", "n0"), log
+    assert [e for e in log if e[0] == "recv"] == [("recv", t) for t in ("m0", "m1", "m2", "n0", "n1", "n2")]
+
+
+def test_an_error_in_a_pipelined_program_is_raised_and_the_others_unwind():
+    def broken(p, xs):
+        mul(p, xs[0], xs[0], tag="ok")
+        raise RuntimeError("boom in program 1")
+
+    with pytest.raises(RuntimeError, match="boom in program 1"):
+        run_pipelined_programs([lambda p, xs: relu(p, xs[0], tag="long"), broken], [FP.encode(np.ones(3))])

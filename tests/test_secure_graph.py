@@ -5,6 +5,8 @@ import pytest
 
 from pysmpc import LocalCluster
 from pysmpc.graph import Graph, Layer, run_fixed_point, run_float
+from pysmpc.graph import plan as plan_module
+from pysmpc.graph.plan import pipeline_parts
 from pysmpc.serve.model import Model
 
 F = 16
@@ -439,3 +441,42 @@ def test_shipped_cnn_with_fss_relu_meets_the_round_and_traffic_targets():
         np.testing.assert_allclose(logits, bitplane.predict_fixed_point(images[:3]), atol=64 / 2**F)
         shared.stop()
 
+
+
+def test_pipeline_parts_split_large_batches_in_two_halves():
+    assert pipeline_parts(1) == [1]
+    assert pipeline_parts(2 * plan_module.PIPELINE_MIN_ROWS - 1) == [2 * plan_module.PIPELINE_MIN_ROWS - 1]
+    assert pipeline_parts(256) == [128, 128]
+    assert pipeline_parts(257) == [129, 128]
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Split batches from 4 rows (workers, dealer and client share this process's graph.plan)."""
+    monkeypatch.setattr(plan_module, "PIPELINE_MIN_ROWS", 2)
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared"])
+@pytest.mark.parametrize("make_graph,batch,relu_protocol,atol", [
+    (seed_cnn, 5, "bitplane", 64 / 2**F), (other_cnn, 4, "fss", 64 / 2**F),
+    (dag_cnn, 4, "bitplane", 2e-3), (two_branch_graph, 5, "fss", 64 / 2**F)])
+def test_a_batch_in_pipelined_halves_matches_plaintext_and_the_plan(cluster, small_parts, make_graph, batch,
+                                                                    relu_protocol, atol, prepared):
+    """Two halves, each with its own material (and input mask), pipelined: same answers, planned traffic."""
+    assert len(pipeline_parts(batch)) == 2
+    rng = np.random.default_rng(60 + batch)
+    graph = make_graph(rng)
+    x = rng.uniform(0, 1, (batch, *graph.input_shape))
+    shared = Model(graph, relu_protocol=relu_protocol).share(cluster)
+    if prepared:
+        shared.prepare(batch)
+    cluster.reset_stats()
+    out = shared.predict(x)
+    if prepared:
+        assert sum(s["bytes_sent"] for s in cluster.stats()["P2"].values()) == 0
+    np.testing.assert_allclose(out, run_fixed_point(graph, x, F), atol=atol)
+    planned = shared.cost(batch, prepared=prepared)
+    one_row = shared.cost(1, prepared=prepared)  # a batch of one runs whole
+    assert sum(c.rounds for _, c in planned) == sum(c.rounds for _, c in one_row)  # the halves share their rounds
+    assert_traffic_is_the_plan(cluster.stats(), shared, planned)
+    shared.stop()

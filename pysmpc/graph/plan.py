@@ -31,7 +31,12 @@ from pysmpc.protocols.relu_fss import FORMAT_BITS, bounded_domain_bits
 from pysmpc.protocols.relu_fss import cost as relu_fss_cost
 from pysmpc.protocols.truncate import cost as truncate_cost
 
-__all__ = ["make_plan", "compile_plan", "plan_cost", "input_maskable", "PLAN_KINDS", "PRODUCTS", "RELU_PROTOCOLS"]
+__all__ = ["make_plan", "compile_plan", "plan_cost", "input_maskable", "pipeline_parts", "PIPELINE_MIN_ROWS",
+           "PLAN_KINDS", "PRODUCTS", "RELU_PROTOCOLS"]
+
+# A batch of at least twice this many rows runs as two pipelined halves (run_plan): below it a
+# part's per-layer overhead outweighs the transfer it could hide.
+PIPELINE_MIN_ROWS = 64
 
 PLAN_KINDS = ("conv2d", "depthwise_conv2d", "dense", "batch_norm", "avg_pool2d", "max_pool2d", "global_avg_pool",
               "global_max_pool", "relu", "clip", "sigmoid", "tanh", "softmax", "add", "concat", "zero_pad",
@@ -351,6 +356,19 @@ def _attributed_rounds(rounds: list[int], deps: list[list[int]]) -> list[int]:
     return out
 
 
+def pipeline_parts(rows: int) -> list[int]:
+    """The batch sizes of the parts run_plan runs a batch of `rows` in: two halves from 2 x PIPELINE_MIN_ROWS.
+
+    A pure function of the batch size: the workers, the dealer and the
+    client (which receives one input mask per part) agree on it without a
+    word, and prepared material made for a batch size fits its queries.
+    """
+    if rows < 2 * PIPELINE_MIN_ROWS:
+        return [rows]
+    first = (rows + 1) // 2
+    return [first, rows - first]
+
+
 def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output: bool = True,
               input_open: bool = False, frac_bits: int = 16) -> list[tuple[str, Cost]]:
     """Online cost of `run_plan` per layer, from the protocols' cost formulas.
@@ -360,8 +378,20 @@ def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output
     owed by a product is paid by the layer that settles it (a relu pays it
     inside its own first round). Branches that run in lockstep share their
     rounds: each shared round is counted for the first layer in it, so the
-    rounds add up to the run's, and bytes are each layer's own.
+    rounds add up to the run's, and bytes are each layer's own. A batch run
+    in pipelined parts (pipeline_parts) sends and deals the bytes of all
+    its parts, in the rounds of the first.
     """
+    parts = [_part_cost(plan, shapes, rows, truncate_output, input_open, frac_bits) for rows in pipeline_parts(batch)]
+    merged = []
+    for layer in zip(*parts):  # the same layer in each part
+        (name, first), costs = layer[0], [c for _, c in layer]
+        merged.append((name, Cost(first.rounds, sum(c.bytes_sent for c in costs), sum(c.dealer_bytes for c in costs))))
+    return merged
+
+
+def _part_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output: bool, input_open: bool,
+               frac_bits: int) -> list[tuple[str, Cost]]:
     compiled = compile_plan(plan)
     masked_step = _first_product(plan) if input_open else None
     steps = [dict(step, shape=list(shape)) for step, shape in zip(plan, shapes[1:])]

@@ -58,8 +58,8 @@ import numpy as np
 
 from pysmpc.graph.plan import (PLAN_KINDS, PRODUCTS, _bits, _Compiled, _first_product, _input_name,
                                _step_costs, check_bound_bits, check_relu_protocol, compile_plan, fss_domain_bits, input_maskable, make_plan,
-                               plan_cost)
-from pysmpc.parties.lockstep import run_in_lockstep
+                               pipeline_parts, plan_cost)
+from pysmpc.parties.lockstep import run_in_lockstep, run_pipelined
 from pysmpc.parties.party import Party
 from pysmpc.protocols import clip as clip_protocol
 from pysmpc.protocols import mul as mul_protocol
@@ -76,7 +76,8 @@ from pysmpc.sharing.shares import AShare, concat_shares
 
 # make_plan, plan_cost, compile_plan and input_maskable live in graph.plan; they are
 # re-exported here, where callers have always found them.
-__all__ = ["make_plan", "load_plan", "run_plan", "plan_cost", "compile_plan", "input_maskable", "PLAN_KINDS"]
+__all__ = ["make_plan", "load_plan", "run_plan", "plan_cost", "compile_plan", "input_maskable", "pipeline_parts",
+           "PLAN_KINDS"]
 
 
 def load_plan(party: Party, model_key, plan: list[dict], tensors: dict) -> None:
@@ -141,6 +142,9 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
     input_open: x.value is E = x - A on both P0 and P1, masked by the
     input's owner with the A that P2 reveals to it for the first product
     (input_maskable); that product then opens nothing (one round fewer).
+    A batch of 2 x PIPELINE_MIN_ROWS rows or more runs as two halves
+    (pipeline_parts), each with its own material and, with input_open, its
+    own mask; see _run_pipelined.
 
     Returns (output shares, their fractional bits): F, or with
     truncate_output=False the higher scale the last layer left (its
@@ -149,6 +153,55 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
     rounds online on this party (a round that branches share is counted
     once, for the first layer in it).
     """
+    parts = pipeline_parts(x.shape[0])
+    if len(parts) == 1:
+        return _run_whole(party, model_key, x, frac_bits, tensors, profile, truncate_output, input_open)
+    args = (frac_bits, tensors, None, truncate_output, input_open)
+    shadows = [AShare(None, party.index, (rows, *x.shape[1:])) for rows in parts]
+    if not party.computes:  # P2 deals, or P0/P1 record: the parts' material one part after the other
+        outs = [_run_whole(party, model_key, shadow, *args) for shadow in shadows]
+        return AShare(None, party.index, (x.shape[0], *outs[0][0].shape[1:])), outs[0][1]
+    return _run_pipelined(party, model_key, x, parts, shadows, args, profile)
+
+
+def _run_pipelined(party: Party, model_key, x: AShare, parts: list[int], shadows: list[AShare], args: tuple,
+                   profile: list | None) -> tuple[AShare, int]:
+    """Run the parts of a batch pipelined (parties.lockstep.run_pipelined): one half computes while the other's
+    messages cross the link.
+
+    The dealer's material is taken first, part by part, in the order P2
+    deals it (and a recording keeps it); each part then replays its own.
+    The profile gets each layer's bytes summed over the parts, the rounds
+    of the first part, and the longer part's seconds.
+    """
+    bundles = []
+    for shadow in shadows:
+        with party.dealer.capturing() as bundle:
+            _run_whole(party, model_key, shadow, *args)
+        bundles.append(bundle)
+    pieces = np.split(x.value, np.cumsum(parts)[:-1])
+    frac_bits, tensors, _, truncate_output, input_open = args
+    outputs: list = [None] * len(parts)
+    profiles: list[list] = [[] for _ in parts]
+
+    def program(k):
+        def run(p: Party) -> None:
+            outputs[k] = _run_whole(p, model_key, AShare(pieces[k], party.index), frac_bits, tensors, profiles[k],
+                                    truncate_output, input_open)
+        return run
+
+    run_pipelined(party, [program(k) for k in range(len(parts))], bundles)
+    if profile is not None:
+        for layer in zip(*profiles):
+            profile.append(dict(layer[0], seconds=max(row["seconds"] for row in layer),
+                                bytes_sent=sum(row["bytes_sent"] for row in layer)))
+    y = np.concatenate([out.value for out, _ in outputs])
+    return AShare(y, party.index), outputs[0][1]
+
+
+def _run_whole(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict, profile: list | None,
+               truncate_output: bool, input_open: bool) -> tuple[AShare, int]:
+    """run_plan on the whole of x, in one part."""
     plan = party.store[("plan", model_key)]
     if input_open and not input_maskable(plan):
         raise ValueError("this model's first layer cannot take a masked input (needs dense or an unpadded conv2d)")

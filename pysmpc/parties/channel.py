@@ -132,9 +132,10 @@ class Channel:
                 s.bytes_sent += nbytes
                 s.messages_sent += 1
 
-    def recv(self, frm: int, tag: str):
+    def recv(self, frm: int, tag: str, rounds: int = 1):
+        """The next message from `frm`; it counts as `rounds` rounds (0: it travelled within another's round)."""
         data = self._recv_raw(frm, tag)
-        self._count_received(frm, tag, data, rounds=1)
+        self._count_received(frm, tag, data, rounds=rounds)
         return data
 
     def exchange(self, to: int, data, tag: str):

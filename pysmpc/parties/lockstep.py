@@ -1,4 +1,4 @@
-"""Run independent protocol programs of one party in lockstep, merging their exchanges into shared rounds.
+"""Run independent protocol programs of one party together: in lockstep (shared rounds) or pipelined.
 
 Two branches of a network (say the two convolutions of an inception block)
 do not depend on each other, so their openings can travel together: when
@@ -12,6 +12,14 @@ one runs at a time and the order is fixed (lowest index first), so P0
 and P1 make the same merged exchanges in the same order: the merge is
 deterministic, and a program sees exactly what it would see alone.
 
+Pipelined (`run_pipelined`), the programs do not wait for each other: an
+exchange is sent at once, and while its reply crosses the link the next
+program computes. Two halves of a batch then overlap one half's
+computation with the other's transfer, where a link's bandwidth or delay
+would otherwise leave the party idle. Replies are taken in the order the
+exchanges were sent, which both parties share, and a program's round is
+counted once, for program 0: the others travel within its rounds.
+
 The dealer is kept out of the interleaving. The caller first runs every
 program's dealer calls alone, in program order, each inside
 ``Dealer.capturing`` (P2 deals as for a sequential run); here each program
@@ -23,15 +31,16 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import deque
 from typing import Callable
 
 from greenlet import greenlet
 
-from pysmpc.parties.channel import payload_nbytes
+from pysmpc.parties.channel import TagStats, payload_nbytes
 from pysmpc.parties.dealer import Bundle, Dealer
 from pysmpc.parties.party import Party
 
-__all__ = ["run_in_lockstep", "TaskStats"]
+__all__ = ["run_in_lockstep", "run_pipelined", "TaskStats"]
 
 # Longest tag a merged exchange gets (the joined tags of its programs, else shortened).
 _MAX_TAG = 200
@@ -88,6 +97,12 @@ class _ParkingChannel:
 
     def recv(self, frm, tag):
         raise RuntimeError(f"a program in lockstep cannot receive '{tag}' on its own: only exchanges are merged")
+
+    def totals(self, online: bool | None = None) -> TagStats:
+        """This program's own online traffic so far (what run_plan's per-layer profile reads)."""
+        total = TagStats()
+        total.bytes_sent, total.rounds = self._task.stats.bytes_sent, self._task.stats.rounds
+        return total
 
 
 class _Scheduler:
@@ -157,11 +172,37 @@ def run_in_lockstep(party: Party, programs: list[Callable[[Party], None]], deps:
     Returns each program's TaskStats. Raises the first error a program
     raised (the others are unwound first).
     """
+    return _run_tasks(party, programs, bundles, lambda scheduler, tasks: _schedule(party, scheduler, tasks, deps))
+
+
+def run_pipelined(party: Party, programs: list[Callable[[Party], None]], bundles: list[Bundle]) -> list[TaskStats]:
+    """Run independent programs[i](its_party), each exchange sent at once: one's transfer overlaps another's work.
+
+    Each program gets a copy of `party` as in run_in_lockstep (its dealer
+    replays bundles[i]; exchanges with the peer only). The schedule:
+
+    1. Run the first ready program until it reaches an exchange (its
+       message is sent now) or ends.
+    2. When no program is ready, take the peer's reply to the oldest
+       exchange still unanswered; its program is ready again.
+
+    The peer, running the same programs, sends its messages in the same
+    order, so replies arrive in the order they are taken. Every program's
+    bytes are counted; its rounds only for program 0 (the others' messages
+    cross the link within program 0's rounds), so a party's round count is
+    that of one program. Returns each program's TaskStats (rounds: each
+    program's own exchanges). Raises the first error a program raised.
+    """
+    return _run_tasks(party, programs, bundles, lambda scheduler, tasks: _pipeline(party, scheduler, tasks))
+
+
+def _run_tasks(party: Party, programs: list, bundles: list[Bundle], schedule: Callable) -> list[TaskStats]:
+    """Give each program a view of `party` replaying its bundle, run `schedule`, check the material was used up."""
     if not party.computes:
-        raise RuntimeError("run_in_lockstep runs the online part: the dealer has none")
+        raise RuntimeError("run_in_lockstep and run_pipelined run the online part: the dealer has none")
     scheduler = _Scheduler(party)
     tasks = []
-    for index, (fn, bundle) in enumerate(zip(programs, bundles)):
+    for index, fn in enumerate(programs):
         view = copy.copy(party)  # shares the store (weights, opened masks) with the party
         task = _Task(index, fn, view)
         view.channel = _ParkingChannel(scheduler, task, party.channel)
@@ -173,7 +214,7 @@ def run_in_lockstep(party: Party, programs: list[Callable[[Party], None]], deps:
             context = task.party._dealer.replaying(bundle)
             context.__enter__()
             contexts.append(context)
-        _schedule(party, scheduler, tasks, deps)
+        schedule(scheduler, tasks)
     except BaseException:
         # Unwind the programs still parked; their material is dropped with
         # their dealers (a failed run's bundles are used: never replayed).
@@ -182,6 +223,27 @@ def run_in_lockstep(party: Party, programs: list[Callable[[Party], None]], deps:
     for context in contexts:  # each program used exactly its material (else MaterialMismatch)
         context.__exit__(None, None, None)
     return [task.stats for task in tasks]
+
+
+def _pipeline(party: Party, scheduler: _Scheduler, tasks: list[_Task]) -> None:
+    ready = deque(tasks)
+    unanswered: deque = deque()  # programs whose exchange is sent, oldest first
+    while ready or unanswered:
+        if ready:
+            task = ready.popleft()
+            scheduler.run_slice(task)
+            _raise_if_failed(tasks)
+            if not task.done:
+                data, tag = task.outgoing
+                party.channel.send(party.peer, data, tag=tag)
+                task.stats.bytes_sent += payload_nbytes(data)
+                task.stats.rounds += 1
+                unanswered.append(task)
+            continue
+        task = unanswered.popleft()
+        task.incoming = party.channel.recv(party.peer, tag=task.outgoing[1], rounds=int(task.index == 0))
+        task.outgoing = None
+        ready.append(task)
 
 
 def _schedule(party: Party, scheduler: _Scheduler, tasks: list[_Task], deps: list[list[int]]) -> None:

@@ -13,7 +13,7 @@ from pysmpc.graph.graph import check_input_range
 from pysmpc.graph.layout import model_input_to_nhwc, shape_in_layout
 from pysmpc.graph.calibrate import RELU_HEADROOM_BITS
 from pysmpc.graph.plan import check_relu_bounds, check_relu_protocol
-from pysmpc.graph.secure import input_maskable, plan_cost
+from pysmpc.graph.secure import input_maskable, pipeline_parts, plan_cost
 from pysmpc.graph.secure import make_plan as secure_plan
 from pysmpc.parties.dealer import INPUT_MASK_TAG
 from pysmpc.parties.party import DEALER
@@ -297,8 +297,11 @@ class SharedModel:
             ids = [f"{batch}:{next(self._run_ids)}" for _ in range(count)]
             channel = self.cluster.client_channel
 
-            def receive_masks():
-                return [channel.recv(DEALER, tag=INPUT_MASK_TAG) for _ in ids]
+            parts = len(pipeline_parts(batch))
+
+            def receive_masks():  # one mask per part of each run (graph.plan.pipeline_parts), batch axis first
+                return [np.concatenate([channel.recv(DEALER, tag=INPUT_MASK_TAG) for _ in range(parts)])
+                        for _ in ids]
 
             results, masks = self.cluster.call("prepare", self.key, shape, self.frac_bits, truncate_output, count,
                                                input_mask_ids=ids, client=receive_masks)
