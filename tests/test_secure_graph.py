@@ -7,6 +7,7 @@ from pysmpc import LocalCluster
 from pysmpc.graph import Graph, Layer, run_fixed_point, run_float
 from pysmpc.graph import plan as plan_module
 from pysmpc.graph.plan import pipeline_parts
+from pysmpc.parties.local import LocalChannel
 from pysmpc.serve.model import Model
 
 F = 16
@@ -443,17 +444,22 @@ def test_shipped_cnn_with_fss_relu_meets_the_round_and_traffic_targets():
 
 
 
-def test_pipeline_parts_split_large_batches_in_two_halves():
-    assert pipeline_parts(1) == [1]
-    assert pipeline_parts(2 * plan_module.PIPELINE_MIN_ROWS - 1) == [2 * plan_module.PIPELINE_MIN_ROWS - 1]
-    assert pipeline_parts(256) == [128, 128]
-    assert pipeline_parts(257) == [129, 128]
+def test_pipeline_parts_split_large_batches_over_a_network_only():
+    assert pipeline_parts(1, True) == [1]
+    assert pipeline_parts(63, True) == [63]
+    assert pipeline_parts(64, True) == [32, 32]
+    assert pipeline_parts(100, True) == [34, 33, 33]
+    assert pipeline_parts(256, True) == [64, 64, 64, 64]
+    assert pipeline_parts(1001, True) == [251, 250, 250, 250]
+    assert pipeline_parts(256, False) == [256]  # in-process: nothing to hide behind
 
 
 @pytest.fixture
 def small_parts(monkeypatch):
-    """Split batches from 4 rows (workers, dealer and client share this process's graph.plan)."""
+    """In-process parties pipeline batches of 4 rows or more, in parts of 2 (the workers, the dealer and
+    the client share this process's graph.plan and channel class)."""
     monkeypatch.setattr(plan_module, "PIPELINE_MIN_ROWS", 2)
+    monkeypatch.setattr(LocalChannel, "pipelines_batches", True)
 
 
 @pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared"])
@@ -463,7 +469,7 @@ def small_parts(monkeypatch):
 def test_a_batch_in_pipelined_halves_matches_plaintext_and_the_plan(cluster, small_parts, make_graph, batch,
                                                                     relu_protocol, atol, prepared):
     """Two halves, each with its own material (and input mask), pipelined: same answers, planned traffic."""
-    assert len(pipeline_parts(batch)) == 2
+    assert len(pipeline_parts(batch, True)) == 2
     rng = np.random.default_rng(60 + batch)
     graph = make_graph(rng)
     x = rng.uniform(0, 1, (batch, *graph.input_shape))
@@ -478,5 +484,8 @@ def test_a_batch_in_pipelined_halves_matches_plaintext_and_the_plan(cluster, sma
     planned = shared.cost(batch, prepared=prepared)
     one_row = shared.cost(1, prepared=prepared)  # a batch of one runs whole
     assert sum(c.rounds for _, c in planned) == sum(c.rounds for _, c in one_row)  # the halves share their rounds
-    assert_traffic_is_the_plan(cluster.stats(), shared, planned)
+    stats = cluster.stats()
+    assert_traffic_is_the_plan(stats, shared, planned)
+    online = [s for t, s in stats["P0"].items() if not t.startswith(("dealer", "setup")) and t not in ("input", "output")]
+    assert sum(s["messages_received"] for s in online) == 2 * sum(s["rounds"] for s in online)  # each half its own
     shared.stop()

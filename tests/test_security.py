@@ -87,13 +87,20 @@ def test_dealer_corrections_do_not_depend_on_the_data():
             np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["whole", "pipelined-parts"])
 @pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared-masked-input"])
-def test_served_model_views_are_uniform(prepared):
-    """The CNN served on prepared material, with the input masked by the querier (x - A to P0 and P1)."""
+def test_served_model_views_are_uniform(prepared, pipelined, monkeypatch):
+    """The CNN served on prepared material, with the input masked by the querier (x - A to P0 and P1);
+    pipelined: the batch of 8 in 4 parts, each with its own material and mask, as over a network."""
     from pysmpc import LocalCluster, load_model
+    from pysmpc.graph import plan
     from pysmpc.models import load_samples, shipped_model_path
+    from pysmpc.parties.local import LocalChannel
     from pysmpc.sharing.fixedpoint import FixedPoint
 
+    if pipelined:
+        monkeypatch.setattr(plan, "PIPELINE_MIN_ROWS", 2)
+        monkeypatch.setattr(LocalChannel, "pipelines_batches", True)
     model = load_model(shipped_model_path())
     images, _ = load_samples()
     x = images[:8]

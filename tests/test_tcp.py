@@ -91,6 +91,37 @@ def test_stats_over_tcp_equal_in_process(local_cluster, tcp_cluster):
 
 
 @pytest.mark.tcp
+@pytest.mark.parametrize("relu_protocol", ["bitplane", "fss"])
+@pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared-masked-input"])
+def test_a_large_batch_over_tcp_runs_in_pipelined_parts(tcp_cluster, prepared, relu_protocol):
+    """64 rows run as 2 parts of 32 (graph.plan.pipeline_parts): the in-process answers, the planned traffic,
+    each part's own messages, and one input mask per part for the querier."""
+    from pysmpc import load_model
+    from pysmpc.graph.plan import pipeline_parts
+    from pysmpc.models import load_samples, shipped_model_path
+
+    images, _ = load_samples()
+    x = np.concatenate([images] * 8)[:64]
+    assert pipeline_parts(64, True) == [32, 32]
+    model = load_model(shipped_model_path(), relu_protocol=relu_protocol)
+    shared = model.share(tcp_cluster)
+    if prepared:
+        shared.prepare(len(x))
+    tcp_cluster.reset_stats()
+    logits = shared.predict(x)
+    np.testing.assert_allclose(logits, model.predict(x), atol=2e-3)
+    stats = tcp_cluster.stats()
+    planned = shared.cost(len(x), prepared=prepared)
+    assert planned == model.cost(len(x), prepared=prepared, pipelined=True)
+    for party in ("P0", "P1"):
+        online = [s for t, s in stats[party].items() if not t.startswith(("dealer", "setup")) and t not in ("input", "output")]
+        assert sum(s["rounds"] for s in online) == sum(c.rounds for _, c in planned)
+        assert sum(s["bytes_sent"] for s in online) == sum(c.bytes_sent for _, c in planned)
+        assert sum(s["messages_received"] for s in online) == 2 * sum(s["rounds"] for s in online)
+    shared.stop()
+
+
+@pytest.mark.tcp
 def test_tls_cluster(tmp_path, local_cluster):
     make_cluster_certs(tmp_path)
     with TcpCluster(tls_dir=tmp_path, ephemeral_ports=True) as c:

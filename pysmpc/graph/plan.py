@@ -32,11 +32,15 @@ from pysmpc.protocols.relu_fss import cost as relu_fss_cost
 from pysmpc.protocols.truncate import cost as truncate_cost
 
 __all__ = ["make_plan", "compile_plan", "plan_cost", "input_maskable", "pipeline_parts", "PIPELINE_MIN_ROWS",
+           "PIPELINE_MAX_PARTS",
            "PLAN_KINDS", "PRODUCTS", "RELU_PROTOCOLS"]
 
-# A batch of at least twice this many rows runs as two pipelined halves (run_plan): below it a
-# part's per-layer overhead outweighs the transfer it could hide.
-PIPELINE_MIN_ROWS = 64
+# Over a network, run_plan runs a batch in parts that take turns computing while another's messages
+# cross the link (pipeline_parts). Measured on the seed CNN at batch 256 over the simulated WAN
+# (bench/network.py): 2 parts 1.73 s, 4 parts 1.45-1.50 s, 8 parts 1.44-1.51 s, and 8 parts made
+# unshaped loopback slower; a part below 32 rows mostly adds per-layer overhead.
+PIPELINE_MIN_ROWS = 32
+PIPELINE_MAX_PARTS = 4
 
 PLAN_KINDS = ("conv2d", "depthwise_conv2d", "dense", "batch_norm", "avg_pool2d", "max_pool2d", "global_avg_pool",
               "global_max_pool", "relu", "clip", "sigmoid", "tanh", "softmax", "add", "concat", "zero_pad",
@@ -356,21 +360,24 @@ def _attributed_rounds(rounds: list[int], deps: list[list[int]]) -> list[int]:
     return out
 
 
-def pipeline_parts(rows: int) -> list[int]:
-    """The batch sizes of the parts run_plan runs a batch of `rows` in: two halves from 2 x PIPELINE_MIN_ROWS.
+def pipeline_parts(rows: int, pipelined: bool) -> list[int]:
+    """The batch sizes of the parts run_plan runs a batch of `rows` in (pipelined: over a network channel).
 
-    A pure function of the batch size: the workers, the dealer and the
+    Up to PIPELINE_MAX_PARTS parts of at least PIPELINE_MIN_ROWS rows each:
+    256 rows run as 4 parts of 64, 64 rows as 2 of 32, fewer than 64 whole.
+    Not pipelined (in-process channels, where nothing takes time to cross),
+    one part. A pure function of these two: the workers, the dealer and the
     client (which receives one input mask per part) agree on it without a
-    word, and prepared material made for a batch size fits its queries.
+    word, and material prepared for a batch size fits its queries.
     """
-    if rows < 2 * PIPELINE_MIN_ROWS:
+    parts = min(PIPELINE_MAX_PARTS, rows // PIPELINE_MIN_ROWS) if pipelined else 1
+    if parts < 2:
         return [rows]
-    first = (rows + 1) // 2
-    return [first, rows - first]
+    return [rows // parts + (k < rows % parts) for k in range(parts)]
 
 
 def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output: bool = True,
-              input_open: bool = False, frac_bits: int = 16) -> list[tuple[str, Cost]]:
+              input_open: bool = False, frac_bits: int = 16, pipelined: bool = False) -> list[tuple[str, Cost]]:
     """Online cost of `run_plan` per layer, from the protocols' cost formulas.
 
     `shapes` is [input shape, each layer's output shape...] without the batch
@@ -378,11 +385,13 @@ def plan_cost(plan: list[dict], shapes: list[tuple], batch: int, truncate_output
     owed by a product is paid by the layer that settles it (a relu pays it
     inside its own first round). Branches that run in lockstep share their
     rounds: each shared round is counted for the first layer in it, so the
-    rounds add up to the run's, and bytes are each layer's own. A batch run
-    in pipelined parts (pipeline_parts) sends and deals the bytes of all
-    its parts, in the rounds of the first.
+    rounds add up to the run's, and bytes are each layer's own. pipelined:
+    as run over a network channel, where a large batch runs in parts
+    (pipeline_parts): the bytes and dealer bytes of all its parts, in the
+    rounds of the first.
     """
-    parts = [_part_cost(plan, shapes, rows, truncate_output, input_open, frac_bits) for rows in pipeline_parts(batch)]
+    parts = [_part_cost(plan, shapes, rows, truncate_output, input_open, frac_bits)
+             for rows in pipeline_parts(batch, pipelined)]
     merged = []
     for layer in zip(*parts):  # the same layer in each part
         (name, first), costs = layer[0], [c for _, c in layer]

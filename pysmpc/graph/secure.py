@@ -142,9 +142,9 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
     input_open: x.value is E = x - A on both P0 and P1, masked by the
     input's owner with the A that P2 reveals to it for the first product
     (input_maskable); that product then opens nothing (one round fewer).
-    A batch of 2 x PIPELINE_MIN_ROWS rows or more runs as two halves
-    (pipeline_parts), each with its own material and, with input_open, its
-    own mask; see _run_pipelined.
+    Over a network channel, a large batch runs in parts (pipeline_parts),
+    each with its own material and, with input_open, its own mask; see
+    _run_pipelined.
 
     Returns (output shares, their fractional bits): F, or with
     truncate_output=False the higher scale the last layer left (its
@@ -153,7 +153,7 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
     rounds online on this party (a round that branches share is counted
     once, for the first layer in it).
     """
-    parts = pipeline_parts(x.shape[0])
+    parts = pipeline_parts(x.shape[0], party.channel.pipelines_batches)
     if len(parts) == 1:
         return _run_whole(party, model_key, x, frac_bits, tensors, profile, truncate_output, input_open)
     args = (frac_bits, tensors, None, truncate_output, input_open)

@@ -104,6 +104,10 @@ class Channel:
     the tag so a transport can check that messages arrive in program order.
     """
 
+    # Whether run_plan splits a large batch into pipelined parts over this channel
+    # (graph.plan.pipeline_parts): only where messages take time to cross.
+    pipelines_batches = False
+
     def __init__(self, party: int, timeout: float = 30.0):
         self.party = party
         self.timeout = timeout

@@ -310,6 +310,8 @@ class SocketChannel(Channel):
     frames only, e.g. to the one input share a query client may send.
     """
 
+    pipelines_batches = True  # a link's transfer can hide behind another part's computation
+
     def __init__(self, party: int, timeout: float = 30.0, *, session: str = "",
                  max_frame_bytes: int = DEFAULT_MAX_FRAME, max_recv_bytes: int | None = None):
         super().__init__(party, timeout)

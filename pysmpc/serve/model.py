@@ -138,17 +138,20 @@ class Model:
         self.relu_bounds = relu_bounds(self.graph, x, self.frac_bits or 16, headroom_bits)
         return dict(self.relu_bounds)
 
-    def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
+    def cost(self, batch: int = 1, prepared: bool = False, pipelined: bool = False) -> list[tuple[str, Cost]]:
         """Per-layer online cost of one private prediction of `batch` inputs' logits (no sharing needed).
 
         The last row, "output", is the truncation of the logits to F
         fractional bits before they are revealed (1 round). prepared: on
         material made by SharedModel.prepare, whose input mask saves the
-        first product's round when the first layer allows.
+        first product's round when the first layer allows. pipelined: as
+        over TCP, where a batch of 64 or more runs in parts
+        (graph.plan.pipeline_parts; the same rounds, bytes within rounding).
         """
         plan = make_plan(self.graph, relu_protocol=self.relu_protocol, relu_bounds=self.relu_bounds)
         return plan_cost(plan, self.graph.shapes(), batch, truncate_output=True,
-                         input_open=prepared and input_maskable(plan), frac_bits=self.frac_bits or 16)
+                         input_open=prepared and input_maskable(plan), frac_bits=self.frac_bits or 16,
+                         pipelined=pipelined)
 
     def share(self, cluster) -> "SharedModel":
         """Secret-share the weights to `cluster` (they leave this process as shares only)."""
@@ -254,9 +257,10 @@ class SharedModel:
         self.cluster.call("load_model", self.key, self.plan, description=self.describe())
 
     def cost(self, batch: int = 1, prepared: bool = False) -> list[tuple[str, Cost]]:
-        """Per-layer online cost of one private prediction of `batch` inputs' logits, as Model.cost."""
+        """Per-layer online cost of one private prediction of `batch` inputs' logits on this cluster, as Model.cost."""
         return plan_cost(self.plan, self.graph.shapes(), batch, truncate_output=True,
-                         input_open=prepared and input_maskable(self.plan), frac_bits=self.frac_bits)
+                         input_open=prepared and input_maskable(self.plan), frac_bits=self.frac_bits,
+                         pipelined=self.cluster.client_channel.pipelines_batches)
 
     def _check_input(self, x) -> np.ndarray:
         x, note = to_model_input(x, self.graph.input_range, what="input")
@@ -297,7 +301,7 @@ class SharedModel:
             ids = [f"{batch}:{next(self._run_ids)}" for _ in range(count)]
             channel = self.cluster.client_channel
 
-            parts = len(pipeline_parts(batch))
+            parts = len(pipeline_parts(batch, channel.pipelines_batches))
 
             def receive_masks():  # one mask per part of each run (graph.plan.pipeline_parts), batch axis first
                 return [np.concatenate([channel.recv(DEALER, tag=INPUT_MASK_TAG) for _ in range(parts)])
