@@ -24,12 +24,34 @@ from pysmpc.protocols.truncate import truncate
 CHI2_LIMIT = 420.0
 
 
+def _is_packed(arr) -> bool:
+    """An opening of low bits only (protocols.open.open_low_bits): uint8 rows of fewer than 8 bytes."""
+    return arr.dtype == np.uint8 and arr.ndim == 2 and arr.shape[1] < 8
+
+
 def _received_words(party) -> np.ndarray:
+    """Every 64-bit word this party received (low-bits openings apart: _received_packed)."""
     words = []
     for _frm, _tag, data in party.channel.recorder.messages:
         for arr in data if isinstance(data, (list, tuple)) else [data]:
-            words.append(np.asarray(arr).reshape(-1).view(np.uint64))
+            arr = np.asarray(arr)
+            if not _is_packed(arr):
+                words.append(arr.reshape(-1).view(np.uint64))
     return np.concatenate(words) if words else np.zeros(0, np.uint64)
+
+
+def _received_packed(party) -> np.ndarray:
+    """The low-bits openings this party received, each value's bytes but its top one (uniform under a mask
+    uniform mod 2^w; the top byte holds w mod 8 bits), widened to uint64."""
+    values = []
+    for _frm, _tag, data in party.channel.recorder.messages:
+        for arr in data if isinstance(data, (list, tuple)) else [data]:
+            arr = np.asarray(arr)
+            if _is_packed(arr):
+                wide = np.zeros((len(arr), 8), np.uint8)
+                wide[:, : arr.shape[1] - 1] = arr[:, :-1]
+                values.append(wide.view(np.uint64).reshape(-1))
+    return np.concatenate(values) if values else np.zeros(0, np.uint64)
 
 
 def _chi_square_top_byte(words: np.ndarray) -> float:
@@ -149,6 +171,9 @@ def _nonlinearities():
         # FSS: a masked opening and DCF keys (correction words from P2 to both).
         "relu_fss": (lambda p, a: relu_fss(p, a), (256,), (-10, 10)),
         "relu_fss_truncated": (lambda p, a: relu_fss(p, a * np.uint64(1 << 18), 18), (256,), (-10, 10)),
+        # |x| < 2^5 promised: 40-bit domain, x + r opened mod 2^41 (6 bytes per value).
+        "relu_fss_bounded": (lambda p, a: relu_fss(p, a * np.uint64(1 << 18), 18, domain_bits=5 + 16 + 1 + 18),
+                             (256,), (-10, 10)),
     }
 
 
@@ -186,7 +211,19 @@ def test_nonlinearity_views_are_uniform_and_contain_no_plaintext(name, kind):
     opened = _opened_sums(parties[0], parties[1])
     leaked = np.intersect1d(opened, secrets)
     assert leaked.size == 0, f"{name}: an opening reveals plaintext values {leaked[:5]} ({kind} secrets)"
+    if len(opened) >= 256:  # and uniform: an opening offset but not masked (x + 2^62) would show here
+        assert _chi_square_top_byte(opened) < CHI2_LIMIT, f"{name}: the openings are not uniform ({kind} secrets)"
     assert _received_words(parties[2]).size == 0, f"{name}: the dealer received data"
+    if name.startswith("relu_fss_"):  # low-bits openings: each received value, and what the two open
+        for party in parties[:2]:
+            packed = _received_packed(party)
+            assert len(packed) == 256, f"{name}: {party.name} received {len(packed)} low-bits values"
+            low = np.uint64((1 << 40) - 1)  # the 5 uniform bytes of each
+            assert np.intersect1d(packed, secrets & low).size == 0, f"{name}: {party.name} received plaintext"
+            assert _chi_square_top_byte(packed << np.uint64(24)) < CHI2_LIMIT, f"{name}: {party.name} not uniform"
+        opened_low = (_received_packed(parties[0]) + _received_packed(parties[1])) & low
+        assert np.intersect1d(opened_low, secrets & low).size == 0, f"{name}: an opening reveals plaintext"
+        assert _chi_square_top_byte(opened_low << np.uint64(24)) < CHI2_LIMIT, f"{name}: openings not uniform"
 
 
 def _opened_sums(p0, p1) -> np.ndarray:
@@ -201,8 +238,9 @@ def _opened_sums(p0, p1) -> np.ndarray:
         assert tag1 == tag0, (tag1, tag0)
         for a, b in zip(data1 if isinstance(data1, (list, tuple)) else [data1],
                         data0 if isinstance(data0, (list, tuple)) else [data0]):
-            sums.append(np.asarray(a).reshape(-1).view(np.uint64) + np.asarray(b).reshape(-1).view(np.uint64))
-    return np.concatenate(sums)
+            if not _is_packed(np.asarray(a)):  # low-bits openings: checked apart
+                sums.append(np.asarray(a).reshape(-1).view(np.uint64) + np.asarray(b).reshape(-1).view(np.uint64))
+    return np.concatenate(sums) if sums else np.zeros(0, np.uint64)
 
 
 @pytest.mark.parametrize("name", list(_nonlinearities()))

@@ -32,8 +32,7 @@ from pysmpc.protocols.relu_fss import cost as relu_fss_cost
 from pysmpc.protocols.truncate import cost as truncate_cost
 
 __all__ = ["make_plan", "compile_plan", "plan_cost", "input_maskable", "pipeline_parts", "PIPELINE_MIN_ROWS",
-           "PIPELINE_MAX_PARTS",
-           "PLAN_KINDS", "PRODUCTS", "RELU_PROTOCOLS"]
+           "PIPELINE_MAX_PARTS", "PLAN_KINDS", "PRODUCTS", "RELU_PROTOCOLS"]
 
 # Over a network, run_plan runs a batch in parts that take turns computing while another's messages
 # cross the link (pipeline_parts). Measured on the seed CNN at batch 256 over the simulated WAN

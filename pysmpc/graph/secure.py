@@ -48,6 +48,11 @@ where two layers' rounds overlap run so (`_segments`: a residual block with
 a convolution on its shortcut, an inception block); every other layer,
 and a graph with nothing to overlap, runs layer by layer, exactly as a
 sequential model always has.
+
+Large batches. Over a network channel a batch of 64 rows or more runs in
+up to four parts (plan.pipeline_parts), each a whole run with its own
+material, pipelined (parties.lockstep.run_pipelined): a part computes
+while another's messages cross the link. In process, batches run whole.
 """
 from __future__ import annotations
 
@@ -156,31 +161,30 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
     parts = pipeline_parts(x.shape[0], party.channel.pipelines_batches)
     if len(parts) == 1:
         return _run_whole(party, model_key, x, frac_bits, tensors, profile, truncate_output, input_open)
-    args = (frac_bits, tensors, None, truncate_output, input_open)
     shadows = [AShare(None, party.index, (rows, *x.shape[1:])) for rows in parts]
     if not party.computes:  # P2 deals, or P0/P1 record: the parts' material one part after the other
-        outs = [_run_whole(party, model_key, shadow, *args) for shadow in shadows]
+        outs = [_run_whole(party, model_key, shadow, frac_bits, tensors, None, truncate_output, input_open)
+                for shadow in shadows]
         return AShare(None, party.index, (x.shape[0], *outs[0][0].shape[1:])), outs[0][1]
-    return _run_pipelined(party, model_key, x, parts, shadows, args, profile)
-
-
-def _run_pipelined(party: Party, model_key, x: AShare, parts: list[int], shadows: list[AShare], args: tuple,
-                   profile: list | None) -> tuple[AShare, int]:
-    """Run the parts of a batch pipelined (parties.lockstep.run_pipelined): one half computes while the other's
-    messages cross the link.
-
-    The dealer's material is taken first, part by part, in the order P2
-    deals it (and a recording keeps it); each part then replays its own.
-    The profile gets each layer's bytes summed over the parts, the rounds
-    of the first part, and the longer part's seconds.
-    """
+    # The dealer's material first, part by part in the order P2 deals it (a recording keeps it so).
     bundles = []
     for shadow in shadows:
         with party.dealer.capturing() as bundle:
-            _run_whole(party, model_key, shadow, *args)
+            _run_whole(party, model_key, shadow, frac_bits, tensors, None, truncate_output, input_open)
         bundles.append(bundle)
+    return _run_pipelined(party, model_key, x, parts, bundles, frac_bits, tensors, profile, truncate_output,
+                          input_open)
+
+
+def _run_pipelined(party: Party, model_key, x: AShare, parts: list[int], bundles: list, frac_bits: int,
+                   tensors: dict, profile: list | None, truncate_output: bool, input_open: bool) -> tuple[AShare, int]:
+    """Run the parts of a batch pipelined (parties.lockstep.run_pipelined), each replaying its bundle: a part
+    computes while another's messages cross the link.
+
+    The profile gets each layer's bytes summed over the parts, the rounds
+    of the first part, and the slowest part's seconds.
+    """
     pieces = np.split(x.value, np.cumsum(parts)[:-1])
-    frac_bits, tensors, _, truncate_output, input_open = args
     outputs: list = [None] * len(parts)
     profiles: list[list] = [[] for _ in parts]
 

@@ -14,8 +14,8 @@ deterministic, and a program sees exactly what it would see alone.
 
 Pipelined (`run_pipelined`), the programs do not wait for each other: an
 exchange is sent at once, and while its reply crosses the link the next
-program computes. Two halves of a batch then overlap one half's
-computation with the other's transfer, where a link's bandwidth or delay
+program computes. The parts of a batch then overlap one part's
+computation with another's transfer, where a link's bandwidth or delay
 would otherwise leave the party idle. Replies are taken in the order the
 exchanges were sent, which both parties share, and a program's round is
 counted once, for program 0: the others travel within its rounds.
