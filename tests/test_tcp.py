@@ -95,7 +95,7 @@ def test_stats_over_tcp_equal_in_process(local_cluster, tcp_cluster):
 @pytest.mark.parametrize("prepared", [False, True], ids=["dealt-online", "prepared-masked-input"])
 def test_a_large_batch_over_tcp_runs_in_pipelined_parts(tcp_cluster, prepared, relu_protocol):
     """64 rows run as 2 parts of 32 (graph.plan.pipeline_parts): the in-process answers, the planned traffic,
-    each part's own messages, and one input mask per part for the querier."""
+    each part's own messages, one input mask per part for the querier, and the input sent part by part."""
     from pysmpc import load_model
     from pysmpc.graph.plan import pipeline_parts
     from pysmpc.models import load_samples, shipped_model_path
@@ -118,6 +118,8 @@ def test_a_large_batch_over_tcp_runs_in_pipelined_parts(tcp_cluster, prepared, r
         assert sum(s["rounds"] for s in online) == sum(c.rounds for _, c in planned)
         assert sum(s["bytes_sent"] for s in online) == sum(c.bytes_sent for _, c in planned)
         assert sum(s["messages_received"] for s in online) == 2 * sum(s["rounds"] for s in online)
+        assert stats[party]["input"]["messages_received"] == 2  # each part's input when it starts
+    assert stats["client"]["input"]["messages_sent"] == 4
     shared.stop()
 
 

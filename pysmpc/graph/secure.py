@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import time
 from itertools import pairwise
+from typing import Callable
 
 import numpy as np
 
@@ -141,7 +142,7 @@ def _check_bound_step(step: dict) -> None:
 
 def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
              profile: list | None = None, truncate_output: bool = True,
-             input_open: bool = False) -> tuple[AShare, int]:
+             input_open: bool = False, input_part: Callable[[int], np.ndarray] | None = None) -> tuple[AShare, int]:
     """Run the plan on input shares x (F fractional bits).
 
     input_open: x.value is E = x - A on both P0 and P1, masked by the
@@ -149,7 +150,9 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
     (input_maskable); that product then opens nothing (one round fewer).
     Over a network channel, a large batch runs in parts (pipeline_parts),
     each with its own material and, with input_open, its own mask; see
-    _run_pipelined.
+    _run_pipelined. input_part(rows), if given, returns the next part's
+    input values (x then holds the batch's shape only): called when that
+    part starts, so a batch arriving part by part starts on its first.
 
     Returns (output shares, their fractional bits): F, or with
     truncate_output=False the higher scale the last layer left (its
@@ -172,26 +175,28 @@ def run_plan(party: Party, model_key, x: AShare, frac_bits: int, tensors: dict,
         with party.dealer.capturing() as bundle:
             _run_whole(party, model_key, shadow, frac_bits, tensors, None, truncate_output, input_open)
         bundles.append(bundle)
-    return _run_pipelined(party, model_key, x, parts, bundles, frac_bits, tensors, profile, truncate_output,
-                          input_open)
+    if input_part is None:
+        pieces = iter(np.split(x.value, np.cumsum(parts)[:-1]))
+        input_part = lambda rows: next(pieces)  # noqa: E731 - the parts start in order
+    return _run_pipelined(party, model_key, parts, input_part, bundles, frac_bits, tensors, profile,
+                          truncate_output, input_open)
 
 
-def _run_pipelined(party: Party, model_key, x: AShare, parts: list[int], bundles: list, frac_bits: int,
+def _run_pipelined(party: Party, model_key, parts: list[int], input_part: Callable, bundles: list, frac_bits: int,
                    tensors: dict, profile: list | None, truncate_output: bool, input_open: bool) -> tuple[AShare, int]:
     """Run the parts of a batch pipelined (parties.lockstep.run_pipelined), each replaying its bundle: a part
-    computes while another's messages cross the link.
+    computes while another's messages cross the link. Part k takes its input, input_part(rows), when it starts.
 
     The profile gets each layer's bytes summed over the parts, the rounds
     of the first part, and the slowest part's seconds.
     """
-    pieces = np.split(x.value, np.cumsum(parts)[:-1])
     outputs: list = [None] * len(parts)
     profiles: list[list] = [[] for _ in parts]
 
     def program(k):
         def run(p: Party) -> None:
-            outputs[k] = _run_whole(p, model_key, AShare(pieces[k], party.index), frac_bits, tensors, profiles[k],
-                                    truncate_output, input_open)
+            x = AShare(input_part(parts[k]), party.index)
+            outputs[k] = _run_whole(p, model_key, x, frac_bits, tensors, profiles[k], truncate_output, input_open)
         return run
 
     run_pipelined(party, [program(k) for k in range(len(parts))], bundles)

@@ -79,9 +79,12 @@ class BaseCluster:
              **kwargs):
         """Run operation `name` on every party; `client()` runs meanwhile here.
 
-        `inputs` ({party: array}) go to those parties (tag "input") each
-        right after its call, so a party starts with its input at hand
-        instead of waiting while the call reaches the others.
+        `inputs` ({party: array, or a list of arrays}) go to those parties
+        (tag "input") each right after its call, so a party starts with its
+        input at hand instead of waiting while the call reaches the others;
+        a list goes as one message per array, the first behind the call and
+        the rest after every party's first (a batch arriving in pipelined
+        parts: the parties start on the first while the others travel).
 
         `wait` bounds how long to wait for the parties (default None: the
         transport's own bound: over TCP none while every worker shows it is
@@ -133,20 +136,25 @@ class BaseCluster:
         fmt = FixedPoint(frac_bits=frac_bits, int_bits=self.fixed_point.int_bits)
         return fmt.encode(array)
 
-    def call_on_input(self, name: str, encoded: np.ndarray, *args, **kwargs):
+    def call_on_input(self, name: str, encoded: np.ndarray, *args, input_parts: list[int] | None = None, **kwargs):
         """Run `name` on a fresh sharing of `encoded` and reveal its output here, in one call.
 
         P0 and P1 receive their input shares (tag "input") and send their
         output shares back (tag "output") inside the op, so a query costs
-        one call instead of input, run, reveal and free. Returns (per-party
+        one call instead of input, run, reveal and free. With `input_parts`
+        (row counts), the shares go as one message per part, as the op
+        receives them (graph.plan.pipeline_parts). Returns (per-party
         results, the output as a flat ring array).
         """
         share_0, share_1 = share(encoded, self._client_prg)
-        return self.call(name, *args, client=self._receive_output, inputs={P0: share_0, P1: share_1}, **kwargs)
+        inputs = {P0: _in_parts(share_0, input_parts), P1: _in_parts(share_1, input_parts)}
+        return self.call(name, *args, client=self._receive_output, inputs=inputs, **kwargs)
 
-    def call_on_masked_input(self, name: str, masked: np.ndarray, *args, **kwargs):
+    def call_on_masked_input(self, name: str, masked: np.ndarray, *args, input_parts: list[int] | None = None,
+                             **kwargs):
         """As call_on_input, but P0 and P1 both get `masked` = x - A (A: a mask P2 gave this caller)."""
-        return self.call(name, *args, client=self._receive_output, inputs={P0: masked, P1: masked}, **kwargs)
+        parts = _in_parts(masked, input_parts)
+        return self.call(name, *args, client=self._receive_output, inputs={P0: parts, P1: parts}, **kwargs)
 
     def _receive_output(self) -> np.ndarray:
         return self.client_channel.recv(P0, tag="output") + self.client_channel.recv(P1, tag="output")
@@ -199,3 +207,28 @@ def stop_on_signals(stop):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _in_parts(array: np.ndarray, parts: list[int] | None):
+    """`array` split along its first axis into `parts` rows each (None or one part: the array itself)."""
+    if parts is None or len(parts) == 1:
+        return array
+    if sum(parts) != len(array):
+        raise ValueError(f"input parts {parts} do not add up to the batch of {len(array)} rows")
+    return np.split(array, np.cumsum(parts)[:-1])
+
+
+def input_frames(inputs: dict) -> tuple[dict, list]:
+    """The messages a dispatch sends: ({party: the one right behind its call}, [(party, array) after all calls]).
+
+    A list of parts sends its first part behind the call and the others
+    afterwards, part by part, alternating between the parties, so each
+    party's first part is not held up behind another party's whole input.
+    """
+    first, rest = {}, []
+    lists = {i: v if isinstance(v, list) else [v] for i, v in inputs.items()}
+    for i, values in lists.items():
+        first[i] = values[0]
+    for k in range(1, max((len(v) for v in lists.values()), default=0)):
+        rest += [(i, values[k]) for i, values in lists.items() if k < len(values)]
+    return first, rest

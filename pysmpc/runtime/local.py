@@ -13,7 +13,7 @@ import numpy as np
 from pysmpc.parties.channel import ChannelError
 from pysmpc.parties.local import LocalNetwork
 from pysmpc.parties.party import CLIENT, DEALER, P0, P1, Party, exchange_seeds
-from pysmpc.runtime.cluster import BaseCluster, ClusterError, stop_on_signals
+from pysmpc.runtime.cluster import BaseCluster, ClusterError, input_frames, stop_on_signals
 from pysmpc.runtime.ops import run_op
 from pysmpc.runtime.queries import allowed_reveals
 from pysmpc.runtime.rounds import book_of
@@ -155,10 +155,13 @@ class LocalCluster(BaseCluster):
     def _dispatch(self, name: str, args: tuple, kwargs: dict, inputs: dict) -> None:
         if self._network is None:
             raise ClusterError("the cluster is not running: call start() or use it as a context manager")
+        first, rest = input_frames(inputs)
         for i in PARTIES:
             self._tasks[i].put((name, args, kwargs))
-            if i in inputs:
-                self.client_channel.send(i, inputs[i], tag="input")
+            if i in first:
+                self.client_channel.send(i, first[i], tag="input")
+        for i, value in rest:
+            self.client_channel.send(i, value, tag="input")
 
     def _collect(self, name: str, wait: float | None) -> list:
         if wait is None:

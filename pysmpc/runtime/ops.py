@@ -17,7 +17,7 @@ from pysmpc import ring
 from pysmpc.parties.party import CLIENT, P0, P1, Party
 from pysmpc.protocols import argmax as argmax_protocol
 from pysmpc.protocols import compare, conv2d, matmul, mul, pool, relu, select, truncate
-from pysmpc.graph.secure import load_plan, run_plan
+from pysmpc.graph.secure import load_plan, pipeline_parts, run_plan
 from pysmpc.protocols.open import open_arith, reveal_to
 from pysmpc.runtime.queries import ServedModels
 from pysmpc.runtime.rounds import ROUND_OPS
@@ -45,12 +45,16 @@ def op_input(party: Party, out: int, shape: tuple) -> tuple:
 
 def _receive_input(party: Party, shape: tuple) -> AShare:
     if party.index in (P0, P1):
-        value = party.channel.recv(CLIENT, tag="input")
-        if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != np.uint64:
-            raise ValueError(f"{party.name}: input share has shape {getattr(value, 'shape', None)}/"
-                             f"{getattr(value, 'dtype', type(value).__name__)}, expected {shape}/uint64")
-        return AShare(value, party.index)
+        return AShare(_receive_input_value(party, shape), party.index)
     return AShare(None, party.index, shape)
+
+
+def _receive_input_value(party: Party, shape: tuple) -> np.ndarray:
+    value = party.channel.recv(CLIENT, tag="input")
+    if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != np.uint64:
+        raise ValueError(f"{party.name}: input share has shape {getattr(value, 'shape', None)}/"
+                         f"{getattr(value, 'dtype', type(value).__name__)}, expected {shape}/uint64")
+    return value
 
 
 def op_reveal(party: Party, tid: int, tag: str = "output") -> None:
@@ -255,10 +259,16 @@ def op_predict(party: Party, model_key: str, shape: list, frac_bits: int, mask_i
     if reveal not in ("logits", "argmax"):
         raise ValueError(f"reveal must be 'logits' or 'argmax', got {reveal!r}")
     truncate_output = reveal_output_truncated(reveal)
-    x = _receive_input(party, tuple(shape))
+    shape = tuple(shape)
+    if len(pipeline_parts(shape[0], party.channel.pipelines_batches)) > 1:
+        # The batch runs in pipelined parts and arrives so: each part's input is taken when it starts.
+        x, input_part = AShare(None, party.index, shape), lambda rows: _receive_input_value(party, (rows, *shape[1:]))
+    else:
+        x, input_part = _receive_input(party, shape), None
     profile: list = []
     prepared = mask_id is not None or bool(_stock(party, model_key, x.shape, truncate_output))
-    y, out_bits = _run_model(party, model_key, x, frac_bits, truncate_output, profile, mask_id=mask_id)
+    y, out_bits = _run_model(party, model_key, x, frac_bits, truncate_output, profile, mask_id=mask_id,
+                             input_part=input_part)
     if reveal == "argmax":
         y, out_bits = argmax_protocol.argmax(party, y), 0
     reveal_to(party, y.value, CLIENT, tag="output")
@@ -340,12 +350,14 @@ def _stock(party: Party, model_key: str, shape: tuple, truncate_output: bool):
 
 
 def _run_model(party: Party, model_key: str, x: AShare, frac_bits: int, truncate_output: bool, profile=None,
-               mask_id: str | None = None):
+               mask_id: str | None = None, input_part=None):
     """run_plan, replaying prepared material when there is some (P2 then has nothing to do).
 
     With `mask_id`, the prepared run of that id, for an input masked by its
     owner (x.value is E = x - A); else the oldest run prepared for x's
-    shape, if any.
+    shape, if any. `input_part(rows)`, for a batch arriving in pipelined
+    parts: x is its shape only, and each part's values are taken when the
+    part starts (run_plan).
     """
     plan = party.store[("plan", model_key)]
     if mask_id is not None:
@@ -356,14 +368,14 @@ def _run_model(party: Party, model_key: str, x: AShare, frac_bits: int, truncate
         stock = _stock(party, model_key, x.shape, truncate_output)
         if not stock:
             return run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), profile,
-                            truncate_output=truncate_output)
+                            truncate_output=truncate_output, input_part=input_part)
         bundle = stock.popleft()
     if not party.computes:
         shape, out_bits = bundle.output
         return AShare(None, party.index, shape), out_bits
     with party.dealer.replaying(bundle):
         return run_plan(party, model_key, x, frac_bits, _plan_tensors(party, plan), profile,
-                        truncate_output=truncate_output, input_open=mask_id is not None)
+                        truncate_output=truncate_output, input_open=mask_id is not None, input_part=input_part)
 
 
 def op_unload_model(party: Party, model_key: str) -> None:

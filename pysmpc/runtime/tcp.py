@@ -35,6 +35,7 @@ from pysmpc.runtime.cluster import (
     DEFAULT_TIMEOUT,
     BaseCluster,
     ClusterError,
+    input_frames,
     stop_on_signals,
 )
 from pysmpc.runtime.queries import allowed_reveals
@@ -532,7 +533,8 @@ class TcpCluster(BaseCluster):
         if channel is None:
             raise ClusterError("the cluster is not running: call start() or use it as a context manager")
         message = wire.encode_call(name, args, kwargs)  # WireError here: nothing was sent
-        for i, value in inputs.items():
+        first, rest = input_frames(inputs)
+        for i, value in [*first.items(), *rest]:
             if value.nbytes + FRAME_HEADER_ROOM > self.max_frame_bytes:  # refused before any call leaves
                 raise FrameTooLarge(f"the input for P{i} is {value.nbytes} bytes, over the frame limit of "
                                     f"{self.max_frame_bytes} bytes (max_frame_bytes): send a smaller batch")
@@ -540,10 +542,18 @@ class TcpCluster(BaseCluster):
         for i in PARTIES:
             try:
                 channel.send_control(i, "ctl:call", message)
-                if i in inputs:  # right behind the call: the worker reads both in one wake-up
-                    channel.send(i, inputs[i], tag="input")
+                if i in first:  # right behind the call: the worker reads both in one wake-up
+                    channel.send(i, first[i], tag="input")
             except ChannelError as exc:
                 self._failed_dispatch[i] = PeerDisconnected(f"P{i}: cannot send '{name}': {exc}"
+                                                            f"{self._exit_report(i, wait=1.0)}")
+        for i, value in rest:  # a batch's later parts, while the workers start on the first
+            if i in self._failed_dispatch:
+                continue
+            try:
+                channel.send(i, value, tag="input")
+            except ChannelError as exc:
+                self._failed_dispatch[i] = PeerDisconnected(f"P{i}: cannot send the input of '{name}': {exc}"
                                                             f"{self._exit_report(i, wait=1.0)}")
 
     def _collect(self, name: str, wait: float | None) -> list:

@@ -333,6 +333,8 @@ class SharedModel:
         # The widest format at F (I = 31 - F integer bits), whatever the cluster's default.
         encoded = FixedPoint(frac_bits=self.frac_bits, int_bits=31 - self.frac_bits).encode(x)
         args = (self.key, list(x.shape), self.frac_bits)
+        # A batch the workers run in pipelined parts goes to them part by part (op_predict).
+        parts = pipeline_parts(x.shape[0], self.cluster.client_channel.pipelines_batches)
         masks = self._input_masks.get((x.shape[0], reveal))
         if masks:
             mask_id, mask = masks.pop(0)
@@ -340,9 +342,9 @@ class SharedModel:
             # the element order, so it masks the input as it arrives.
             mask = np.asarray(mask).reshape(encoded.shape)
             results, y_ring = self.cluster.call_on_masked_input("predict", encoded - mask, *args, mask_id=mask_id,
-                                                                reveal=reveal)
+                                                                reveal=reveal, input_parts=parts)
         else:
-            results, y_ring = self.cluster.call_on_input("predict", encoded, *args, reveal=reveal)
+            results, y_ring = self.cluster.call_on_input("predict", encoded, *args, reveal=reveal, input_parts=parts)
         self.profile = _profile_rows(results[0]["profile"])
         y_ring = y_ring.reshape(results[0]["shape"])
         if reveal == "argmax":
