@@ -23,8 +23,11 @@ def _shares(values, party):
     return [AShare(pair[party.index], party.index) for pair in pairs]
 
 
-def run_programs(steps, deps, inputs):
-    """steps[i](party, xs) -> AShare, with xs the shared inputs; all in lockstep on P0/P1."""
+def run_programs(steps, deps, inputs, pipelined=False, log=None):
+    """steps[i](party, xs) -> AShare, with xs the shared inputs; on P0/P1 in lockstep after deps, or pipelined.
+
+    `log` gets P0's channel sends and receives in order.
+    """
 
     def program(party):
         xs = _shares(inputs, party)
@@ -43,10 +46,15 @@ def run_programs(steps, deps, inputs):
             bundles.append(bundle)
         if not party.computes:
             return outs, None
-        stats = run_in_lockstep(party, programs, deps, bundles)
-        return outs, stats
+        if log is not None and party.index == 0:
+            channel, send, recv = party.channel, party.channel.send, party.channel.recv
+            channel.send = lambda to, data, tag: (log.append(("send", tag)), send(to, data, tag=tag))[1]
+            channel.recv = lambda frm, tag, rounds=1: (log.append(("recv", tag)), recv(frm, tag=tag, rounds=rounds))[1]
+        if pipelined:
+            return outs, run_pipelined(party, programs, bundles)
+        return outs, run_in_lockstep(party, programs, deps, bundles)
 
-    results, parties = run_parties(program, seeds=fixed_seeds("lockstep"))
+    results, parties = run_parties(program, seeds=fixed_seeds("pipelined" if pipelined else "lockstep"))
     outs = [reconstruct_result([r[0][i] for r in results]) for i in range(len(steps))]
     return outs, results[0][1], parties
 
@@ -119,45 +127,13 @@ def test_capturing_inside_a_recording_and_a_replay_keeps_the_same_material():
     assert results[0] and results[1]
 
 
-def run_pipelined_programs(steps, inputs, log=None):
-    """steps[i](party, xs) -> AShare, pipelined on P0/P1; `log` gets P0's channel events in order."""
-
-    def program(party):
-        xs = _shares(inputs, party)
-        outs = [None] * len(steps)
-
-        def make(i):
-            def run(p):
-                outs[i] = steps[i](p, xs)
-            return run
-
-        programs = [make(i) for i in range(len(steps))]
-        bundles = []
-        for run in programs:
-            with party.dealer.capturing() as bundle:
-                run(party)
-            bundles.append(bundle)
-        if not party.computes:
-            return outs, None
-        if log is not None and party.index == 0:
-            channel, send, recv = party.channel, party.channel.send, party.channel.recv
-            channel.send = lambda to, data, tag: (log.append(("send", tag)), send(to, data, tag=tag))[1]
-            channel.recv = lambda frm, tag, rounds=1: (log.append(("recv", tag)), recv(frm, tag=tag, rounds=rounds))[1]
-        stats = run_pipelined(party, programs, bundles)
-        return outs, stats
-
-    results, parties = run_parties(program, seeds=fixed_seeds("pipelined"))
-    outs = [reconstruct_result([r[0][i] for r in results]) for i in range(len(steps))]
-    return outs, results[0][1], parties
-
-
 def test_pipelined_programs_get_their_answers_and_count_the_first_programs_rounds():
     rng = np.random.default_rng(2)
     a, b = FP.encode(rng.uniform(-5, 5, (3, 7))), FP.encode(rng.uniform(-5, 5, (2, 4)))
     steps = [lambda p, xs: relu(p, xs[0], tag="relu:a"),  # 4 rounds
              lambda p, xs: mul(p, xs[1], xs[1], tag="mul:b"),  # 1 round
              lambda p, xs: relu(p, xs[1], tag="relu:b")]  # 4 rounds
-    outs, stats, parties = run_pipelined_programs(steps, [a, b])
+    outs, stats, parties = run_programs(steps, None, [a, b], pipelined=True)
     np.testing.assert_array_equal(signed(outs[0]), np.maximum(signed(a), 0))
     np.testing.assert_array_equal(outs[1], b * b)
     np.testing.assert_array_equal(signed(outs[2]), np.maximum(signed(b), 0))
@@ -173,7 +149,7 @@ def test_pipelined_programs_send_before_they_wait():
     x = FP.encode(np.linspace(-3, 3, 10))
     log: list = []
     steps = [lambda p, xs, k=k: mul(p, mul(p, xs[0], xs[0], tag=f"m{k}"), xs[0], tag=f"n{k}") for k in range(3)]
-    outs, _, _ = run_pipelined_programs(steps, [x], log)
+    outs, _, _ = run_programs(steps, None, [x], pipelined=True, log=log)
     for out in outs:
         np.testing.assert_array_equal(out, x * x * x)
     assert log[:4] == [("send", "m0"), ("send", "m1"), ("send", "m2"), ("recv", "m0")], log
@@ -188,4 +164,4 @@ def test_an_error_in_a_pipelined_program_is_raised_and_the_others_unwind():
         raise RuntimeError("boom in program 1")
 
     with pytest.raises(RuntimeError, match="boom in program 1"):
-        run_pipelined_programs([lambda p, xs: relu(p, xs[0], tag="long"), broken], [FP.encode(np.ones(3))])
+        run_programs([lambda p, xs: relu(p, xs[0], tag="long"), broken], None, [FP.encode(np.ones(3))], pipelined=True)
