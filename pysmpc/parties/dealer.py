@@ -22,9 +22,9 @@ KEY_CHUNK = 1 << 16
 
 
 def fss_opening_bits(bits: int, domain_bits: int) -> int:
-    """w: the one-round ReLU (protocols.relu_fss) opens x + r mod 2^w; sign_keys deals its truncation's masks mod 2^w.
+    """n: the one-round ReLU (protocols.relu_fss) opens x + r mod 2^n; sign_keys deals its truncation's masks mod 2^n.
 
-    domain_bits + 1 with a truncation by `bits` (|x| < 2^(w-2)), else all 64.
+    domain_bits + 1 with a truncation by `bits` (|x| < 2^(n-2)), else all 64.
     """
     return int(domain_bits) + 1 if bits else 64
 
@@ -260,8 +260,8 @@ class Dealer:
         r and r' = r mod 2^(m-1): the DCF (on m-1-k bits) shares
         beta * [z < r' >> k] with the payload beta = (1 - 2b) (1, rho_1, ...)
         where the rho are the masks the protocol multiplies by the sign:
-        ((r mod 2^w) >> k, bit w-1 of r) with a truncation by k bits, the
-        protocol opening x + r mod 2^w (w = relu_fss.opening_bits), else (r). Arithmetic
+        ((r mod 2^n) >> k, bit n-1 of r) with a truncation by k bits, the
+        protocol opening x + r mod 2^n (n = fss_opening_bits), else (r). Arithmetic
         shares of the rho (but r itself), of b and of each rho * b come as
         one correction; each party's root seed comes from its stream with P2;
         the correction words go to both (tag "dealer:<op>", counted offline).
@@ -281,8 +281,8 @@ class Dealer:
         side = None
         if self.index == DEALER:
             b = (r >> _U64(domain_bits - 1)) & _ONE
-            w = fss_opening_bits(bits, domain_bits)
-            rhos = [(r & _U64((1 << w) - 1)) >> _U64(bits), (r >> _U64(w - 1)) & _ONE] if bits else [r]
+            opened = fss_opening_bits(bits, domain_bits)
+            rhos = [(r & _U64((1 << opened) - 1)) >> _U64(bits), (r >> _U64(opened - 1)) & _ONE] if bits else [r]
             sign = _ONE - _U64(2) * b
             side = np.stack((rhos if bits else []) + [b] + [rho * b for rho in rhos])
             alpha = (r & _U64((1 << (domain_bits - 1)) - 1)) >> _U64(bits)

@@ -46,25 +46,25 @@ def relu_fss(party: Party, x: AShare, bits: int = 0, domain_bits: int | None = N
     fractional bits). Outside it the sign is that of x wrapped mod 2^m:
     the output is garbage (as the bit-plane comparison's is for |x| >= 2^63).
 
-    1. P2 deals r uniform mod 2^64, shares of (r mod 2^w) >> bits and
-       r_(w-1) with w = m + 1 (the truncation's material, as
-       protocols.truncate, in Z_2^w), of b = bit m-1 of r, of each mask
-       times b, and DCF keys (sharing.dcf) for
+    1. P2 deals r uniform mod 2^64, shares of (r mod 2^n) >> bits and
+       r_(n-1) with n = m + 1 the opening's bits (the truncation's
+       material, as protocols.truncate, in Z_2^n), of b = bit m-1 of r, of
+       each mask times b, and DCF keys (sharing.dcf) for
        (1 - 2b)(1, masks) * [z < (r mod 2^(m-1)) >> bits] on m-1-bits bits
        (offline).
-    2. Open c = x + 2^(w-2) + r mod 2^w (1 round; uniform mod 2^w): each
-       party sends the low w bits of its share only, ceil(w / 8) bytes
-       (open_low_bits). Without a truncation (bits = 0), w = 64.
+    2. Open c = x + 2^(n-2) + r mod 2^n (1 round; uniform mod 2^n): each
+       party sends the low n bits of its share only, ceil(n / 8) bytes
+       (open_low_bits). Without a truncation (bits = 0), n = 64.
     3. U = x + 2^(m-1) - 2^bits + r mod 2^m is public (from c). Its top bit
        is a = u_top ^ b ^ carry, u = x + 2^(m-1) - 2^bits, carry = [U' < r']
        on the low m-1 bits; so [x >= 2^bits] = a ^ b ^ carry. The DCF at
        z = U' >> bits gives shares of (1 - 2b) carry and of it times each
        mask, so e = b ^ carry = b + (1 - 2b) carry and e * mask are linear:
        local.
-    4. The truncation t = x >> bits is (c >> bits) - 2^(w-2-bits) -
-       [(r mod 2^w) >> bits] + 2^(w-bits)(1 - c_(w-1))[r_(w-1)] (as
-       protocols.truncate, whose 64 bits become w: x + 2^(w-2) is below
-       2^(w-1), so its wrap mod 2^w shows in the top bits of c and r), an
+    4. The truncation t = x >> bits is (c >> bits) - 2^(n-2-bits) -
+       [(r mod 2^n) >> bits] + 2^(n-bits)(1 - c_(n-1))[r_(n-1)] (as
+       protocols.truncate, whose 64 bits become n: x + 2^(n-2) is below
+       2^(n-1), so its wrap mod 2^n shows in the top bits of c and r), an
        integer, so its shares may live mod 2^64; also linear in the masks;
        bits = 0: t = c - 2^62 - [r]. Then relu = t (a ^ e) = a t + (1 - 2a)
        t e: local.
@@ -73,8 +73,9 @@ def relu_fss(party: Party, x: AShare, bits: int = 0, domain_bits: int | None = N
     [x >= 0] or [x >= 2^bits] for 0 <= x < 2^bits, where both give an output
     within the truncation's unit: relu(x / 2^bits) in {0, 1}. Error: the
     result is floor(relu(x) / 2^bits) + {0, 1} (exact for bits = 0).
-    Cost: 1 round; ceil(w / 8) bytes per element per computing party (8
-    without a truncation; 5 to 7 for the MNIST CNN's relus). Offline: P2
+    Cost: 1 round; ceil(n / 8) bytes per element per computing party (8
+    without a truncation; 7 for the MNIST CNN's relus, 6 with relu
+    bounds). Offline: P2
     sends 8 (2w - 1) bytes per element to P1 (w = 3 with a truncation, 2
     without) and the DCF's correction words, (m - 1 - bits)(16 + 8w) + 8w
     bytes + 2 bits per level, to both P0 and P1.
@@ -90,12 +91,12 @@ def relu_fss(party: Party, x: AShare, bits: int = 0, domain_bits: int | None = N
     if not party.computes:
         return AShare(None, party.index, x.shape)
     first = party.index == 0  # public terms are added once, by P0
-    w = opening_bits(bits, m)
-    offset = _U64(1 << (w - 2))
+    opened_bits = opening_bits(bits, m)
+    offset = _U64(1 << (opened_bits - 2))
     masked = np.ascontiguousarray(x.value).reshape(-1) + r
     if first:
         masked += offset
-    c = open_low_bits(party, masked, w, tag=tag)
+    c = open_low_bits(party, masked, opened_bits, tag=tag)
     u_open = (c + _U64((1 << (m - 1)) - (1 << bits if bits else 0)) - offset) & _U64((1 << m) - 1)
     a = u_open >> _U64(m - 1)
     z = (u_open & _U64((1 << (m - 1)) - 1)) >> _U64(bits)
@@ -105,8 +106,8 @@ def relu_fss(party: Party, x: AShare, bits: int = 0, domain_bits: int | None = N
     v = np.concatenate(pieces) if pieces else np.zeros((0, 3 if bits else 2), np.uint64)
     if bits:
         r_hi, r_msb, b, r_hi_b, r_msb_b = side
-        scale = (_ONE - (c >> _U64(w - 1))) << _U64(w - bits)  # 2^(w-F)(1 - c_(w-1))
-        public = (c >> _U64(bits)) - _U64(1 << (w - 2 - bits))
+        scale = (_ONE - (c >> _U64(opened_bits - 1))) << _U64(opened_bits - bits)  # 2^(n-F)(1 - c_(n-1))
+        public = (c >> _U64(bits)) - _U64(1 << (opened_bits - 2 - bits))
         e = b + v[:, 0]
         t = scale * r_msb - r_hi
         te = public * e - (r_hi_b + v[:, 1]) + scale * (r_msb_b + v[:, 2])
@@ -130,7 +131,7 @@ def _check(bits: int, m: int) -> None:
 
 
 def cost(shape, bits: int = 0, domain_bits: int | None = None) -> Cost:
-    """1 round, ceil(w / 8) bytes per element; dealer bytes: P2's corrections to P1 plus the keys' public part to both."""
+    """1 round, ceil(n / 8) bytes per element; dealer bytes: P2's corrections to P1 plus the keys' public part to both."""
     m = default_domain_bits(bits) if domain_bits is None else int(domain_bits)
     _check(bits, m)
     n = int(np.prod(shape))
