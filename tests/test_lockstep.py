@@ -59,16 +59,26 @@ def run_programs(steps, deps, inputs, pipelined=False, log=None):
     return outs, results[0][1], parties
 
 
-def test_independent_programs_share_rounds_and_get_their_own_answers():
-    rng = np.random.default_rng(0)
+def relu_mul_relu(seed):
+    """Inputs a, b and three independent programs: relu(a) (4 rounds), b * b (1 round), relu(b) (4 rounds)."""
+    rng = np.random.default_rng(seed)
     a, b = FP.encode(rng.uniform(-5, 5, (3, 7))), FP.encode(rng.uniform(-5, 5, (2, 4)))
-    steps = [lambda p, xs: relu(p, xs[0], tag="relu:a"),  # 4 rounds
-             lambda p, xs: mul(p, xs[1], xs[1], tag="mul:b"),  # 1 round
-             lambda p, xs: relu(p, xs[1], tag="relu:b")]  # 4 rounds
-    outs, stats, parties = run_programs(steps, [[], [], []], [a, b])
+    steps = [lambda p, xs: relu(p, xs[0], tag="relu:a"),
+             lambda p, xs: mul(p, xs[1], xs[1], tag="mul:b"),
+             lambda p, xs: relu(p, xs[1], tag="relu:b")]
+    return a, b, steps
+
+
+def assert_relu_mul_relu(outs, a, b):
     np.testing.assert_array_equal(signed(outs[0]), np.maximum(signed(a), 0))
     np.testing.assert_array_equal(outs[1], b * b)
     np.testing.assert_array_equal(signed(outs[2]), np.maximum(signed(b), 0))
+
+
+def test_independent_programs_share_rounds_and_get_their_own_answers():
+    a, b, steps = relu_mul_relu(0)
+    outs, stats, parties = run_programs(steps, [[], [], []], [a, b])
+    assert_relu_mul_relu(outs, a, b)
     p0 = parties[0].channel.totals(online=True)
     assert p0.rounds == 4  # not 9
     assert [s.rounds for s in stats] == [4, 0, 0]  # each shared round counts for the first program in it
@@ -128,15 +138,9 @@ def test_capturing_inside_a_recording_and_a_replay_keeps_the_same_material():
 
 
 def test_pipelined_programs_get_their_answers_and_count_the_first_programs_rounds():
-    rng = np.random.default_rng(2)
-    a, b = FP.encode(rng.uniform(-5, 5, (3, 7))), FP.encode(rng.uniform(-5, 5, (2, 4)))
-    steps = [lambda p, xs: relu(p, xs[0], tag="relu:a"),  # 4 rounds
-             lambda p, xs: mul(p, xs[1], xs[1], tag="mul:b"),  # 1 round
-             lambda p, xs: relu(p, xs[1], tag="relu:b")]  # 4 rounds
+    a, b, steps = relu_mul_relu(2)
     outs, stats, parties = run_programs(steps, None, [a, b], pipelined=True)
-    np.testing.assert_array_equal(signed(outs[0]), np.maximum(signed(a), 0))
-    np.testing.assert_array_equal(outs[1], b * b)
-    np.testing.assert_array_equal(signed(outs[2]), np.maximum(signed(b), 0))
+    assert_relu_mul_relu(outs, a, b)
     p0 = parties[0].channel.totals(online=True)
     assert p0.rounds == 4  # program 0's: the others' messages travel within them
     assert [s.rounds for s in stats] == [4, 1, 4]  # each program's own exchanges

@@ -25,6 +25,17 @@ def assert_traffic_is_the_plan(stats: dict, shared, planned) -> None:
     assert measured == [(name, c.rounds, c.bytes_sent) for name, c in planned]
 
 
+def predict_as_queried(cluster, shared, x, prepared: bool):
+    """shared.predict(x) with fresh stats, on material prepared for it if `prepared` (P2 then sends nothing online)."""
+    if prepared:
+        shared.prepare(len(x))
+    cluster.reset_stats()
+    out = shared.predict(x)
+    if prepared:  # the dealer had nothing left to do online
+        assert sum(s["bytes_sent"] for s in cluster.stats()["P2"].values()) == 0
+    return out
+
+
 def seed_cnn(rng) -> Graph:
     """The user's MNIST CNN shape, with random weights."""
     def conv(name, cin, cout, scale):
@@ -81,12 +92,7 @@ def test_private_logits_match_plaintext_and_cost_matches_the_plan(cluster, make_
     graph = make_graph(rng)
     x = rng.uniform(0, 1, (batch, *graph.input_shape))
     shared = Model(graph).share(cluster)
-    if prepared:
-        shared.prepare(batch)
-    cluster.reset_stats()
-    logits = shared.predict(x)
-    if prepared:  # the dealer had nothing left to do online
-        assert sum(s["bytes_sent"] for s in cluster.stats()["P2"].values()) == 0
+    logits = predict_as_queried(cluster, shared, x, prepared)
     # Protocol error: one unit per truncation, amplified by later layers; far below
     # the quantization error (run_fixed_point vs run_float) checked separately.
     np.testing.assert_allclose(logits, run_fixed_point(graph, x, F), atol=64 / 2**F)
@@ -274,12 +280,7 @@ def test_dag_private_run_matches_plaintext_and_plan(cluster, prepared):
     graph = dag_cnn(rng)
     x = rng.uniform(-1, 1, (3, *graph.input_shape))
     shared = Model(graph).share(cluster)
-    if prepared:
-        shared.prepare(3)
-    cluster.reset_stats()
-    probs = shared.predict(x)
-    if prepared:
-        assert sum(s["bytes_sent"] for s in cluster.stats()["P2"].values()) == 0
+    probs = predict_as_queried(cluster, shared, x, prepared)
     # The nonlinearities' documented bounds (tanh 2^-13 through a softmax) on top of truncation units.
     np.testing.assert_allclose(probs, run_fixed_point(graph, x, F), atol=2e-3)
     np.testing.assert_allclose(probs, run_float(graph, x), atol=3e-3)
@@ -403,12 +404,7 @@ def test_fss_relu_matches_plaintext_and_the_plan(cluster, make_graph, batch, pre
     x = rng.uniform(0, 1, (batch, *graph.input_shape))
     shared = Model(graph, relu_protocol="fss").share(cluster)
     assert all(step.get("protocol") == "fss" for step in shared.plan if step["kind"] == "relu")
-    if prepared:
-        shared.prepare(batch)
-    cluster.reset_stats()
-    logits = shared.predict(x)
-    if prepared:
-        assert sum(s["bytes_sent"] for s in cluster.stats()["P2"].values()) == 0
+    logits = predict_as_queried(cluster, shared, x, prepared)
     np.testing.assert_allclose(logits, run_fixed_point(graph, x, F), atol=64 / 2**F)
     planned = shared.cost(batch, prepared=prepared)
     relu_rounds = [c.rounds for name, c in planned if name.startswith(("relu", "r1", "r2", "left_relu"))]
@@ -474,12 +470,7 @@ def test_a_batch_in_pipelined_halves_matches_plaintext_and_the_plan(cluster, sma
     graph = make_graph(rng)
     x = rng.uniform(0, 1, (batch, *graph.input_shape))
     shared = Model(graph, relu_protocol=relu_protocol).share(cluster)
-    if prepared:
-        shared.prepare(batch)
-    cluster.reset_stats()
-    out = shared.predict(x)
-    if prepared:
-        assert sum(s["bytes_sent"] for s in cluster.stats()["P2"].values()) == 0
+    out = predict_as_queried(cluster, shared, x, prepared)
     np.testing.assert_allclose(out, run_fixed_point(graph, x, F), atol=atol)
     planned = shared.cost(batch, prepared=prepared)
     one_row = shared.cost(1, prepared=prepared)  # a batch of one runs whole
